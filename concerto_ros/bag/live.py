@@ -1,0 +1,335 @@
+"""Live replay: play a rosbag2 into a running perception node over DDS and collect its output.
+
+The bag's messages are published as they are stored (CDR bytes, no re-encoding) on their
+own topics with their own header stamps, so the node sees exactly what a camera driver and
+TF broadcaster would send. ``/tf_static`` is latched (transient local); ``/tf`` messages are
+sent slightly ahead of the images that need them (``tf_lookahead``). In ``lockstep`` mode the
+player waits, after each complete colour/depth/info set, until the node has published a
+cloud for it (or ``frame_timeout`` passed), so a slow CPU never drops frames; otherwise it
+plays at the bag's rate times ``rate``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from concerto_ros.bag.reader import bag_summary, iter_messages, iter_raw
+from concerto_ros.config import PerceptionConfig
+from concerto_ros.msgs.transforms import stamp_to_ns
+from concerto_ros.pipeline import RGBDFrameAssembler
+from concerto_ros.bag.replay import TF_TOPICS
+
+
+def message_class(msgtype: str):
+    """The rclpy message class for ``pkg/msg/Type``.
+
+    Raises:
+        ImportError: the package's Python bindings are not installed (e.g. ``tf2_msgs``
+            before ``scripts/setup.sh`` built it).
+    """
+    pkg, kind, name = msgtype.split("/")
+    return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+
+
+@dataclass
+class LiveReport:
+    """What a live replay sent and received.
+
+    Attributes:
+        frames_sent: complete colour/depth/info sets published.
+        clouds: ``~/semantic_points`` messages received (rclpy ``PointCloud2``), in order.
+        feature_clouds: ``~/feature_points`` messages received.
+        timeouts: sets for which no cloud arrived within ``frame_timeout`` (lockstep).
+        wall_s: duration of the replay (seconds).
+        diagnostics: the last ``/diagnostics`` key/values of the node.
+    """
+
+    frames_sent: int = 0
+    clouds: list = field(default_factory=list)
+    feature_clouds: list = field(default_factory=list)
+    timeouts: int = 0
+    wall_s: float = 0.0
+    diagnostics: dict[str, str] = field(default_factory=dict)
+
+
+class NodeProcess:
+    """``perception_node`` started as a child process (for the demo, tests and ``--start-node``).
+
+    Args:
+        params_file: parameters YAML.
+        overrides: ``{dotted name: value}`` passed as ``-p name:=value``.
+        namespace: node namespace ("" for none).
+        log_path: file receiving the node's stdout/stderr.
+    """
+
+    def __init__(self, params_file: str | Path, overrides: dict[str, Any] | None = None,
+                 namespace: str = "", log_path: str | Path | None = None):
+        cmd = [sys.executable, "-m", "concerto_ros.ros.node", "--ros-args", "--params-file", str(params_file)]
+        for k, v in (overrides or {}).items():
+            if isinstance(v, (list, tuple)):
+                v = "[" + ",".join(f"'{x}'" for x in v) + "]"
+            elif isinstance(v, bool):
+                v = str(v).lower()
+            cmd += ["-p", f"{k}:={v}"]
+        if namespace:
+            cmd += ["-r", f"__ns:={namespace if namespace.startswith('/') else '/' + namespace}"]
+        self.log_path = Path(log_path) if log_path else None
+        self._log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=os.environ.copy())
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGINT, then SIGKILL after ``timeout`` seconds; returns the exit code."""
+        if self.alive():
+            self.proc.send_signal(2)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+        return self.proc.returncode
+
+    def tail(self, n: int = 30) -> str:
+        """Last ``n`` lines of the node's log (for error messages)."""
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+def replay_live(bag: str | Path, cfg: PerceptionConfig, node_name: str = "/perception_node",
+                rate: float = 1.0, lockstep: bool = True, frame_timeout: float = 60.0,
+                startup_timeout: float = 120.0, tf_lookahead: float = 0.5,
+                max_frames: int | None = None, node_process: NodeProcess | None = None,
+                log: Callable[[str], Any] = print, progress: bool = True) -> LiveReport:
+    """Publish ``bag`` into a running node and collect its clouds (needs rclpy).
+
+    Args:
+        bag: rosbag2 directory or ``.mcap``/``.db3`` file.
+        cfg: the node's config (topic names and the sync policy, used to find complete sets).
+        node_name: fully qualified name of the node (``/<namespace>/perception_node``).
+        rate: playback speed factor when not in lockstep (1.0 = recorded speed).
+        lockstep: wait for the node's cloud after each complete set.
+        frame_timeout: seconds to wait per set in lockstep before moving on.
+        startup_timeout: seconds to wait for the node's subscriptions to appear.
+        tf_lookahead: publish ``/tf`` messages up to this many seconds ahead of the images.
+        max_frames: stop after this many complete sets.
+        node_process: a :class:`NodeProcess` to watch (fail fast if it dies).
+
+    Raises:
+        RuntimeError: the node did not appear within ``startup_timeout`` or died.
+        ImportError: a message type of the bag has no Python bindings here.
+    """
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import PointCloud2
+
+    t_start = time.perf_counter()
+    summary = bag_summary(bag)
+    image_topics = [cfg.topics.color, cfg.topics.depth, cfg.topics.camera_info]
+    missing = [t for t in image_topics if t not in summary]
+    if missing:
+        raise ValueError(f"bag {bag} lacks topics {missing}; it has {sorted(summary)}")
+    tf_topics = [t for t in TF_TOPICS if t in summary]
+    stream_of = {cfg.topics.color: "color", cfg.topics.depth: "depth", cfg.topics.camera_info: "camera_info"}
+
+    own_context = not rclpy.ok()
+    if own_context:
+        rclpy.init()
+    node = rclpy.create_node("concerto_bag_player")
+    report = LiveReport()
+    received = threading.Condition()
+    stop = threading.Event()
+    try:
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        pubs = {t: node.create_publisher(message_class(summary[t][0]), t, latched if t == "/tf_static" else reliable)
+                for t in image_topics + tf_topics}
+
+        def on_cloud(msg, store):
+            with received:
+                store.append(msg)
+                received.notify_all()
+
+        def on_diag(msg):
+            for st in msg.status:
+                if st.name.startswith(node_name.split("/")[-1]):
+                    report.diagnostics = {kv.key: kv.value for kv in st.values}
+
+        out_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        node.create_subscription(PointCloud2, f"{node_name}/semantic_points", lambda m: on_cloud(m, report.clouds), out_qos)
+        node.create_subscription(PointCloud2, f"{node_name}/feature_points", lambda m: on_cloud(m, report.feature_clouds), out_qos)
+        node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        spinner = threading.Thread(target=lambda: _spin(executor, stop), daemon=True)
+        spinner.start()
+
+        # wait for the node: its subscriptions on every input topic and a match on its output
+        deadline = time.monotonic() + startup_timeout
+        while time.monotonic() < deadline:
+            if node_process is not None and not node_process.alive():
+                raise RuntimeError(f"perception_node exited during start-up:\n{node_process.tail()}")
+            if all(pubs[t].get_subscription_count() > 0 for t in image_topics):
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"no subscriber on {image_topics} after {startup_timeout:.0f} s: is "
+                               f"{node_name} running with the same topic names and ROS_DOMAIN_ID?")
+        time.sleep(0.5)  # let the reverse (output) match settle
+
+        tf_queue: list[tuple[int, str, bytes]] = []
+        if tf_topics:
+            for raw, dec in zip(iter_raw(bag, tf_topics), iter_messages(bag, tf_topics)):
+                stamps = [stamp_to_ns(t.header.stamp) for t in dec.msg.transforms] or [dec.stamp_ns]
+                if raw.topic == "/tf_static":
+                    pubs[raw.topic].publish(raw.data)
+                else:
+                    tf_queue.append((max(stamps), raw.topic, raw.data))
+        tf_queue.sort(key=lambda x: x[0])
+        tf_next = 0
+        lookahead_ns = int(tf_lookahead * 1e9)
+
+        assembler = RGBDFrameAssembler(cfg)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=summary[cfg.topics.color][1], desc="live replay", unit="frame")
+        wall0 = time.monotonic()
+        first_log_ns = None
+        for raw, dec in zip(iter_raw(bag, image_topics), iter_messages(bag, image_topics)):
+            if node_process is not None and not node_process.alive():
+                raise RuntimeError(f"perception_node died during replay:\n{node_process.tail()}")
+            stamp = stamp_to_ns(dec.msg.header.stamp)
+            while tf_next < len(tf_queue) and tf_queue[tf_next][0] <= stamp + lookahead_ns:
+                pubs[tf_queue[tf_next][1]].publish(tf_queue[tf_next][2])
+                tf_next += 1
+            if not lockstep:
+                first_log_ns = raw.stamp_ns if first_log_ns is None else first_log_ns
+                due = wall0 + (raw.stamp_ns - first_log_ns) * 1e-9 / max(rate, 1e-6)
+                time.sleep(max(0.0, due - time.monotonic()))
+            with received:
+                n_before = len(report.clouds)
+            pubs[raw.topic].publish(raw.data)
+            sets = assembler.add(stream_of[raw.topic], dec.msg)
+            for _ in sets:
+                report.frames_sent += 1
+                if bar is not None:
+                    bar.update(1)
+                if lockstep:
+                    with received:
+                        ok = received.wait_for(lambda: len(report.clouds) > n_before, timeout=frame_timeout)
+                    if not ok:
+                        report.timeouts += 1
+                        log(f"no cloud from {node_name} within {frame_timeout:.0f} s of frame "
+                            f"{report.frames_sent} (skipped by the node? see its log and /diagnostics)")
+            if max_frames is not None and report.frames_sent >= max_frames:
+                break
+        while tf_next < len(tf_queue):
+            pubs[tf_queue[tf_next][1]].publish(tf_queue[tf_next][2])
+            tf_next += 1
+        if bar is not None:
+            bar.close()
+        if not lockstep:  # give the worker time to finish the last frame
+            deadline = time.monotonic() + frame_timeout
+            while time.monotonic() < deadline and len(report.clouds) < report.frames_sent:
+                time.sleep(0.05)
+        time.sleep(1.2)  # one diagnostics period
+    finally:
+        stop.set()
+        node.destroy_node()
+        if own_context and rclpy.ok():
+            rclpy.shutdown()
+    report.wall_s = time.perf_counter() - t_start
+    return report
+
+
+def _spin(executor, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            executor.spin_once(timeout_sec=0.05)
+        except Exception:  # context shut down while spinning
+            break
+
+
+def cloud_arrays(msg) -> dict[str, np.ndarray]:
+    """``coord (N,3) float32``, ``color (N,3) uint8`` and, when present, ``label (N,) int32``,
+    ``confidence (N,) float32`` of a published cloud."""
+    from concerto_ros.msgs.pointcloud2 import pointcloud2_to_array, unpack_rgb
+
+    arr = pointcloud2_to_array(msg)
+    out = {"coord": np.stack([arr["x"], arr["y"], arr["z"]], axis=1).astype(np.float32)}
+    names = arr.dtype.names
+    if "rgb" in names:
+        out["color"] = unpack_rgb(arr["rgb"])
+    if "label" in names:
+        out["label"] = arr["label"].astype(np.int32)
+    if "confidence" in names:
+        out["confidence"] = arr["confidence"].astype(np.float32)
+    return out
+
+
+def run_live(bag: str | Path, cfg: PerceptionConfig, cfg_path: str | Path, overrides: dict[str, Any],
+             output: str | Path, node_name: str = "/perception_node", start_node: bool = False,
+             lockstep: bool = True, rate: float = 1.0, frame_timeout: float = 60.0,
+             max_frames: int | None = None, progress: bool = True, title: str = "",
+             gt_labels_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> int:
+    """Live replay + result files (the ``--live`` mode of ``concerto replay`` and the demo).
+
+    Starts ``perception_node`` as a child process when ``start_node`` (its log goes to
+    ``<output>/perception_node.log``), replays, and writes the last received cloud with
+    :func:`concerto_ros.bag.outputs.write_results`. Returns a process exit code: 0 when at
+    least one cloud arrived.
+    """
+    from concerto_ros.bag.outputs import write_results
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    proc = None
+    if start_node:
+        proc = NodeProcess(cfg_path, overrides, log_path=output / "perception_node.log")
+    try:
+        report = replay_live(bag, cfg, node_name=node_name, rate=rate, lockstep=lockstep,
+                             frame_timeout=frame_timeout, max_frames=max_frames, node_process=proc,
+                             progress=progress)
+    finally:
+        if proc is not None:
+            proc.stop()
+    if not report.clouds:
+        print(f"the node published no cloud for {report.frames_sent} frames sent; diagnostics: {report.diagnostics}")
+        if proc is not None:
+            print(proc.tail())
+        return 1
+    last = cloud_arrays(report.clouds[-1])
+    fcol = None
+    if report.feature_clouds:
+        f = cloud_arrays(report.feature_clouds[-1])
+        if len(f["coord"]) == len(last["coord"]):
+            fcol = f["color"]
+    gt = gt_labels_fn(last["coord"]) if gt_labels_fn is not None else None
+    summary = {"title": title or f"{Path(bag).name}: last window published by {node_name}",
+               "bag": str(bag), "mode": "live", "frames_sent": report.frames_sent,
+               "clouds_received": len(report.clouds), "timeouts": report.timeouts,
+               "wall_s": report.wall_s, "node_diagnostics": report.diagnostics, "config": str(cfg_path)}
+    paths = write_results(output, last["coord"], last["color"], last["label"], last["confidence"],
+                          list(cfg.head.class_names), summary, feature_colors=fcol, gt_labels=gt)
+    print(f"sent {report.frames_sent} frames, received {len(report.clouds)} clouds "
+          f"({len(last['coord'])} points in the last) in {report.wall_s:.1f} s")
+    for k, v in paths.items():
+        print(f"  {k}: {v}")
+    return 0

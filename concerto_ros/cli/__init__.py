@@ -1,0 +1,54 @@
+"""The ``concerto`` command-line tool.
+
+Each subcommand lives in its own module of this package and exposes two functions:
+
+* ``register(subparsers)`` adds an ``argparse`` sub-parser (with ``--help`` text that
+  states units) and sets ``func`` on it via ``set_defaults(func=run)``;
+* ``run(args) -> int`` does the work and returns the process exit code.
+
+Modules are imported lazily by name so that ``concerto --help`` stays fast and a
+subcommand's heavy imports (torch, rclpy) are only paid when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: subcommand name -> module (relative to this package) that implements it
+SUBCOMMANDS = {
+    "demo": "demo",
+    "convert": "convert",
+    "replay": "replay",
+    "encode": "encode",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="concerto",
+        description=(
+            "concerto_ros tools: run the perception pipeline on recordings, convert "
+            "datasets to rosbag2, run the Concerto encoder, and start the demo."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name, module in SUBCOMMANDS.items():
+        mod = importlib.import_module(f"{__name__}.{module}")
+        mod.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``concerto`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

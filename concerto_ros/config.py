@@ -1,0 +1,289 @@
+"""Configuration of the perception pipeline: one schema for YAML files and ROS parameters.
+
+Every setting is a field of a nested dataclass below, with its description, unit and valid
+range in the field's metadata. The same dotted names (``window.voxel_size``) are
+
+* the keys of ``config/*.yaml`` (under ``<node>: ros__parameters:`` like any ROS 2 params
+  file, or at the top level),
+* the ROS 2 parameters the node declares (with descriptors built from this metadata), and
+* the overrides accepted by the command-line tools (``--set window.num_frames=3``).
+
+So a deployment is described once and behaves the same live, in replay and in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+
+def _f(default, description: str, *, lo=None, hi=None, choices=None, factory=None):
+    """A dataclass field with the metadata used for validation and ROS descriptors."""
+    meta = {"description": description, "lo": lo, "hi": hi, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TopicsConfig:
+    color: str = _f("/camera/color/image_raw", "Colour image topic (sensor_msgs/Image: rgb8, bgr8, rgba8, bgra8, mono8).")
+    depth: str = _f("/camera/depth/image_raw", "Depth image topic registered to the colour camera (sensor_msgs/Image: 16UC1 millimetres or 32FC1 metres).")
+    camera_info: str = _f("/camera/color/camera_info", "CameraInfo of the colour camera; K gives the intrinsics (distortion is ignored).")
+
+
+@dataclass
+class QosConfig:
+    input: str = _f("sensor_data", "QoS of the sensor subscriptions: 'sensor_data' (best effort, the usual driver setting) or 'reliable'.", choices=["sensor_data", "reliable"])
+    input_depth: int = _f(5, "History depth of each sensor subscription (messages).", lo=1, hi=100)
+    output: str = _f("reliable", "QoS of the published clouds: 'reliable' (RViz default) or 'best_effort'.", choices=["reliable", "best_effort"])
+
+
+@dataclass
+class SyncConfig:
+    slop: float = _f(0.05, "Approximate-time synchronisation: largest stamp difference (seconds) between colour, depth and camera info of one frame.", lo=0.0, hi=1.0)
+    queue_size: int = _f(10, "Messages kept per stream while waiting for a match.", lo=1, hi=1000)
+
+
+@dataclass
+class TfConfig:
+    timeout: float = _f(0.2, "How long (seconds) the worker waits for the camera pose at a frame's stamp before skipping the frame.", lo=0.0, hi=10.0)
+    cache_time: float = _f(30.0, "Transform history kept (seconds).", lo=1.0, hi=3600.0)
+
+
+@dataclass
+class LiftConfig:
+    min_depth: float = _f(0.1, "Nearest valid depth (metres); closer pixels are dropped.", lo=0.0, hi=100.0)
+    max_depth: float = _f(8.0, "Farthest valid depth (metres); farther pixels are dropped.", lo=0.01, hi=200.0)
+    pixel_stride: int = _f(1, "Use every n-th pixel in u and v (1 = all pixels).", lo=1, hi=16)
+
+
+@dataclass
+class WindowConfig:
+    num_frames: int = _f(5, "Frames T in the sliding video point cloud.", lo=1, hi=64)
+    voxel_size: float = _f(0.02, "Grid sampling voxel edge (metres); 0.02 indoor, 0.05 outdoor LiDAR.", lo=0.005, hi=1.0)
+
+
+@dataclass
+class ModelConfig:
+    preset: str = _f("tiny", "Encoder preset when the checkpoint has no config: tiny, small, base, large, concerto_large_video.")
+    checkpoint: str = _f("", "Encoder checkpoint path ({'config','state_dict'} or a Pointcept training checkpoint). Empty: seeded random weights of the preset (demo only).")
+    seed: int = _f(0, "Seed of the random weights used when no checkpoint is given.", lo=0, hi=2**31 - 1)
+    device: str = _f("cpu", "Torch device: cpu, cuda, cuda:N, or auto (cuda when available).")
+    sparse_conv_backend: str = _f("auto", "Submanifold sparse convolution backend: auto (spconv on CUDA, the project's own on CPU), torch, spconv.", choices=["auto", "torch", "spconv"])
+    num_threads: int = _f(0, "CPU threads for torch (0 = torch's default).", lo=0, hi=256)
+    feature: str = _f("concat3", "Per-point feature for the heads: concat3 (last three levels concatenated and copied down, as Concerto's README) or all_levels (every level, as the released linear-probe heads).", choices=["concat3", "all_levels"])
+
+
+@dataclass
+class HeadConfig:
+    checkpoint: str = _f("", "Linear semantic head checkpoint. Empty: a seeded random head (demo only).")
+    class_names: list = _f(None, "Class names of the semantic head, in label order.", factory=lambda: [
+        "unlabeled", "floor", "wall", "table", "chair", "sofa", "cabinet", "bookshelf", "door"])
+
+
+@dataclass
+class WorkerConfig:
+    queue_depth: int = _f(1, "Synced frames waiting for the worker; when full the oldest is dropped (and counted).", lo=1, hi=16)
+
+
+@dataclass
+class PublishConfig:
+    features: bool = _f(True, "Publish ~/feature_points (features coloured by PCA) besides ~/semantic_points.")
+
+
+@dataclass
+class PerceptionConfig:
+    """All settings of the perception pipeline and node (see module docstring)."""
+
+    fixed_frame: str = _f("odom", "Fixed frame (REP-105) the video point cloud and outputs live in.")
+    skip_log_period: float = _f(5.0, "Throttle period (seconds) of the warnings about skipped messages.", lo=0.0, hi=3600.0)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+    qos: QosConfig = field(default_factory=QosConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    tf: TfConfig = field(default_factory=TfConfig)
+    lift: LiftConfig = field(default_factory=LiftConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One leaf setting: dotted name, default, type and validation metadata."""
+
+    name: str
+    default: Any
+    type: type
+    description: str
+    lo: float | None
+    hi: float | None
+    choices: list | None
+
+
+def iter_specs(cfg_cls=PerceptionConfig, prefix: str = "") -> Iterator[ParamSpec]:
+    """Yield a :class:`ParamSpec` per leaf field, in declaration order."""
+    for f in dataclasses.fields(cfg_cls):
+        name = prefix + f.name
+        if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Config")):
+            sub = f.default_factory  # type: ignore[misc]
+            yield from iter_specs(sub, name + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        typ = {"str": str, "int": int, "float": float, "bool": bool, "list": list}.get(
+            f.type if isinstance(f.type, str) else f.type.__name__, type(default))
+        yield ParamSpec(name, default, typ, f.metadata.get("description", ""),
+                        f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("choices"))
+
+
+SPECS: dict[str, ParamSpec] = {s.name: s for s in iter_specs()}
+
+
+def coerce(spec: ParamSpec, value: Any) -> Any:
+    """Convert ``value`` to the spec's type and check range/choices.
+
+    Raises:
+        ValueError: wrong type, outside ``[lo, hi]``, or not one of ``choices``.
+    """
+    try:
+        if spec.type is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                value = value.lower() in ("true", "1")
+            value = bool(value)
+        elif spec.type is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            value = int(value)
+        elif spec.type is float:
+            value = float(value)
+        elif spec.type is list:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            value = [str(v) for v in value]
+        else:
+            value = str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"parameter '{spec.name}': cannot use {value!r} as {spec.type.__name__}") from None
+    if spec.lo is not None and value < spec.lo or spec.hi is not None and value > spec.hi:
+        raise ValueError(f"parameter '{spec.name}' = {value} is outside [{spec.lo}, {spec.hi}]")
+    if spec.choices is not None and value not in spec.choices:
+        raise ValueError(f"parameter '{spec.name}' = {value!r} is not one of {spec.choices}")
+    return value
+
+
+def to_flat(cfg: PerceptionConfig) -> dict[str, Any]:
+    """``{dotted name: value}`` of every leaf setting."""
+    out = {}
+    for name in SPECS:
+        obj = cfg
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        out[name] = obj
+    return out
+
+
+def set_value(cfg: PerceptionConfig, name: str, value: Any) -> None:
+    """Set one dotted setting after validation.
+
+    Raises:
+        KeyError: unknown setting (the message lists close names).
+        ValueError: invalid value (see :func:`coerce`).
+    """
+    if name not in SPECS:
+        import difflib
+        close = difflib.get_close_matches(name, SPECS, n=3)
+        raise KeyError(f"unknown setting '{name}'" + (f"; did you mean {close}?" if close else ""))
+    value = coerce(SPECS[name], value)
+    *parents, leaf = name.split(".")
+    obj = cfg
+    for part in parents:
+        obj = getattr(obj, part)
+    setattr(obj, leaf, value)
+
+
+def from_flat(values: dict[str, Any], base: PerceptionConfig | None = None) -> PerceptionConfig:
+    """Build a config from dotted settings on top of ``base`` (defaults when ``None``)."""
+    cfg = base if base is not None else PerceptionConfig()
+    for k, v in values.items():
+        set_value(cfg, k, v)
+    return cfg
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                node_name: str = "perception_node") -> PerceptionConfig:
+    """Read a YAML config (ROS 2 params-file layout or plain) and apply overrides.
+
+    Args:
+        path: YAML file; ``None`` gives the defaults. In a params file the section of
+            ``node_name`` is used, else ``/**``, else the first ``ros__parameters`` block.
+        overrides: dotted settings applied last.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        KeyError / ValueError: unknown setting or invalid value (see :func:`set_value`).
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        params = None
+        for key in (node_name, f"/{node_name}", "/**"):
+            if isinstance(data.get(key), dict) and "ros__parameters" in data[key]:
+                params = data[key]["ros__parameters"]
+                break
+        if params is None:
+            blocks = [v["ros__parameters"] for v in data.values()
+                      if isinstance(v, dict) and "ros__parameters" in v]
+            params = blocks[0] if blocks else data
+        values = _flatten(params)
+    values.update(overrides or {})
+    return from_flat(values)
+
+
+def default_config_path() -> Path:
+    """Path of ``config/perception.yaml`` in the source tree or the installed share dir."""
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "config" / "perception.yaml", here / "config" / "perception.yaml"):
+        if cand.is_file():
+            return cand
+    try:  # installed with colcon/ament
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory("concerto_ros")) / "config" / "perception.yaml"
+    except Exception:  # noqa: BLE001 - no ament index: fall through to the error
+        raise FileNotFoundError("config/perception.yaml not found next to the package") from None
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    """Parse ``["window.num_frames=3", ...]`` (from ``--set``) into a dict.
+
+    Raises:
+        ValueError: an item has no ``=``.
+    """
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"override '{item}' must look like name=value (e.g. window.num_frames=3)")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out

@@ -1,0 +1,333 @@
+"""The perception pipeline: synced sensor messages -> video point cloud -> encoder -> heads.
+
+This is the one object that the three shells drive (the ROS 2 node, the bag tools and the
+training scripts); it never imports rclpy. Messages are duck-typed: rclpy messages and the
+``rosbags`` message classes both work, so live and offline paths share every step:
+
+1. :class:`RGBDFrameAssembler` pairs colour, depth and camera-info messages with the
+   approximate-time policy (:class:`~concerto_ros.sensors.sync.ApproximateTimeSync`) and
+   turns a synced set into an :class:`~concerto_ros.sensors.types.RGBDFrame`, raising
+   :class:`FrameSkipped` (with topic and reason) for bad input.
+2. :class:`PerceptionPipeline` lifts the frame into the fixed frame with its pose, pushes it
+   into the sliding :class:`~concerto_ros.cloud.window.VideoPointCloud`, grid-samples the
+   window, runs the encoder on the voxels and the heads on the per-voxel features.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from concerto_ros.cloud.window import VideoPointCloud, WindowCloud
+from concerto_ros.config import PerceptionConfig
+from concerto_ros.models.extractor import FeatureExtractor, build_heads
+from concerto_ros.models.heads import pca_colors
+from concerto_ros.msgs.camera_info import intrinsics_from_camera_info
+from concerto_ros.msgs.image import color_to_rgb, depth_from_msg
+from concerto_ros.msgs.transforms import stamp_to_ns
+from concerto_ros.sensors.lifting import lift_depth
+from concerto_ros.sensors.sync import ApproximateTimeSync, SyncedSet
+from concerto_ros.sensors.types import CameraIntrinsics, PointFrame, RGBDFrame
+
+#: stage names reported by :class:`StageTimer`, in pipeline order
+STAGES = ("sync", "convert", "lift", "window", "encoder", "heads", "to_msg")
+
+
+class FrameSkipped(Exception):
+    """A message or synced frame that cannot be used; the caller logs and counts it.
+
+    Attributes:
+        topic: the topic (or stream name) at fault.
+        reason: short machine-friendly reason (``unknown_encoding``, ``size_mismatch``,
+            ``no_transform``, ``no_valid_depth``, ...).
+        detail: human-readable explanation.
+    """
+
+    def __init__(self, topic: str, reason: str, detail: str):
+        super().__init__(f"{topic}: {reason}: {detail}")
+        self.topic = topic
+        self.reason = reason
+        self.detail = detail
+
+
+class SkipCounter:
+    """Counts skipped messages per ``(topic, reason)`` and throttles their warnings.
+
+    Args:
+        warn: callable taking a message string (e.g. a ROS logger's ``warning``).
+        period_s: at most one warning per ``(topic, reason)`` per period (seconds).
+    """
+
+    def __init__(self, warn: Callable[[str], Any] | None = None, period_s: float = 5.0):
+        self._warn = warn
+        self._period = float(period_s)
+        self._last: dict[tuple[str, str], float] = {}
+        self.counts: dict[tuple[str, str], int] = defaultdict(int)
+        self._lock = threading.Lock()
+
+    def record(self, skip: FrameSkipped) -> None:
+        """Count ``skip`` and warn if this ``(topic, reason)`` was not warned recently."""
+        key = (skip.topic, skip.reason)
+        now = time.monotonic()
+        with self._lock:
+            self.counts[key] += 1
+            n = self.counts[key]
+            due = now - self._last.get(key, -np.inf) >= self._period
+            if due:
+                self._last[key] = now
+        if due and self._warn is not None:
+            self._warn(f"skipped message on '{skip.topic}' ({skip.reason}): {skip.detail} [{n} so far]")
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return int(sum(self.counts.values()))
+
+    def as_dict(self) -> dict[str, int]:
+        """``{"topic:reason": count}`` for summaries and diagnostics."""
+        with self._lock:
+            return {f"{t}:{r}": c for (t, r), c in sorted(self.counts.items())}
+
+
+class StageTimer:
+    """Accumulates wall time per pipeline stage (milliseconds), thread-safe."""
+
+    def __init__(self):
+        self.samples: dict[str, list[float]] = defaultdict(list)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, (time.perf_counter() - t0) * 1e3)
+
+    def add(self, name: str, ms: float) -> None:
+        with self._lock:
+            self.samples[name].append(float(ms))
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """``{stage: {"mean_ms", "median_ms", "count"}}`` in pipeline order."""
+        with self._lock:
+            names = [s for s in STAGES if s in self.samples] + [s for s in self.samples if s not in STAGES]
+            return {n: {"mean_ms": float(np.mean(self.samples[n])),
+                        "median_ms": float(np.median(self.samples[n])),
+                        "count": len(self.samples[n])} for n in names}
+
+
+class RGBDFrameAssembler:
+    """Approximate-time pairing of colour, depth and camera info into :class:`RGBDFrame`.
+
+    The same object is used by the live node (fed from subscription callbacks) and by
+    offline replay (fed in bag order), so both pair frames identically.
+
+    Args:
+        cfg: pipeline config (``sync.slop`` seconds, ``sync.queue_size``, ``topics.*`` for
+            naming topics in skip reasons).
+        note: callable for one-time informational notes (e.g. ignored distortion).
+    """
+
+    STREAMS = ("color", "depth", "camera_info")
+
+    def __init__(self, cfg: PerceptionConfig, note: Callable[[str], Any] | None = None):
+        self.cfg = cfg
+        self.sync = ApproximateTimeSync(self.STREAMS, slop_s=cfg.sync.slop, queue_size=cfg.sync.queue_size)
+        self._note = note
+        self._noted: set[str] = set()
+        self.topics = {"color": cfg.topics.color, "depth": cfg.topics.depth,
+                       "camera_info": cfg.topics.camera_info}
+
+    def add(self, stream: str, msg: Any) -> list[SyncedSet]:
+        """Queue one message of ``stream`` (color, depth or camera_info); return completed sets."""
+        return self.sync.add(stream, stamp_to_ns(msg.header.stamp), msg)
+
+    def to_frame(self, synced: SyncedSet) -> RGBDFrame:
+        """Decode a synced set into an :class:`RGBDFrame` (colour RGB uint8, raw depth).
+
+        Raises:
+            FrameSkipped: unknown encoding, unusable camera info, or colour/depth/camera
+                info image sizes that disagree.
+        """
+        color_msg = synced.items["color"]
+        depth_msg = synced.items["depth"]
+        info_msg = synced.items["camera_info"]
+        try:
+            color = color_to_rgb(color_msg)
+        except ValueError as exc:
+            raise FrameSkipped(self.topics["color"], "bad_image", str(exc)) from None
+        try:
+            depth, depth_scale = depth_from_msg(depth_msg)
+        except ValueError as exc:
+            raise FrameSkipped(self.topics["depth"], "bad_image", str(exc)) from None
+        try:
+            fx, fy, cx, cy, width, height, distorted = intrinsics_from_camera_info(info_msg)
+            intr = CameraIntrinsics(fx=fx, fy=fy, cx=cx, cy=cy, width=width, height=height)
+        except ValueError as exc:
+            raise FrameSkipped(self.topics["camera_info"], "bad_camera_info", str(exc)) from None
+        if distorted and "distortion" not in self._noted and self._note is not None:
+            self._noted.add("distortion")
+            self._note(f"'{self.topics['camera_info']}' has non-zero distortion coefficients; "
+                       "they are ignored (expecting rectified, registered images)")
+        if depth.shape[:2] != color.shape[:2]:
+            raise FrameSkipped(self.topics["depth"], "size_mismatch",
+                               f"depth is {depth.shape[1]}x{depth.shape[0]} but colour is "
+                               f"{color.shape[1]}x{color.shape[0]} (depth must be registered to colour)")
+        if (width, height) != (depth.shape[1], depth.shape[0]):
+            raise FrameSkipped(self.topics["camera_info"], "size_mismatch",
+                               f"camera info is {width}x{height} but images are {depth.shape[1]}x{depth.shape[0]}")
+        return RGBDFrame(stamp_ns=synced.stamp_ns, frame_id=depth_msg.header.frame_id or color_msg.header.frame_id,
+                         color=color, depth=depth, depth_scale=depth_scale, intrinsics=intr)
+
+
+@dataclass
+class PipelineResult:
+    """Outputs of one pipeline step over the current window (all in ``fixed_frame``).
+
+    Attributes:
+        stamp_ns: stamp of the newest frame of the window (int nanoseconds).
+        fixed_frame: frame id of every coordinate below.
+        window: the voxelized window (voxel representatives, inverse maps per frame).
+        coord: ``(M, 3) float32`` voxel representative points, metres.
+        color: ``(M, 3) uint8`` their RGB colours.
+        labels: ``(M,) int32`` semantic labels (index into ``class_names``).
+        confidence: ``(M,) float32`` softmax confidence of the label.
+        feature_colors: ``(M, 3) uint8`` PCA colouring of the features, or ``None``.
+        features: ``(M, D) float32`` per-voxel features (torch, on the pipeline device).
+        class_names: label names.
+        timings_ms: wall time per stage of this step.
+    """
+
+    stamp_ns: int
+    fixed_frame: str
+    window: WindowCloud
+    coord: np.ndarray
+    color: np.ndarray
+    labels: np.ndarray
+    confidence: np.ndarray
+    feature_colors: np.ndarray | None
+    features: torch.Tensor
+    class_names: list[str]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def frame_labels(self, i: int = -1) -> tuple[np.ndarray, np.ndarray]:
+        """Labels ``(N_i,) int32`` and confidences ``(N_i,) float32`` of every point of
+        window frame ``i`` (default: the newest), through the voxel inverse map."""
+        inv = self.window.frame_inverse(i)
+        return self.labels[inv], self.confidence[inv]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available else CPU; otherwise ``torch.device(name)``.
+
+    Raises:
+        RuntimeError: a CUDA device is requested but CUDA is not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"model.device is '{name}' but CUDA is not available in this torch build "
+                           f"({torch.__version__}); use 'cpu' or install the CUDA build (CUDA=1 scripts/setup.sh)")
+    return dev
+
+
+class PerceptionPipeline:
+    """Lifting, windowing, encoding and heads (ROS-free).
+
+    Args:
+        cfg: the pipeline configuration.
+        log: callable for informational messages (start-up summary).
+
+    Raises:
+        RuntimeError / FileNotFoundError / ValueError: the model or head cannot be built
+            or loaded (see :class:`~concerto_ros.models.extractor.FeatureExtractor`).
+    """
+
+    def __init__(self, cfg: PerceptionConfig, log: Callable[[str], Any] | None = print):
+        self.cfg = cfg
+        self.log = log or (lambda _msg: None)
+        if cfg.model.num_threads > 0:
+            torch.set_num_threads(cfg.model.num_threads)
+        self.device = resolve_device(cfg.model.device)
+        self.window = VideoPointCloud(num_frames=cfg.window.num_frames, voxel_size=cfg.window.voxel_size)
+        self.extractor = FeatureExtractor.from_config(cfg.model, device=self.device, log=self.log)
+        self.head = build_heads(cfg.head, in_channels=self.extractor.out_channels,
+                                device=self.device, log=self.log)
+        self.timer = StageTimer()
+        self._pca_basis = None
+        self.frames_processed = 0
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.head.class_names)
+
+    def lift(self, frame: RGBDFrame, T_world_sensor: np.ndarray) -> PointFrame:
+        """Lift an RGB-D frame to points in the fixed frame.
+
+        Args:
+            frame: the decoded frame.
+            T_world_sensor: ``(4, 4)`` pose of the frame's optical frame in ``fixed_frame``.
+
+        Raises:
+            FrameSkipped: the pose is not finite, or no depth pixel is valid.
+        """
+        T = np.asarray(T_world_sensor, dtype=np.float64)
+        if T.shape != (4, 4) or not np.isfinite(T).all():
+            raise FrameSkipped(frame.frame_id or "tf", "bad_pose", "camera pose is not a finite 4x4 transform")
+        c = self.cfg.lift
+        with self.timer.stage("lift"):
+            pf = lift_depth(frame, T, min_depth=c.min_depth, max_depth=c.max_depth, stride=c.pixel_stride)
+        pf.frame_id = self.cfg.fixed_frame
+        if len(pf.points) == 0:
+            raise FrameSkipped(self.cfg.topics.depth, "no_valid_depth",
+                               f"no depth pixel within [{c.min_depth}, {c.max_depth}] m")
+        return pf
+
+    def process(self, frame: RGBDFrame, T_world_sensor: np.ndarray) -> PipelineResult:
+        """Lift ``frame``, add it to the window and run the models on the window.
+
+        Raises:
+            FrameSkipped: see :meth:`lift`.
+        """
+        return self.process_points(self.lift(frame, T_world_sensor))
+
+    @torch.inference_mode()
+    def process_points(self, points: PointFrame) -> PipelineResult:
+        """Add an already lifted frame (RGB-D or LiDAR) to the window and run the models."""
+        t = {}
+        t0 = time.perf_counter()
+        self.window.push(points)
+        win = self.window.build()
+        t["window"] = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        feats = self.extractor.encode_window(win)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t["encoder"] = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        pred = self.head.predict(feats)
+        fcolors = None
+        if self.cfg.publish.features:
+            fcolors, self._pca_basis = pca_colors(feats, basis=self._pca_basis, return_basis=True)
+        t["heads"] = (time.perf_counter() - t0) * 1e3
+        for k, v in t.items():
+            self.timer.add(k, v)
+        self.frames_processed += 1
+        return PipelineResult(
+            stamp_ns=int(win.stamps_ns[-1]), fixed_frame=self.cfg.fixed_frame, window=win,
+            coord=win.coord, color=win.color, labels=pred.labels, confidence=pred.confidence,
+            feature_colors=fcolors, features=feats, class_names=self.class_names, timings_ms=t)
+
+    def reset(self) -> None:
+        """Forget the window (e.g. after a jump back in time when a bag loops)."""
+        self.window.clear()
+        self._pca_basis = None

@@ -1,0 +1,98 @@
+"""Camera poses for the node: tf2_ros on a ROS 2 install, else the project's buffer.
+
+On a full ROS 2 installation ``tf2_ros`` is used (``Buffer`` + ``TransformListener``).
+Where ROS 2 comes from PyPI wheels there is no ``tf2_ros``; the node then subscribes
+``/tf`` and ``/tf_static`` itself (``tf2_msgs/TFMessage``; the set-up builds that one type)
+and fills :class:`concerto_ros.sensors.tf_buffer.TransformBuffer`, the same buffer the
+offline bag tools use. Both answer :meth:`lookup` identically.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from concerto_ros.msgs.transforms import stamp_to_ns, transform_to_matrix
+from concerto_ros.sensors.tf_buffer import TransformBuffer, TransformUnavailable
+
+
+class TfSource:
+    """Looks up ``T_target_source`` (4x4, float64) at a stamp, waiting up to a timeout.
+
+    Args:
+        node: the node that owns the subscriptions.
+        cache_time_s: transform history kept (seconds).
+        prefer_tf2_ros: use tf2_ros when importable (default).
+
+    Attributes:
+        backend: ``"tf2_ros"`` or ``"concerto"`` (the project's buffer fed from /tf).
+    """
+
+    def __init__(self, node: Node, cache_time_s: float = 30.0, prefer_tf2_ros: bool = True):
+        self._node = node
+        self._tf2 = None
+        if prefer_tf2_ros:
+            try:
+                import tf2_ros  # noqa: F401
+                from rclpy.duration import Duration
+
+                self._tf2 = tf2_ros.Buffer(cache_time=Duration(seconds=cache_time_s))
+                self._listener = tf2_ros.TransformListener(self._tf2, node, spin_thread=False)
+            except ImportError:
+                self._tf2 = None
+        if self._tf2 is not None:
+            self.backend = "tf2_ros"
+            return
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError as exc:
+            raise RuntimeError(
+                "neither tf2_ros nor tf2_msgs is importable: source a ROS 2 installation, or "
+                "run scripts/setup.sh, which builds tf2_msgs for PyPI-wheel ROS 2") from exc
+        self.backend = "concerto"
+        self.buffer = TransformBuffer(cache_time_s=cache_time_s)
+        dyn = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        static = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
+        node.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), dyn)
+        node.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True), static)
+
+    def _on_tf(self, msg, static: bool) -> None:
+        for t in msg.transforms:
+            tr, q = t.transform.translation, t.transform.rotation
+            vals = (tr.x, tr.y, tr.z, q.x, q.y, q.z, q.w)
+            if not np.isfinite(vals).all():
+                continue  # a NaN transform would poison interpolation; tf2 rejects it too
+            self.buffer.set_transform(t.header.frame_id, t.child_frame_id, stamp_to_ns(t.header.stamp),
+                                      np.array(vals[:3]), np.array(vals[3:]), static=static)
+
+    def lookup(self, target: str, source: str, stamp_ns: int, timeout_s: float = 0.0) -> np.ndarray:
+        """``(4, 4) float64`` transform mapping points in ``source`` to ``target`` at ``stamp_ns``.
+
+        Waits up to ``timeout_s`` seconds for the transform to arrive.
+
+        Raises:
+            TransformUnavailable: no transform for that stamp within the timeout.
+        """
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        if self._tf2 is not None:
+            from rclpy.duration import Duration
+            from rclpy.time import Time
+
+            try:
+                ts = self._tf2.lookup_transform(target, source, Time(nanoseconds=int(stamp_ns)),
+                                                timeout=Duration(seconds=max(timeout_s, 0.0)))
+            except Exception as exc:  # tf2 raises LookupException, ExtrapolationException, ...
+                raise TransformUnavailable(str(exc)) from None
+            tr, q = ts.transform.translation, ts.transform.rotation
+            return transform_to_matrix((tr.x, tr.y, tr.z), (q.x, q.y, q.z, q.w))
+        while True:
+            try:
+                return self.buffer.lookup(target, source, int(stamp_ns))
+            except TransformUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)

@@ -1,0 +1,48 @@
+"""Start concerto_ros's perception node with a parameters file.
+
+    ros2 launch concerto_ros perception.launch.py
+    ros2 launch concerto_ros perception.launch.py config:=/path/to/site.yaml namespace:=robot1 use_sim_time:=true
+
+Arguments:
+    config        parameters YAML (default: the package's config/perception.yaml)
+    namespace     namespace of the node and its topics (default: none)
+    use_sim_time  take time from /clock, e.g. while replaying a bag with --clock (default: false)
+    log_level     logger level of the node (default: info)
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+
+def generate_launch_description() -> LaunchDescription:
+    default_config = os.path.join(get_package_share_directory("concerto_ros"), "config", "perception.yaml")
+    config = LaunchConfiguration("config")
+    namespace = LaunchConfiguration("namespace")
+    use_sim_time = LaunchConfiguration("use_sim_time")
+    log_level = LaunchConfiguration("log_level")
+    return LaunchDescription([
+        DeclareLaunchArgument("config", default_value=default_config,
+                              description="Parameters YAML of the perception node."),
+        DeclareLaunchArgument("namespace", default_value="",
+                              description="Namespace of the node and its topics."),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="Use /clock (bag replay with --clock)."),
+        DeclareLaunchArgument("log_level", default_value="info",
+                              description="Logger level: debug, info, warn, error."),
+        Node(
+            package="concerto_ros",
+            executable="perception_node",
+            name="perception_node",
+            namespace=namespace,
+            output="screen",
+            emulate_tty=True,
+            parameters=[config, {"use_sim_time": ParameterValue(use_sim_time, value_type=bool)}],
+            arguments=["--ros-args", "--log-level", log_level],
+        ),
+    ])
