@@ -26,21 +26,29 @@ def voxel_keys(points: np.ndarray, voxel_size: float) -> np.ndarray:
     return (g[:, 0] << 42) | (g[:, 1] << 21) | g[:, 2]
 
 
-def ground_truth_lookup(sequence_dir: Path, num_frames: int, voxel_size: float, last: int):
-    """A function mapping points ``(N,3)`` (fixed frame) to the ground-truth label of their
-    voxel in the last ``last`` frames of the sequence (0 = unlabeled where unknown)."""
+def ground_truth_lookup(sequence_dir: Path, voxel_size: float, last: int):
+    """A function mapping points ``(N, 3)`` (fixed frame, metres) to the ground-truth label of
+    their voxel, built by lifting the label images of the last ``last`` frames of the sequence
+    with the same lifting as the pipeline (0 = unlabeled where no labelled point fell)."""
     import cv2
 
-    from concerto_ros.bag.convert_rgbd import read_rgbd_folder
+    from concerto_ros.bag.convert_rgbd import scan_rgbd_folder
     from concerto_ros.sensors.lifting import lift_depth
+    from concerto_ros.sensors.types import CameraIntrinsics, RGBDFrame
 
-    frames = list(read_rgbd_folder(sequence_dir))[-last:]
+    folder = scan_rgbd_folder(sequence_dir)
+    cam = folder.camera
+    intr = CameraIntrinsics(fx=cam["fx"], fy=cam["fy"], cx=cam["cx"], cy=cam["cy"],
+                            width=cam["width"], height=cam["height"])
     keys, labels = [], []
-    for f in frames:
-        pf = lift_depth(f.frame, f.T_world_camera)
+    for i in range(max(0, len(folder.stems) - last), len(folder.stems)):
+        depth = cv2.imread(str(folder.depth[i]), cv2.IMREAD_UNCHANGED)
+        lab = cv2.imread(str(folder.labels[i]), cv2.IMREAD_UNCHANGED).astype(np.int32)
+        frame = RGBDFrame(stamp_ns=i, frame_id="camera", color=None, depth=depth,
+                          depth_scale=float(cam.get("depth_scale", 1000)), intrinsics=intr, labels=lab)
+        pf = lift_depth(frame, folder.poses[i])
         keys.append(voxel_keys(pf.points, voxel_size))
         labels.append(pf.labels)
-    del cv2
     k = np.concatenate(keys)
     lab = np.concatenate(labels).astype(np.int32)
     order = np.argsort(k, kind="stable")
@@ -75,9 +83,9 @@ def run_demo(output: str | Path = "outputs/demo", seed: int = 0, num_frames: int
     print("[demo] 2/4 converting to rosbag2 (MCAP)")
     bag = out / "demo_bag"
     report = convert_rgbd_folder(seq, bag, storage="mcap", overwrite=True)
-    print(f"        -> {bag} ({getattr(report, 'num_frames', num_frames)} frames)")
+    print(f"        -> {report.bag_path} ({report.frames} frames, {report.size_bytes / 1e6:.1f} MB)")
 
-    gt = ground_truth_lookup(seq, num_frames, cfg.window.voxel_size, cfg.window.num_frames)
+    gt = ground_truth_lookup(seq, cfg.window.voxel_size, cfg.window.num_frames)
     result_dir = out / "result"
     if offline:
         print("[demo] 3/4 replaying offline through the pipeline (no ROS)")

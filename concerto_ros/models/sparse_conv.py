@@ -1,0 +1,406 @@
+"""Submanifold sparse 3-D convolution with a pure-torch backend and an spconv backend.
+
+The conditional positional encoding (xCPE) of Point Transformer V3 (Wu et al., CVPR 2024,
+Sec. 3.3) is a submanifold sparse convolution ``SubMConv3d(C, C, kernel_size=3,
+bias=True)``: an output exists exactly at every input voxel, and
+
+    out[p] = bias + sum_{(a,b,c) in {0,1,2}^3} W[:, a, b, c, :] @ in[p + (a-1, b-1, c-1)]
+
+where the sum runs over the neighbours ``p + (a-1, b-1, c-1)`` (in ``(x, y, z)`` of
+``grid_coord``, same sample) that are present in the input. The weight uses spconv's
+layout ``[C_out, 3, 3, 3, C_in]`` so that released checkpoints (Sonata / Concerto, Zhang et
+al., arXiv 2510.23607) load unchanged (keys ``...cpe.0.weight`` / ``...cpe.0.bias``).
+
+Backends (one :class:`SubMConv3d` module, same parameters, same results):
+
+* ``"torch"``: the neighbour map (voxel pairs per kernel offset) is built once per voxel
+  set by hashing ``(batch, x, y, z)`` into int64 keys and ``torch.searchsorted`` on the
+  sorted keys, cached on :class:`VoxelGrid` (shared by every block of an encoder stage,
+  like spconv's ``indice_key``); the convolution is then gather -> matrix product ->
+  ``index_add_`` per offset. Deterministic and correct for any number of intra-op
+  threads. Default on CPU.
+* ``"spconv"``: ``spconv.pytorch.SubMConv3d`` with the same weight tensor. Default on CUDA
+  when spconv is importable. spconv's CPU kernels are wrong with more than one thread and
+  refuse a bias in eval mode, so on CPU this backend runs under ``torch.set_num_threads(1)``
+  (restored afterwards) and the bias is always added outside spconv.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "BACKENDS",
+    "KERNEL_OFFSETS",
+    "CENTER",
+    "NeighbourMap",
+    "VoxelGrid",
+    "build_neighbour_map",
+    "submconv3d_torch",
+    "spconv_available",
+    "resolve_backend",
+    "SubMConv3d",
+]
+
+#: values accepted for ``sparse_conv_backend``
+BACKENDS = ("auto", "torch", "spconv")
+
+#: ``(27, 3)`` int64 kernel offsets ``(a-1, b-1, c-1)`` in the order of the flattened
+#: kernel index ``k = 9a + 3b + c`` of the weight ``[C_out, 3, 3, 3, C_in]``
+KERNEL_OFFSETS = torch.tensor(list(itertools.product((-1, 0, 1), repeat=3)), dtype=torch.int64)
+
+#: flattened kernel index of the centre offset (0, 0, 0)
+CENTER = 13
+
+
+@dataclass(frozen=True, eq=False)
+class NeighbourMap:
+    """Neighbour pairs of a voxel set under a 3x3x3 submanifold kernel.
+
+    For every non-centre kernel offset ``k`` (flattened index ``9a + 3b + c``, see
+    :data:`KERNEL_OFFSETS`) the pairs ``(out_index[j], in_index[j])`` for
+    ``j in range(k_start[k], k_start[k + 1])`` say that voxel ``in_index[j]`` lies at
+    ``grid_coord[out_index[j]] + KERNEL_OFFSETS[k]`` in the same sample. Each voxel appears
+    at most once as output per offset. The centre offset pairs every voxel with itself and
+    is not stored.
+
+    Attributes:
+        out_index: ``(P,)`` int64 output rows, grouped by offset.
+        in_index: ``(P,)`` int64 input rows.
+        k_start: ``(28,)`` int64 start of each offset's group (python ints in
+            :attr:`k_bounds`).
+        num_voxels: ``N``.
+    """
+
+    out_index: torch.Tensor
+    in_index: torch.Tensor
+    k_start: torch.Tensor
+    num_voxels: int
+
+    @property
+    def k_bounds(self) -> list[int]:
+        return self.k_start.tolist()
+
+    @property
+    def num_pairs(self) -> int:
+        """Present (voxel, neighbour) pairs, centre included."""
+        return int(self.out_index.numel()) + self.num_voxels
+
+    def dense_index(self) -> torch.Tensor:
+        """``(N, 27)`` int64: neighbour row per offset, ``N`` where absent."""
+        n = self.num_voxels
+        dense = torch.full((n, 27), n, dtype=torch.long, device=self.out_index.device)
+        dense[:, CENTER] = torch.arange(n, device=dense.device)
+        k = torch.repeat_interleave(
+            torch.arange(27, device=dense.device), torch.diff(self.k_start)
+        )
+        dense[self.out_index, k] = self.in_index
+        return dense
+
+
+def build_neighbour_map(grid_coord: torch.Tensor, batch: torch.Tensor) -> NeighbourMap:
+    """Find the neighbours of every voxel under a 3x3x3 kernel.
+
+    Voxels are hashed to int64 keys ``((b * SX + x') * SY + y') * SZ + z'`` (coordinates
+    shifted by one so that offsets never leave the key box) and sorted once. In the sorted
+    keys the voxels ``(x+dx, y+dy, z-1 .. z+1)`` of a sample are at most three consecutive
+    entries, found with one ``torch.searchsorted`` per ``(dx, dy)``; only four ``(dx, dy)``
+    columns are searched, the other half of the offsets follows by symmetry (if ``j`` is
+    the ``+d`` neighbour of ``i``, ``i`` is the ``-d`` neighbour of ``j``).
+
+    Args:
+        grid_coord: ``(N, 3)`` integer voxel indices ``(x, y, z)``, unique within a
+            sample (with duplicates the result is unspecified).
+        batch: ``(N,)`` integer sample index of each voxel.
+
+    Returns:
+        A :class:`NeighbourMap` on the device of ``grid_coord``.
+
+    Raises:
+        ValueError: bad shapes, or a grid too large for int64 keys.
+    """
+    if grid_coord.ndim != 2 or grid_coord.shape[1] != 3:
+        raise ValueError(f"grid_coord must have shape (N, 3), got {tuple(grid_coord.shape)}")
+    if batch.shape != grid_coord.shape[:1]:
+        raise ValueError(
+            f"batch must have shape ({grid_coord.shape[0]},), got {tuple(batch.shape)}"
+        )
+    n = grid_coord.shape[0]
+    device = grid_coord.device
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    if n == 0:
+        return NeighbourMap(empty, empty, torch.zeros(28, dtype=torch.long, device=device), 0)
+    g = grid_coord.long()
+    g = g - g.min(0).values + 1
+    sx, sy, sz = (g.max(0).values + 2).tolist()
+    b = batch.long()
+    volume = (int(b.max()) + 1) * sx * sy * sz
+    if volume >= 2**62:
+        raise ValueError("voxel grid too large to hash into int64 keys")
+    key = ((b * sx + g[:, 0]) * sy + g[:, 1]) * sz + g[:, 2]
+    if volume < 2**31 - 2 * sy * sz:  # int32 keys are about twice as fast on CPU
+        key = key.int()
+    sk, perm = torch.sort(key)
+    # same column (dx, dy) = (0, 0): the +z neighbour is the next sorted key
+    nxt = torch.nonzero(sk[1:] == sk[:-1] + 1).squeeze(1)
+    # four (dx, dy) columns, each answered by three consecutive sorted keys
+    columns = torch.tensor([[0, 1], [1, -1], [1, 0], [1, 1]], device=device)
+    shift = ((columns[:, 0] * sy + columns[:, 1]) * sz).to(sk.dtype)
+    base = sk.unsqueeze(0) + shift.unsqueeze(1)  # (4, N)
+    pos = torch.searchsorted(sk, base - 1, out_int32=sk.dtype == torch.int32)
+    cand = pos.unsqueeze(1) + torch.arange(3, device=device, dtype=pos.dtype).view(1, 3, 1)
+    dz = sk[cand.clamp(max=n - 1)] - base.unsqueeze(1)
+    flat = torch.nonzero(((dz.abs() <= 1) & (cand < n)).view(-1)).squeeze(1)
+    col = torch.div(flat, 3 * n, rounding_mode="floor")
+    col_k = (columns[:, 0] + 1) * 9 + (columns[:, 1] + 1) * 3 + 1  # k of dz = 0
+    half_out = torch.cat([nxt, flat % n])
+    half_in = torch.cat([nxt + 1, cand.view(-1)[flat].long()])
+    half_k = torch.cat([torch.full_like(nxt, CENTER + 1), col_k[col] + dz.view(-1)[flat].long()])
+    # mirror: i is the -d neighbour of j when j is the +d neighbour of i
+    out_index = perm[torch.cat([half_out, half_in])]
+    in_index = perm[torch.cat([half_in, half_out])]
+    k_all = torch.cat([half_k, 26 - half_k]).to(torch.uint8)  # uint8: radix sort
+    k_sorted, order = torch.sort(k_all, stable=True)
+    counts = torch.bincount(k_sorted, minlength=27)
+    k_start = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    return NeighbourMap(out_index[order], in_index[order], k_start, n)
+
+
+def submconv3d_torch(
+    feat: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    neighbours: NeighbourMap,
+) -> torch.Tensor:
+    """Submanifold 3x3x3 convolution: centre term as one matrix product, then per offset
+    a gather of the present neighbours, a matrix product and an ``index_add_`` (each output
+    row is hit at most once per offset, so the result does not depend on thread count).
+
+    Args:
+        feat: ``(N, C_in)`` float features, rows aligned with the voxels of ``neighbours``.
+        weight: ``(C_out, 3, 3, 3, C_in)`` kernel (spconv layout).
+        bias: ``(C_out,)`` or ``None``.
+        neighbours: the map from :func:`build_neighbour_map` for these voxels.
+
+    Returns:
+        ``(N, C_out)`` output features, dtype of ``feat``.
+
+    Raises:
+        ValueError: row count or channel mismatch.
+    """
+    n, c_in = feat.shape
+    if n != neighbours.num_voxels:
+        raise ValueError(f"feat has {n} rows but the neighbour map {neighbours.num_voxels}")
+    if tuple(weight.shape[1:]) != (3, 3, 3, c_in):
+        raise ValueError(f"weight shape {tuple(weight.shape)} does not fit C_in={c_in}")
+    # (27, C_in, C_out): w[k] = weight[:, a, b, c, :].T with k = 9a + 3b + c
+    w = weight.permute(1, 2, 3, 4, 0).reshape(27, c_in, weight.shape[0])
+    out = feat @ w[CENTER]
+    bounds = neighbours.k_bounds
+    for k in range(27):
+        lo, hi = bounds[k], bounds[k + 1]
+        if k == CENTER or hi == lo:
+            continue
+        src = feat.index_select(0, neighbours.in_index[lo:hi])
+        out.index_add_(0, neighbours.out_index[lo:hi], src @ w[k])
+    if bias is not None:
+        out = out + bias
+    return out
+
+
+_SPCONV_STATE: dict[str, Any] = {}
+
+
+def spconv_available() -> bool:
+    """Whether ``spconv.pytorch`` can be imported (result cached)."""
+    if "ok" not in _SPCONV_STATE:
+        try:
+            import spconv.pytorch  # noqa: F401
+
+            _SPCONV_STATE["ok"] = True
+        except Exception:  # ImportError, or a broken CUDA build
+            _SPCONV_STATE["ok"] = False
+    return _SPCONV_STATE["ok"]
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """Pick the concrete sparse-convolution backend.
+
+    Args:
+        backend: ``"auto"``, ``"torch"`` or ``"spconv"``.
+        device: the device the features live on.
+
+    Returns:
+        ``"torch"`` or ``"spconv"``: ``"auto"`` gives ``"spconv"`` on CUDA when spconv is
+        importable and ``"torch"`` otherwise.
+
+    Raises:
+        ValueError: unknown backend name.
+        ImportError: ``"spconv"`` requested but spconv cannot be imported.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown sparse_conv_backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "torch":
+        return "torch"
+    if backend == "spconv":
+        if not spconv_available():
+            raise ImportError("sparse_conv_backend='spconv' but spconv.pytorch cannot be imported")
+        return "spconv"
+    device = torch.device(device)
+    return "spconv" if device.type == "cuda" and spconv_available() else "torch"
+
+
+@dataclass(eq=False)
+class VoxelGrid:
+    """The voxel set of one encoder stage, with the sparse-convolution caches.
+
+    Attributes:
+        grid_coord: ``(N, 3)`` int64 voxel indices ``(x, y, z)``.
+        batch: ``(N,)`` int64 sample index of each voxel.
+        batch_size: number of samples ``B``.
+
+    The neighbour map (torch backend) and the spconv tensors holding spconv's indice
+    pairs (spconv backend, keyed by ``indice_key``) are built on first use and reused by
+    every convolution over the same voxels.
+    """
+
+    grid_coord: torch.Tensor
+    batch: torch.Tensor
+    batch_size: int
+    _neighbours: NeighbourMap | None = field(default=None, repr=False)
+    _spconv_tensors: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_voxels(self) -> int:
+        return int(self.grid_coord.shape[0])
+
+    def neighbour_map(self) -> NeighbourMap:
+        """The cached 27-neighbour map (built on first call)."""
+        if self._neighbours is None:
+            self._neighbours = build_neighbour_map(self.grid_coord, self.batch)
+        return self._neighbours
+
+
+def _spconv_submconv(
+    conv: nn.Module, feat: torch.Tensor, voxels: VoxelGrid, indice_key: str
+) -> torch.Tensor:
+    import spconv.pytorch as spconv
+
+    cached = voxels._spconv_tensors.get(indice_key)
+    if cached is None:
+        indices = torch.cat([voxels.batch.view(-1, 1), voxels.grid_coord], dim=1).int()
+        shape = (voxels.grid_coord.max(0).values + 1).tolist() if voxels.num_voxels else [1] * 3
+        tensor = spconv.SparseConvTensor(
+            features=feat,
+            indices=indices.contiguous(),
+            spatial_shape=shape,
+            batch_size=voxels.batch_size,
+        )
+    else:
+        tensor = cached.replace_feature(feat)
+    out = conv(tensor)
+    voxels._spconv_tensors[indice_key] = out  # carries the indice pairs for the next block
+    return out.features
+
+
+class SubMConv3d(nn.Module):
+    """Submanifold 3x3x3 sparse convolution (spconv-compatible parameters).
+
+    Parameters (state-dict names equal spconv's ``SubMConv3d``):
+
+    * ``weight``: ``(C_out, 3, 3, 3, C_in)``, kernel index ``(a, b, c)`` pairs the input
+      voxel at offset ``(a-1, b-1, c-1)`` in ``(x, y, z)``;
+    * ``bias``: ``(C_out,)`` when ``bias=True``.
+
+    Args:
+        in_channels: ``C_in``.
+        out_channels: ``C_out``.
+        kernel_size: must be 3 (the only size used by PTv3's xCPE).
+        bias: add a learned bias.
+        indice_key: name under which the spconv backend caches its indice pairs on the
+            :class:`VoxelGrid` (PTv3 uses ``"stage{s}"``).
+        backend: ``"auto"``, ``"torch"`` or ``"spconv"`` (see :func:`resolve_backend`).
+
+    Raises:
+        ValueError: ``kernel_size != 3`` or unknown backend.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        bias: bool = True,
+        indice_key: str | None = None,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if kernel_size != 3:
+            raise ValueError(f"only kernel_size=3 is supported, got {kernel_size}")
+        if backend not in BACKENDS:
+            raise ValueError(
+                f"unknown sparse_conv_backend {backend!r}; expected one of {BACKENDS}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.indice_key = indice_key or "subm3"
+        self.backend = backend
+        self.weight = nn.Parameter(torch.empty(out_channels, 3, 3, 3, in_channels))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self._spconv_module: list[nn.Module] = []  # unregistered, holds no parameters
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Truncated-normal weight (std 0.02) and zero bias, as the reference initialises."""
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size=3, "
+            f"bias={self.bias is not None}, indice_key={self.indice_key!r}, "
+            f"backend={self.backend!r}"
+        )
+
+    def _spconv(self) -> nn.Module:
+        if not self._spconv_module:
+            import spconv.pytorch as spconv
+
+            self._spconv_module.append(
+                spconv.SubMConv3d(
+                    self.in_channels,
+                    self.out_channels,
+                    kernel_size=3,
+                    bias=False,
+                    indice_key=self.indice_key,
+                )
+            )
+        conv = self._spconv_module[0]
+        conv.weight = self.weight  # share our parameter; spconv holds no copy
+        conv.train(self.training)
+        return conv
+
+    def forward(self, feat: torch.Tensor, voxels: VoxelGrid) -> torch.Tensor:
+        """Convolve ``(N, C_in)`` features on ``voxels``; returns ``(N, C_out)``."""
+        backend = resolve_backend(self.backend, feat.device)
+        if backend == "torch":
+            return submconv3d_torch(feat, self.weight, self.bias, voxels.neighbour_map())
+        conv = self._spconv()
+        if feat.device.type == "cpu":
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                out = _spconv_submconv(conv, feat, voxels, self.indice_key)
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            out = _spconv_submconv(conv, feat, voxels, self.indice_key)
+        if self.bias is not None:
+            out = out + self.bias
+        return out

@@ -1,0 +1,31 @@
+"""Shared test fixtures: the ../shared folder and ROS availability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` next to the repository; skips the test when it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} not found: the shared data/golden folder is only beside the development checkout")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def slambook_dir(shared_dir: Path) -> Path:
+    """The real 5-frame Kinect recording ``../shared/data/rgbd_slambook``."""
+    p = shared_dir / "data" / "rgbd_slambook"
+    if not p.is_dir():
+        pytest.skip(f"{p} not found")
+    return p
+
+
+#: intrinsics of rgbd_slambook (its README): fx, fy, cx, cy in pixels
+SLAMBOOK_INTRINSICS = (518.0, 519.0, 325.5, 253.5)

@@ -1,0 +1,51 @@
+"""The one config schema: YAML file, defaults, overrides and validation."""
+
+from pathlib import Path
+
+import pytest
+
+from concerto_ros.config import (SPECS, PerceptionConfig, default_config_path, load_config,
+                                 parse_overrides, to_flat)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_yaml_sets_every_parameter_to_its_default():
+    text = (ROOT / "config" / "perception.yaml").read_text()
+    cfg = load_config(ROOT / "config" / "perception.yaml")
+    assert to_flat(cfg) == to_flat(PerceptionConfig())
+    for name in SPECS:  # every setting is written out in the file users copy
+        assert name.split(".")[-1] + ":" in text, name
+    assert default_config_path() == ROOT / "config" / "perception.yaml"
+
+
+def test_every_parameter_is_described_and_numeric_ones_have_ranges():
+    for spec in SPECS.values():
+        assert len(spec.description) > 15, spec.name
+        if spec.type in (int, float):
+            assert spec.lo is not None and spec.hi is not None and spec.lo <= spec.default <= spec.hi, spec.name
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    cfg = load_config(None, parse_overrides(["window.num_frames=3", "window.voxel_size=0.05",
+                                             "head.class_names=[a, b]", "publish.features=false"]))
+    assert cfg.window.num_frames == 3 and cfg.window.voxel_size == 0.05
+    assert cfg.head.class_names == ["a", "b"] and cfg.publish.features is False
+    with pytest.raises(ValueError, match=r"window.voxel_size.*outside"):
+        load_config(None, {"window.voxel_size": 5.0})
+    with pytest.raises(ValueError, match="not one of"):
+        load_config(None, {"qos.input": "fast"})
+    with pytest.raises(KeyError, match="did you mean"):
+        load_config(None, {"window.num_frame": 3})
+    with pytest.raises(ValueError, match="name=value"):
+        parse_overrides(["window.num_frames"])
+
+
+def test_params_file_section_of_the_node_wins(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("other_node:\n  ros__parameters:\n    fixed_frame: map\n"
+                 "perception_node:\n  ros__parameters:\n    fixed_frame: world\n    sync:\n      slop: 0.01\n")
+    cfg = load_config(p)
+    assert cfg.fixed_frame == "world" and cfg.sync.slop == 0.01
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.yaml")
