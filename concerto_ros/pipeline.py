@@ -67,7 +67,7 @@ class SkipCounter:
 
     def __init__(self, warn: Callable[[str], Any] | None = None, period_s: float = 5.0):
         self._warn = warn
-        self._period = float(period_s)
+        self.period_s = float(period_s)
         self._last: dict[tuple[str, str], float] = {}
         self.counts: dict[tuple[str, str], int] = defaultdict(int)
         self._lock = threading.Lock()
@@ -79,7 +79,7 @@ class SkipCounter:
         with self._lock:
             self.counts[key] += 1
             n = self.counts[key]
-            due = now - self._last.get(key, -np.inf) >= self._period
+            due = now - self._last.get(key, -np.inf) >= self.period_s
             if due:
                 self._last[key] = now
         if due and self._warn is not None:
@@ -285,8 +285,8 @@ class PerceptionPipeline:
             raise FrameSkipped(frame.frame_id or "tf", "bad_pose", "camera pose is not a finite 4x4 transform")
         c = self.cfg.lift
         with self.timer.stage("lift"):
-            pf = lift_depth(frame, T, min_depth=c.min_depth, max_depth=c.max_depth, stride=c.pixel_stride)
-        pf.frame_id = self.cfg.fixed_frame
+            pf = lift_depth(frame, T, min_depth=c.min_depth, max_depth=c.max_depth, stride=c.pixel_stride,
+                            fixed_frame=self.cfg.fixed_frame)
         if len(pf.points) == 0:
             raise FrameSkipped(self.cfg.topics.depth, "no_valid_depth",
                                f"no depth pixel within [{c.min_depth}, {c.max_depth}] m")
@@ -305,6 +305,11 @@ class PerceptionPipeline:
         """Add an already lifted frame (RGB-D or LiDAR) to the window and run the models."""
         t = {}
         t0 = time.perf_counter()
+        frames = self.window.frames
+        if frames and points.stamp_ns < frames[-1].stamp_ns:
+            self.log(f"time jumped back ({points.stamp_ns * 1e-9:.3f} s < {frames[-1].stamp_ns * 1e-9:.3f} s, "
+                     "a looping bag?): clearing the window")
+            self.reset()
         self.window.push(points)
         win = self.window.build()
         t["window"] = (time.perf_counter() - t0) * 1e3

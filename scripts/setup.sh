@@ -67,6 +67,7 @@ if [ "$SYSTEM_ROS" = 0 ]; then
 fi
 
 log "building ${BUILD_PATHS[*]} with colcon"
+mkdir -p build
 (
   # shellcheck disable=SC1091
   source "$VENV/bin/activate"

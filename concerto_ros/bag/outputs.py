@@ -62,11 +62,13 @@ def write_ply(path: str | Path, coord: np.ndarray, color: np.ndarray, labels: np
 def render_png(path: str | Path, coord: np.ndarray, color: np.ndarray, labels: np.ndarray,
                class_names: list[str], feature_colors: np.ndarray | None = None,
                title: str = "", gt_labels: np.ndarray | None = None) -> Path:
-    """Top-down views (x right, y up, in the fixed frame) of the labelled window.
+    """Plan views of the labelled window, one panel per colouring.
 
+    The view looks along the axis of least extent of the cloud (the vertical of a room,
+    whatever the fixed frame's convention), onto its two principal axes, in metres.
     Panels: input colour, predicted labels (with a legend of the classes present),
-    optionally ground-truth labels and the PCA-coloured features. Points are drawn
-    low-to-high so the highest surface is on top.
+    optionally ground-truth labels and the PCA-coloured features. Points nearer the
+    viewer are drawn last.
     """
     import matplotlib
 
@@ -79,15 +81,18 @@ def render_png(path: str | Path, coord: np.ndarray, color: np.ndarray, labels: n
         panels.append(("ground-truth labels", label_colors(gt_labels)))
     if feature_colors is not None:
         panels.append(("features (PCA)", feature_colors))
-    order = np.argsort(coord[:, 2], kind="stable")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
-    size = max(0.5, min(4.0, 4e4 / max(len(coord), 1)))
+    uvw = plan_coordinates(coord)
+    order = np.argsort(uvw[:, 2], kind="stable")
+    span = np.ptp(uvw[:, :2], axis=0) if len(uvw) else np.ones(2)
+    aspect = float(np.clip(span[1] / max(span[0], 1e-6), 0.3, 1.5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2 * aspect + 1.0), squeeze=False)
+    size = max(0.3, min(4.0, 4e4 / max(len(coord), 1)))
     for ax, (name, c) in zip(axes[0], panels):
-        ax.scatter(coord[order, 0], coord[order, 1], c=np.asarray(c)[order] / 255.0, s=size, linewidths=0)
+        ax.scatter(uvw[order, 0], uvw[order, 1], c=np.asarray(c)[order] / 255.0, s=size, linewidths=0)
         ax.set_title(name)
         ax.set_aspect("equal")
-        ax.set_xlabel("x [m]")
-        ax.set_ylabel("y [m]")
+        ax.set_xlabel("principal axis 1 [m]")
+        ax.set_ylabel("principal axis 2 [m]")
     present = np.unique(labels)
     handles = [Patch(color=PALETTE[i % len(PALETTE)] / 255.0,
                      label=class_names[i] if i < len(class_names) else str(i)) for i in present]
@@ -99,6 +104,19 @@ def render_png(path: str | Path, coord: np.ndarray, color: np.ndarray, labels: n
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plan_coordinates(coord: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` coordinates in the cloud's principal axes (largest extent first), centred,
+    metres; the third axis is the one of least variance (the vertical of a room scan)."""
+    c = np.asarray(coord, dtype=np.float64)
+    if len(c) < 3:
+        return c - c.mean(0) if len(c) else c
+    centred = c - c.mean(0)
+    _, vecs = np.linalg.eigh(np.cov(centred[:: max(1, len(c) // 50000)].T))
+    axes = vecs[:, ::-1]
+    axes[:, 2] = np.cross(axes[:, 0], axes[:, 1])  # right-handed
+    return centred @ axes
 
 
 def write_results(out_dir: str | Path, coord: np.ndarray, color: np.ndarray, labels: np.ndarray,

@@ -103,38 +103,49 @@ def replay_bag(bag: str | Path, cfg: PerceptionConfig, pipeline: PerceptionPipel
         from tqdm import tqdm
         bar = tqdm(total=n_expected if max_frames is None else min(n_expected, max_frames),
                    desc="replay", unit="frame")
-    processed = 0
+    state = {"processed": 0, "result": None}
+
+    def handle(sets) -> bool:
+        """Process synced sets; False once ``max_frames`` is reached."""
+        for synced in sets:
+            if max_frames is not None and state["processed"] >= max_frames:
+                return False
+            try:
+                with pipeline.timer.stage("convert"):
+                    frame = assembler.to_frame(synced)
+                try:
+                    T = tf.lookup(cfg.fixed_frame, frame.frame_id, frame.stamp_ns)
+                except TransformUnavailable as exc:
+                    raise FrameSkipped("/tf", "no_transform", f"{cfg.fixed_frame} <- '{frame.frame_id}': {exc}") from None
+                res = pipeline.process(frame, T)
+            except FrameSkipped as skip:
+                skips.record(skip)
+                continue
+            state["processed"] += 1
+            state["result"] = res
+            if on_result is not None:
+                on_result(res)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(voxels=len(res.coord), ms=f"{sum(res.timings_ms.values()):.0f}")
+        return max_frames is None or state["processed"] < max_frames
+
     messages = iter_messages(bag, topics=list(topics.values()))
     try:
+        going = True
         for m in messages:
-            if max_frames is not None and processed >= max_frames:
-                break
             with pipeline.timer.stage("sync"):
                 sets = assembler.add(stream_of[m.topic], m.msg)
-            for synced in sets:
-                try:
-                    with pipeline.timer.stage("convert"):
-                        frame = assembler.to_frame(synced)
-                    try:
-                        T = tf.lookup(cfg.fixed_frame, frame.frame_id, frame.stamp_ns)
-                    except TransformUnavailable as exc:
-                        raise FrameSkipped("/tf", "no_transform", f"{cfg.fixed_frame} <- '{frame.frame_id}': {exc}") from None
-                    result = pipeline.process(frame, T)
-                except FrameSkipped as skip:
-                    skips.record(skip)
-                    continue
-                processed += 1
-                if on_result is not None:
-                    on_result(result)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(voxels=len(result.coord), ms=f"{sum(result.timings_ms.values()):.0f}")
-                if max_frames is not None and processed >= max_frames:
-                    break
+            if not handle(sets):
+                going = False
+                break
+        if going:
+            handle(assembler.sync.flush())
     finally:
         messages.close()
         if bar is not None:
             bar.close()
+    processed, result = state["processed"], state["result"]
     return ReplayReport(result=result, frames_processed=processed, skipped=skips.as_dict(),
                         timings=pipeline.timer.summary(), wall_s=time.perf_counter() - t_start,
                         sync_stats=dict(assembler.sync.stats))

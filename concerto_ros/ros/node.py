@@ -141,15 +141,12 @@ class PerceptionNode(Node):
                 value = coerce(SPECS[p.name], p.value)
             except ValueError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
-            if p.name == "sync.slop":
-                self.assembler.sync.slop_ns = int(round(value * 1e9))
-                self.cfg.sync.slop = value
-            elif p.name == "publish.features":
+            if p.name == "publish.features":
                 self.cfg.publish.features = value
             elif p.name == "tf.timeout":
                 self.cfg.tf.timeout = value
             elif p.name == "skip_log_period":
-                self.skips._period = value
+                self.skips.period_s = value
         return SetParametersResult(successful=True)
 
     # -- worker ----------------------------------------------------------------------------

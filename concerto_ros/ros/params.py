@@ -13,7 +13,7 @@ from rclpy.node import Node
 from concerto_ros.config import SPECS, PerceptionConfig, ParamSpec, from_flat
 
 #: settings that may change while the node runs (applied to the next frame)
-RUNTIME_PARAMETERS = {"skip_log_period", "sync.slop", "publish.features", "tf.timeout"}
+RUNTIME_PARAMETERS = {"skip_log_period", "publish.features", "tf.timeout"}
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
           float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
