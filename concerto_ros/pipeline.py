@@ -134,21 +134,47 @@ class RGBDFrameAssembler:
         cfg: pipeline config (``sync.slop`` seconds, ``sync.queue_size``, ``topics.*`` for
             naming topics in skip reasons).
         note: callable for one-time informational notes (e.g. ignored distortion).
+        skips: where messages the policy drops unpaired are recorded (reason ``unpaired``:
+            no partner within ``slop`` on the other topics, e.g. missing camera info).
     """
 
     STREAMS = ("color", "depth", "camera_info")
+    _DROPS = ("dropped_queue_full", "dropped_stale", "dropped_out_of_order", "dropped_duplicate")
 
-    def __init__(self, cfg: PerceptionConfig, note: Callable[[str], Any] | None = None):
+    def __init__(self, cfg: PerceptionConfig, note: Callable[[str], Any] | None = None,
+                 skips: SkipCounter | None = None):
         self.cfg = cfg
         self.sync = ApproximateTimeSync(self.STREAMS, slop_s=cfg.sync.slop, queue_size=cfg.sync.queue_size)
         self._note = note
         self._noted: set[str] = set()
+        self._skips = skips
+        self._dropped = {s: 0 for s in self.STREAMS}
+        self._lock = threading.Lock()
         self.topics = {"color": cfg.topics.color, "depth": cfg.topics.depth,
                        "camera_info": cfg.topics.camera_info}
 
     def add(self, stream: str, msg: Any) -> list[SyncedSet]:
-        """Queue one message of ``stream`` (color, depth or camera_info); return completed sets."""
-        return self.sync.add(stream, stamp_to_ns(msg.header.stamp), msg)
+        """Queue one message of ``stream`` (color, depth or camera_info); return completed sets.
+
+        Messages the policy had to drop unpaired are reported to ``skips``.
+        """
+        sets = self.sync.add(stream, stamp_to_ns(msg.header.stamp), msg)
+        if self._skips is not None:
+            self._report_drops()
+        return sets
+
+    def _report_drops(self) -> None:
+        stats = self.sync.stream_stats
+        with self._lock:
+            for s in self.STREAMS:
+                n = sum(stats[s][k] for k in self._DROPS)
+                new, self._dropped[s] = n - self._dropped[s], n
+                for _ in range(new):
+                    others = [self.topics[o] for o in self.STREAMS if o != s]
+                    self._skips.record(FrameSkipped(
+                        self.topics[s], "unpaired",
+                        f"no message within slop {self.cfg.sync.slop} s on {others} "
+                        "(missing camera info, or stamps too far apart?)"))
 
     def to_frame(self, synced: SyncedSet) -> RGBDFrame:
         """Decode a synced set into an :class:`RGBDFrame` (colour RGB uint8, raw depth).

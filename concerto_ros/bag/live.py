@@ -310,6 +310,10 @@ def run_live(bag: str | Path, cfg: PerceptionConfig, cfg_path: str | Path, overr
     finally:
         if proc is not None:
             proc.stop()
+    if report.timeouts:
+        print(f"{report.timeouts} of {report.frames_sent} frames produced no cloud. If the node subscribes with "
+              "sensor-data (best-effort) QoS, large images can lose DDS fragments on a busy machine; "
+              "try --set qos.input=reliable, and see the node's /diagnostics for skipped messages.")
     if not report.clouds:
         print(f"the node published no cloud for {report.frames_sent} frames sent; diagnostics: {report.diagnostics}")
         if proc is not None:

@@ -94,8 +94,8 @@ def replay_bag(bag: str | Path, cfg: PerceptionConfig, pipeline: PerceptionPipel
     stream_of = {v: k for k, v in topics.items()}
     pipeline = pipeline or PerceptionPipeline(cfg, log=log)
     tf = load_tf(bag)
-    assembler = RGBDFrameAssembler(cfg, note=log)
     skips = SkipCounter(log, period_s=cfg.skip_log_period)
+    assembler = RGBDFrameAssembler(cfg, note=log, skips=skips)
     result = None
     n_expected = min(summary[cfg.topics.color][1], summary[cfg.topics.depth][1])
     bar = None

@@ -89,7 +89,7 @@ class PerceptionNode(Node):
         self.cfg = declare_config(self)
         self.skips = SkipCounter(log.warning, self.cfg.skip_log_period)
         self.pipeline = PerceptionPipeline(self.cfg, log=log.info)
-        self.assembler = RGBDFrameAssembler(self.cfg, note=log.info)
+        self.assembler = RGBDFrameAssembler(self.cfg, note=log.info, skips=self.skips)
         self.tf = TfSource(self, cache_time_s=self.cfg.tf.cache_time)
         self.queue = DropOldestQueue(self.cfg.worker.queue_depth)
         self.add_on_set_parameters_callback(self._on_set_parameters)
