@@ -22,8 +22,13 @@ test: setup
 	scripts/env.sh python -m pytest test -q $(PYTEST_ARGS)
 
 bench: setup
+	@ldconfig -p | grep -q 'libusb-1.0.so.0' || { \
+	  if command -v apt-get >/dev/null; then \
+	    $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y --no-install-recommends libusb-1.0-0 || \
+	    echo "warning: libusb-1.0-0 could not be installed: the Open3D comparison will be skipped"; \
+	  else echo "warning: libusb-1.0-0 missing: the Open3D comparison will be skipped"; fi; }
 	$(VENV)/bin/python -m pip -q install -r requirements/bench.txt
-	scripts/env.sh python benchmarks/bench_pipeline.py
+	scripts/env.sh python benchmarks/bench_pipeline.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build install log outputs $(VENV)

@@ -34,6 +34,7 @@ class TopicsConfig:
     color: str = _f("/camera/color/image_raw", "Colour image topic (sensor_msgs/Image: rgb8, bgr8, rgba8, bgra8, mono8).")
     depth: str = _f("/camera/depth/image_raw", "Depth image topic registered to the colour camera (sensor_msgs/Image: 16UC1 millimetres or 32FC1 metres).")
     camera_info: str = _f("/camera/color/camera_info", "CameraInfo of the colour camera; K gives the intrinsics (distortion is ignored).")
+    points: str = _f("", "LiDAR/depth-camera cloud topic (sensor_msgs/PointCloud2 with x y z and optional rgb/intensity). Empty: not subscribed.")
 
 
 @dataclass
@@ -57,8 +58,8 @@ class TfConfig:
 
 @dataclass
 class LiftConfig:
-    min_depth: float = _f(0.1, "Nearest valid depth (metres); closer pixels are dropped.", lo=0.0, hi=100.0)
-    max_depth: float = _f(8.0, "Farthest valid depth (metres); farther pixels are dropped.", lo=0.01, hi=200.0)
+    min_depth: float = _f(0.1, "Nearest valid depth (metres; range for PointCloud2 input); closer points are dropped.", lo=0.0, hi=100.0)
+    max_depth: float = _f(8.0, "Farthest valid depth (metres; range for PointCloud2 input); farther points are dropped.", lo=0.01, hi=200.0)
     pixel_stride: int = _f(1, "Use every n-th pixel in u and v (1 = all pixels).", lo=1, hi=16)
 
 

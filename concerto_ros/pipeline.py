@@ -32,7 +32,8 @@ from concerto_ros.models.heads import pca_colors
 from concerto_ros.msgs.camera_info import intrinsics_from_camera_info
 from concerto_ros.msgs.image import color_to_rgb, depth_from_msg
 from concerto_ros.msgs.transforms import stamp_to_ns
-from concerto_ros.sensors.lifting import lift_depth
+from concerto_ros.msgs.pointcloud2 import xyz_from_pointcloud2
+from concerto_ros.sensors.lifting import lift_depth, lift_pointcloud
 from concerto_ros.sensors.sync import ApproximateTimeSync, SyncedSet
 from concerto_ros.sensors.types import CameraIntrinsics, PointFrame, RGBDFrame
 
@@ -316,6 +317,33 @@ class PerceptionPipeline:
         if len(pf.points) == 0:
             raise FrameSkipped(self.cfg.topics.depth, "no_valid_depth",
                                f"no depth pixel within [{c.min_depth}, {c.max_depth}] m")
+        return pf
+
+    def lift_cloud(self, msg: Any, T_world_sensor: np.ndarray, topic: str = "") -> PointFrame:
+        """Points of a ``PointCloud2`` (LiDAR or depth camera) in the fixed frame.
+
+        Uses ``x y z`` (metres, in ``msg.header.frame_id``), ``rgb``/``rgba`` when present,
+        else ``intensity`` as grey; points outside ``[lift.min_depth, lift.max_depth]`` metres
+        of range or non-finite are dropped.
+
+        Raises:
+            FrameSkipped: malformed cloud, non-finite pose, or no valid point.
+        """
+        topic = topic or self.cfg.topics.points or "points"
+        T = np.asarray(T_world_sensor, dtype=np.float64)
+        if T.shape != (4, 4) or not np.isfinite(T).all():
+            raise FrameSkipped(topic, "bad_pose", "sensor pose is not a finite 4x4 transform")
+        try:
+            xyz, extra = xyz_from_pointcloud2(msg)
+        except ValueError as exc:
+            raise FrameSkipped(topic, "bad_pointcloud", str(exc)) from None
+        c = self.cfg.lift
+        with self.timer.stage("lift"):
+            pf = lift_pointcloud(xyz, colors=extra.get("rgb"), intensity=extra.get("intensity"), T_world_sensor=T,
+                                 stamp_ns=stamp_to_ns(msg.header.stamp), sensor_frame_id=msg.header.frame_id,
+                                 fixed_frame=self.cfg.fixed_frame, min_range=c.min_depth, max_range=c.max_depth)
+        if len(pf.points) == 0:
+            raise FrameSkipped(topic, "no_valid_points", f"no finite point within [{c.min_depth}, {c.max_depth}] m")
         return pf
 
     def process(self, frame: RGBDFrame, T_world_sensor: np.ndarray) -> PipelineResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,13 @@ def slambook_dir(shared_dir: Path) -> Path:
 
 #: intrinsics of rgbd_slambook (its README): fx, fy, cx, cy in pixels
 SLAMBOOK_INTRINSICS = (518.0, 519.0, 325.5, 253.5)
+
+
+@pytest.fixture
+def ros_domain(monkeypatch) -> str:
+    """A ROS domain of its own (and localhost-only discovery) for a test and the nodes it
+    starts, so parallel test runs on one machine do not see each other."""
+    domain = str(40 + (os.getpid() % 50))
+    monkeypatch.setenv("ROS_DOMAIN_ID", domain)
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    return domain

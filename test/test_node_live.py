@@ -7,7 +7,6 @@ Each test uses its own ROS_DOMAIN_ID so parallel CI jobs on one machine do not m
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -33,15 +32,6 @@ from concerto_ros.msgs.image import fill_image  # noqa: E402
 from concerto_ros.msgs.transforms import fill_transform_stamped  # noqa: E402
 
 from conftest import SLAMBOOK_INTRINSICS  # noqa: E402
-
-
-@pytest.fixture
-def ros_domain(monkeypatch):
-    """A ROS domain of its own (and localhost-only discovery) for the test and its node."""
-    domain = str(40 + (os.getpid() % 50))
-    monkeypatch.setenv("ROS_DOMAIN_ID", domain)
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    return domain
 
 
 def test_node_publishes_the_fused_kinect_window(tmp_path, slambook_dir, ros_domain):

@@ -101,3 +101,33 @@ def test_replay_cli_writes_ply_png_and_summary(slambook_bag, tmp_path):
     assert {"x", "y", "z", "red", "green", "blue", "label", "confidence"} <= set(v.data.dtype.names)
     assert sum(summary["label_histogram"].values()) == len(v.data)
     assert (out / "window.png").stat().st_size > 10_000
+
+
+def test_lidar_pointcloud2_runs_through_the_same_pipeline(shared_dir):
+    """A real SemanticKITTI scan, as a PointCloud2 in the sensor frame, 0.05 m voxels."""
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    from concerto_ros.cloud.voxel import grid_sample
+    from concerto_ros.msgs.pointcloud2 import fill_pointcloud2
+    from concerto_ros.pipeline import FrameSkipped
+
+    xyz = np.load(shared_dir / "data" / "semantickitti" / "kitti_01_points_000000.npy").astype(np.float32)
+    intensity = np.linspace(0, 1, len(xyz), dtype=np.float32)
+    msg = fill_pointcloud2(PointCloud2(), PointField, 1_000_000_000, "velodyne", xyz, extra={"intensity": intensity})
+    cfg = load_config(default_config_path(), {"window.voxel_size": 0.05, "lift.max_depth": 40.0,
+                                              "lift.min_depth": 2.0, "topics.points": "/velodyne_points"})
+    pipe = PerceptionPipeline(cfg, log=None)
+    T = np.eye(4)
+    T[:3, 3] = [10.0, -5.0, 1.5]  # sensor pose in odom
+    pf = pipe.lift_cloud(msg, T)
+    rng = np.linalg.norm(xyz, axis=1)
+    keep = (rng >= 2.0) & (rng <= 40.0)
+    assert len(pf.points) == keep.sum()
+    np.testing.assert_allclose(pf.points, xyz[keep] + T[:3, 3], atol=1e-4)
+    assert pf.colors.shape == (keep.sum(), 3) and len(np.unique(pf.colors[:, 0])) > 100  # grey from intensity
+    r = pipe.process_points(pf)
+    assert r.coord.shape[0] == len(grid_sample(pf.points, 0.05).index)
+    assert r.labels.shape == r.confidence.shape == (r.coord.shape[0],)
+    empty = fill_pointcloud2(PointCloud2(), PointField, 2_000_000_000, "velodyne", np.full((5, 3), np.nan, np.float32))
+    with pytest.raises(FrameSkipped, match="no_valid_points"):
+        pipe.lift_cloud(empty, T)

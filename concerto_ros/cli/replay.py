@@ -8,7 +8,7 @@ from pathlib import Path
 HELP = """\
 Run a rosbag2 recording (MCAP or sqlite3) through the perception pipeline and write
 <out>/window.ply (x y z in metres in the fixed frame, RGB, label, confidence of every voxel
-of the last window), <out>/window.png (top-down views: colour, labels, PCA features) and
+of the last window), <out>/window.png (plan views: colour, labels, PCA features) and
 <out>/summary.json (frames, skips, per-stage timings in ms, label histogram).
 
 Offline (default) the bag is read with the rosbags library and poses come from its /tf and
@@ -66,7 +66,7 @@ def run(args) -> int:
     paths = write_results(
         args.output, r.coord, r.color, r.labels, r.confidence, r.class_names,
         feature_colors=r.feature_colors,
-        summary={"title": f"{Path(args.bag).name}: last window ({r.window.num_frames if hasattr(r.window, 'num_frames') else ''} frames)",
+        summary={"title": f"{Path(args.bag).name}: last window ({r.window.num_frames} frames)",
                  "bag": str(args.bag), "mode": "offline", "frames_processed": report.frames_processed,
                  "skipped": report.skipped, "sync": report.sync_stats, "timings_ms": report.timings,
                  "wall_s": report.wall_s, "fixed_frame": r.fixed_frame, "config": str(cfg_path)})

@@ -5,6 +5,7 @@ Subscribes (topic names and QoS are parameters; sensor-data QoS by default):
 * ``topics.color`` ``sensor_msgs/Image`` (rgb8, bgr8, rgba8, bgra8, mono8)
 * ``topics.depth`` ``sensor_msgs/Image`` (16UC1 millimetres, 32FC1 metres), registered to colour
 * ``topics.camera_info`` ``sensor_msgs/CameraInfo``
+* ``topics.points`` ``sensor_msgs/PointCloud2`` (LiDAR; optional, off when empty)
 * ``/tf``, ``/tf_static`` (through tf2_ros on a ROS 2 install)
 
 Publishes (reliable by default):
@@ -40,6 +41,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
 from concerto_ros.config import SPECS, coerce
 from concerto_ros.msgs.pointcloud2 import fill_pointcloud2
+from concerto_ros.msgs.transforms import stamp_to_ns
 from concerto_ros.pipeline import FrameSkipped, PerceptionPipeline, RGBDFrameAssembler, SkipCounter
 from concerto_ros.ros.params import RUNTIME_PARAMETERS, declare_config
 from concerto_ros.ros.tf_source import TfSource
@@ -105,6 +107,8 @@ class PerceptionNode(Node):
         self.create_subscription(Image, t.color, lambda m: self._on_msg("color", m), in_qos)
         self.create_subscription(Image, t.depth, lambda m: self._on_msg("depth", m), in_qos)
         self.create_subscription(CameraInfo, t.camera_info, lambda m: self._on_msg("camera_info", m), in_qos)
+        if t.points:
+            self.create_subscription(PointCloud2, t.points, lambda m: self.queue.put(("points", m)), in_qos)
         self.pub_semantic = self.create_publisher(PointCloud2, "~/semantic_points", out_qos)
         self.pub_features = self.create_publisher(PointCloud2, "~/feature_points", out_qos)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -162,16 +166,23 @@ class PerceptionNode(Node):
             except Exception:  # never let one frame kill the worker
                 self.skips.record(FrameSkipped("pipeline", "internal_error", traceback.format_exc(limit=3)))
 
-    def _process(self, synced) -> None:
-        p = self.pipeline
-        with p.timer.stage("convert"):
-            frame = self.assembler.to_frame(synced)
+    def _pose(self, frame_id: str, stamp_ns: int):
         try:
-            T = self.tf.lookup(self.cfg.fixed_frame, frame.frame_id, frame.stamp_ns, self.cfg.tf.timeout)
+            return self.tf.lookup(self.cfg.fixed_frame, frame_id, stamp_ns, self.cfg.tf.timeout)
         except TransformUnavailable as exc:
             raise FrameSkipped("/tf", "no_transform",
-                               f"{self.cfg.fixed_frame} <- '{frame.frame_id}' at {frame.stamp_ns * 1e-9:.3f} s: {exc}") from None
-        result = p.process(frame, T)
+                               f"{self.cfg.fixed_frame} <- '{frame_id}' at {stamp_ns * 1e-9:.3f} s: {exc}") from None
+
+    def _process(self, item) -> None:
+        p = self.pipeline
+        if isinstance(item, tuple):  # ("points", PointCloud2)
+            msg = item[1]
+            stamp = stamp_to_ns(msg.header.stamp)
+            result = p.process_points(p.lift_cloud(msg, self._pose(msg.header.frame_id, stamp), self.cfg.topics.points))
+        else:
+            with p.timer.stage("convert"):
+                frame = self.assembler.to_frame(item)
+            result = p.process(frame, self._pose(frame.frame_id, frame.stamp_ns))
         with p.timer.stage("to_msg"):
             msg = PointCloud2()
             fill_pointcloud2(msg, PointField, result.stamp_ns, result.fixed_frame, result.coord,
