@@ -74,8 +74,9 @@ class LinearSemanticHead(nn.Module):
     def predict(self, feat: torch.Tensor) -> SemanticPrediction:
         """Labels and softmax confidences for features ``(N, D)`` (any device)."""
         logits = self.forward(feat).float()
-        prob = torch.softmax(logits, dim=-1)
-        conf, labels = prob.max(dim=-1)
+        top, labels = logits.max(dim=-1)
+        # softmax probability of the arg-max class without materialising the (N, K) softmax
+        conf = 1.0 / torch.exp(logits - top[:, None]).sum(dim=-1)
         return SemanticPrediction(
             labels=labels.to(torch.int32).cpu().numpy(),
             confidence=conf.cpu().numpy().astype(np.float32),
@@ -108,13 +109,12 @@ def pca_colors(feat: torch.Tensor | np.ndarray, basis: torch.Tensor | None = Non
     n, d = x.shape
     if basis is None:
         mean = x.mean(dim=0)
-        xc = x - mean
         if n < 2 or d < 1:
             comps = torch.zeros(d, 3)
         else:
             # Covariance eigen-decomposition: D is small (<= a few thousand) so this is exact
-            # and cheaper than an SVD of the (N, D) matrix.
-            cov = xc.T @ xc / max(n - 1, 1)
+            # and cheaper than an SVD of the (N, D) matrix; computed without a centred copy.
+            cov = (x.T @ x - n * torch.outer(mean, mean)) / max(n - 1, 1)
             evals, evecs = torch.linalg.eigh(cov.double())
             order = torch.argsort(evals, descending=True)[:3]
             comps = evecs[:, order].float()
@@ -124,7 +124,7 @@ def pca_colors(feat: torch.Tensor | np.ndarray, basis: torch.Tensor | None = Non
             signs = torch.sign(comps[idx, torch.arange(3)])
             signs[signs == 0] = 1
             comps = comps * signs
-        proj = xc @ comps
+        proj = x @ comps - mean @ comps
         if n > 0:
             lo = torch.quantile(proj, 0.01, dim=0)
             hi = torch.quantile(proj, 0.99, dim=0)
@@ -134,7 +134,7 @@ def pca_colors(feat: torch.Tensor | np.ndarray, basis: torch.Tensor | None = Non
         basis = (mean, comps, lo, hi)
     else:
         mean, comps, lo, hi = basis
-        proj = (x - mean) @ comps
+        proj = x @ comps - mean @ comps  # no (N, D) centred copy
     scale = torch.clamp(hi - lo, min=1e-8)
     rgb = ((proj - lo) / scale).clamp(0, 1) * 255.0
     colors = rgb.round().to(torch.uint8).numpy()
