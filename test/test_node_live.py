@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -31,7 +32,10 @@ from concerto_ros.msgs.camera_info import fill_camera_info  # noqa: E402
 from concerto_ros.msgs.image import fill_image  # noqa: E402
 from concerto_ros.msgs.transforms import fill_transform_stamped  # noqa: E402
 
+from concerto_ros.bag.convert_rgbd import read_poses  # noqa: E402
+from concerto_ros.sensors.types import CameraIntrinsics  # noqa: E402
 from conftest import SLAMBOOK_INTRINSICS  # noqa: E402
+from test_lifting import nn_distance, visible_in  # noqa: E402
 
 
 def test_node_publishes_the_fused_kinect_window(tmp_path, slambook_dir, ros_domain):
@@ -81,6 +85,21 @@ def test_node_publishes_the_fused_kinect_window(tmp_path, slambook_dir, ros_doma
         frame_voxels = np.unique(offline.window.frame_inverse(i))
         assert np.isin(ko[frame_voxels], kl).all()
     assert report.diagnostics.get("frames_processed") == "5", report.diagnostics
+
+    # The same surfaces seen from different frames land within a few centimetres: for the
+    # published voxels of frame i that frame j's camera also sees (z-buffer test), the median
+    # distance to frame j's voxels (the Kinect poses are good to 2-5 cm, see the data README).
+    poses, _ = read_poses(slambook_dir / "pose.txt")
+    K = CameraIntrinsics(*SLAMBOOK_INTRINSICS, width=640, height=480)
+    vox = [offline.coord[np.unique(offline.window.frame_inverse(i))] for i in range(5)]
+    rng = np.random.default_rng(0)
+    for i in range(1, 5):
+        for j, limit in ((i - 1, 0.05), (0, 0.08)):
+            depth_j = cv2.imread(str(slambook_dir / "depth" / f"{j + 1}.pgm"), cv2.IMREAD_UNCHANGED)
+            seen = visible_in(vox[i], poses[j], K, depth_j)
+            assert len(seen) > 10_000, (i, j)
+            d = nn_distance(vox[i][rng.choice(seen, 600, replace=False)], vox[j])
+            assert np.median(d) < limit, f"frame {i + 1} vs {j + 1}: median {np.median(d):.3f} m"
 
 
 class _Sender:
