@@ -88,6 +88,23 @@ class HeadConfig:
 
 
 @dataclass
+class LanguageConfig:
+    translator: str = _f("", "Translator file (linear map from point features to the text space, from `concerto train translator`). Empty: no language features; queries answer with an error status.")
+    text_encoder: str = _f("sentence-transformers", "Text encoder backend the translator was fitted with.", choices=["sentence-transformers", "open_clip"])
+    text_model: str = _f("", "sentence-transformers: local model directory (empty = the bundled all-MiniLM-L6-v2); open_clip: architecture name, e.g. ViT-B-32.")
+    text_checkpoint: str = _f("", "open_clip: local weights file of the CLIP model.")
+    vocabulary: list = _f(None, "Class names for open-vocabulary labels on ~/semantic_points (changeable at runtime, applied to the next frame). Empty: labels come from the linear semantic head.", factory=list)
+
+
+@dataclass
+class QueryConfig:
+    max_text_length: int = _f(200, "Longest accepted query text (characters).", lo=1, hi=10000)
+    default_threshold: float = _f(0.5, "Relevance (0..1) from which a point counts as a match when a request gives threshold <= 0.", lo=0.0, hi=1.0)
+    default_top_k: int = _f(20, "Best-matching points returned when a request gives top_k = 0.", lo=1, hi=100000)
+    negatives: list = _f(None, "Default negative texts the query is contrasted with (LERF-style relevance).", factory=lambda: ["object", "things", "stuff", "texture"])
+
+
+@dataclass
 class WorkerConfig:
     queue_depth: int = _f(1, "Synced frames waiting for the worker; when full the oldest is dropped (and counted).", lo=1, hi=16)
 
@@ -111,6 +128,8 @@ class PerceptionConfig:
     window: WindowConfig = field(default_factory=WindowConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
 

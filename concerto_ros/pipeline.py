@@ -28,7 +28,7 @@ import torch
 from concerto_ros.cloud.window import VideoPointCloud, WindowCloud
 from concerto_ros.config import PerceptionConfig
 from concerto_ros.models.extractor import FeatureExtractor, build_heads
-from concerto_ros.models.heads import pca_colors
+from concerto_ros.models.heads import SemanticPrediction, pca_colors
 from concerto_ros.msgs.camera_info import intrinsics_from_camera_info
 from concerto_ros.msgs.image import color_to_rgb, depth_from_msg
 from concerto_ros.msgs.transforms import stamp_to_ns
@@ -95,6 +95,77 @@ class SkipCounter:
         """``{"topic:reason": count}`` for summaries and diagnostics."""
         with self._lock:
             return {f"{t}:{r}": c for (t, r), c in sorted(self.counts.items())}
+
+
+class QueryError(RuntimeError):
+    """A text query or vocabulary change that cannot be served now (reason in the message)."""
+
+
+class LanguageModels:
+    """Text encoder, translator, query scorer and optional open-vocabulary labeler.
+
+    Built from ``language.*``/``query.*`` settings; the translator must have been fitted on
+    features of width ``in_dim`` with the same text encoder (checked at load).
+    """
+
+    def __init__(self, text_encoder, translator, negatives, vocabulary):
+        from concerto_ros.language.query import OpenVocabularyLabeler, TextQueryScorer
+
+        self.text_encoder = text_encoder
+        self.translator = translator
+        self.scorer = TextQueryScorer(text_encoder, translator.temperature, negatives=negatives)
+        self._labeler_cls = OpenVocabularyLabeler
+        self.labeler = OpenVocabularyLabeler(text_encoder, vocabulary) if vocabulary else None
+        self._pending: list[str] | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, cfg: PerceptionConfig, in_dim: int, device: str = "cpu",
+                    log: Callable[[str], Any] | None = None) -> "LanguageModels":
+        """Load the text encoder and translator named in ``cfg.language``.
+
+        Raises:
+            FileNotFoundError, ValueError (incl. TranslatorMismatchError), ImportError.
+        """
+        from concerto_ros.language.text_encoders import build_text_encoder
+        from concerto_ros.language.translator import Translator
+
+        lc = cfg.language
+        te = build_text_encoder(lc.text_encoder, lc.text_model or None, lc.text_checkpoint or None,
+                                device=device, max_text_length=cfg.query.max_text_length)
+        tr = Translator.load(lc.translator, text_encoder=te, in_dim=in_dim).to(device)
+        if log:
+            log(f"translator {lc.translator}: {in_dim}-d features -> {te.name} ({te.dim}-d); "
+                f"open vocabulary: {list(lc.vocabulary) or 'off (linear head labels)'}")
+        return cls(te, tr, list(cfg.query.negatives), list(lc.vocabulary))
+
+    def request_vocabulary(self, names: list[str]) -> None:
+        with self._lock:
+            self._pending = list(names)
+
+    def apply_pending_vocabulary(self):
+        """Apply a requested vocabulary (encoding it once); returns the active labeler or None."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            if not pending:
+                self.labeler = None
+            elif self.labeler is None:
+                self.labeler = self._labeler_cls(self.text_encoder, pending)
+            else:
+                self.labeler.set_vocabulary(pending)
+        return self.labeler
+
+    def label(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Open-vocabulary labels ``(M,) int32`` and softmax confidences ``(M,) float32`` over
+        the vocabulary (cosine / translator temperature)."""
+        from concerto_ros.language.query import cosine_to_vocabulary
+
+        cos = cosine_to_vocabulary(emb, self.labeler.embeddings)
+        labels = cos.argmax(axis=1)
+        top = cos[np.arange(len(cos)), labels]
+        conf = 1.0 / np.exp((cos - top[:, None]) / self.translator.temperature).sum(axis=1)
+        return labels.astype(np.int32), conf.astype(np.float32)
 
 
 class StageTimer:
@@ -230,6 +301,8 @@ class PipelineResult:
         feature_colors: ``(M, 3) uint8`` PCA colouring of the features, or ``None``.
         features: ``(M, D) float32`` per-voxel features (torch, on the pipeline device).
         class_names: label names.
+        text_embeddings: ``(M, D_text) float32`` unit-norm translator embeddings (the text
+            encoder's space), or ``None`` without a translator.
         timings_ms: wall time per stage of this step.
     """
 
@@ -243,6 +316,7 @@ class PipelineResult:
     feature_colors: np.ndarray | None
     features: torch.Tensor
     class_names: list[str]
+    text_embeddings: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def frame_labels(self, i: int = -1) -> tuple[np.ndarray, np.ndarray]:
@@ -292,9 +366,19 @@ class PerceptionPipeline:
         self.timer = StageTimer()
         self._pca_basis = None
         self.frames_processed = 0
+        self.language: LanguageModels | None = None
+        if cfg.language.translator:
+            self.language = LanguageModels.from_config(cfg, in_dim=self.extractor.out_channels,
+                                                       device=str(self.device), log=self.log)
+        self.latest: PipelineResult | None = None
+        self._latest_lock = threading.Lock()
 
     @property
     def class_names(self) -> list[str]:
+        """Label names of the current outputs: the open vocabulary when one is set, else the
+        linear head's classes."""
+        if self.language is not None and self.language.labeler is not None:
+            return list(self.language.labeler.vocabulary)
         return list(self.head.class_names)
 
     def lift(self, frame: RGBDFrame, T_world_sensor: np.ndarray) -> PointFrame:
@@ -373,7 +457,15 @@ class PerceptionPipeline:
             torch.cuda.synchronize(self.device)
         t["encoder"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
-        pred = self.head.predict(feats)
+        emb = None
+        if self.language is not None:
+            emb = self.language.translator.embed(feats)
+            voc = self.language.apply_pending_vocabulary()
+        if self.language is not None and voc is not None:
+            labels, conf = self.language.label(emb)
+            pred = SemanticPrediction(labels=labels, confidence=conf)
+        else:
+            pred = self.head.predict(feats)
         fcolors = None
         if self.cfg.publish.features:
             fcolors, self._pca_basis = pca_colors(feats, basis=self._pca_basis, return_basis=True)
@@ -381,10 +473,62 @@ class PerceptionPipeline:
         for k, v in t.items():
             self.timer.add(k, v)
         self.frames_processed += 1
-        return PipelineResult(
+        result = PipelineResult(
             stamp_ns=int(win.stamps_ns[-1]), fixed_frame=self.cfg.fixed_frame, window=win,
             coord=win.coord, color=win.color, labels=pred.labels, confidence=pred.confidence,
-            feature_colors=fcolors, features=feats, class_names=self.class_names, timings_ms=t)
+            feature_colors=fcolors, features=feats, class_names=self.class_names,
+            text_embeddings=emb, timings_ms=t)
+        with self._latest_lock:
+            self.latest = result
+        return result
+
+    def query(self, text: str, negatives: list[str] | None = None, threshold: float = 0.0,
+              top_k: int = 0):
+        """Relevance of every voxel of the latest window to a free-text query.
+
+        Args:
+            text: the query, e.g. "red chair".
+            negatives: texts to contrast with; ``None`` or empty: ``query.negatives``.
+            threshold: relevance in ``[0, 1]`` from which a voxel matches; ``<= 0``:
+                ``query.default_threshold``.
+            top_k: best voxels to return; ``0``: ``query.default_top_k``.
+
+        Returns:
+            ``(result, query_result)``: the :class:`PipelineResult` queried and a
+            :class:`~concerto_ros.language.query.QueryResult` (relevance ``(M,)``, top-k
+            indices into ``result.coord``, centroid in ``fixed_frame``).
+
+        Raises:
+            QueryError: no translator configured, or no frame processed yet.
+            ValueError: empty or overlong text (message says which).
+        """
+        if self.language is None:
+            raise QueryError("no translator loaded (set language.translator to a file from "
+                             "`concerto train translator`)")
+        with self._latest_lock:
+            result = self.latest
+        if result is None or result.text_embeddings is None:
+            raise QueryError("no frame processed yet: nothing to query")
+        q = self.cfg.query
+        qr = self.language.scorer.score(
+            result.text_embeddings, text, coords=result.coord,
+            k=int(top_k) if top_k > 0 else q.default_top_k,
+            threshold=float(threshold) if threshold > 0 else q.default_threshold,
+            negatives=list(negatives) if negatives else list(q.negatives))
+        return result, qr
+
+    def set_vocabulary(self, names: list[str]) -> None:
+        """Use ``names`` as open-vocabulary labels from the next frame on (``[]``: back to the
+        linear head). Thread-safe; the text encoder runs once, in the worker.
+
+        Raises:
+            QueryError: no translator loaded (a non-empty vocabulary needs one).
+        """
+        if self.language is None:
+            if names:
+                raise QueryError("an open vocabulary needs a translator (language.translator)")
+            return
+        self.language.request_vocabulary(list(names))
 
     def reset(self) -> None:
         """Forget the window (e.g. after a jump back in time when a bag loops)."""

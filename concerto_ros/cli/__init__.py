@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "convert": "convert",
     "replay": "replay",
     "encode": "encode",
+    "query": "query",
 }
 
 

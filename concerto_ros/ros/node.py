@@ -42,7 +42,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from concerto_ros.config import SPECS, coerce
 from concerto_ros.msgs.pointcloud2 import fill_pointcloud2
 from concerto_ros.msgs.transforms import stamp_to_ns
-from concerto_ros.pipeline import FrameSkipped, PerceptionPipeline, RGBDFrameAssembler, SkipCounter
+from concerto_ros.pipeline import FrameSkipped, PerceptionPipeline, QueryError, RGBDFrameAssembler, SkipCounter
 from concerto_ros.ros.params import RUNTIME_PARAMETERS, declare_config
 from concerto_ros.ros.tf_source import TfSource
 from concerto_ros.sensors.tf_buffer import TransformUnavailable
@@ -112,6 +112,7 @@ class PerceptionNode(Node):
         self.pub_semantic = self.create_publisher(PointCloud2, "~/semantic_points", out_qos)
         self.pub_features = self.create_publisher(PointCloud2, "~/feature_points", out_qos)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._init_query_service(out_qos)
         self.create_timer(1.0, self._publish_diagnostics)
 
         self._running = True
@@ -151,6 +152,15 @@ class PerceptionNode(Node):
                 self.cfg.tf.timeout = value
             elif p.name == "skip_log_period":
                 self.skips.period_s = value
+            elif p.name == "language.vocabulary":
+                try:
+                    self.pipeline.set_vocabulary(value)
+                except QueryError as exc:
+                    return SetParametersResult(successful=False, reason=str(exc))
+                self.get_logger().info(f"open vocabulary set to {value or '[] (linear head labels)'}; "
+                                       "applied from the next frame")
+            elif p.name.startswith("query."):
+                setattr(self.cfg.query, p.name.split(".", 1)[1], value)
         return SetParametersResult(successful=True)
 
     # -- worker ----------------------------------------------------------------------------
@@ -216,6 +226,74 @@ class PerceptionNode(Node):
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()
         self.pub_diag.publish(arr)
+
+    # -- open-vocabulary queries ---------------------------------------------------------------
+    def _init_query_service(self, out_qos) -> None:
+        try:
+            from concerto_ros_interfaces.srv import QueryText
+            from visualization_msgs.msg import MarkerArray
+        except ImportError as exc:  # interfaces not built: the node still perceives
+            self.get_logger().warning(f"query service disabled: {exc} (build concerto_ros_interfaces)")
+            return
+        self.pub_relevance = self.create_publisher(PointCloud2, "~/query/relevance", out_qos)
+        self.pub_markers = self.create_publisher(MarkerArray, "~/query/markers", out_qos)
+        self.create_service(QueryText, "~/query", self._on_query)
+
+    def _on_query(self, request, response):
+        """Serve ``concerto_ros_interfaces/srv/QueryText`` on the latest window (see the .srv)."""
+        from geometry_msgs.msg import Point
+
+        try:
+            result, qr = self.pipeline.query(request.text, list(request.negative_texts),
+                                             float(request.threshold), int(request.top_k))
+        except (QueryError, ValueError) as exc:
+            response.success = False
+            response.message = str(exc)
+            self.get_logger().warning(f"query '{request.text[:60]}' refused: {exc}")
+            return response
+        fill_pointcloud2(response.relevance, PointField, result.stamp_ns, result.fixed_frame, result.coord,
+                         extra={"relevance": qr.relevance.astype("float32")})
+        response.best_points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in result.coord[qr.topk]]
+        response.best_scores = [float(v) for v in qr.topk_relevance]
+        response.num_matches = qr.n_above
+        if qr.centroid is not None:
+            response.centroid = Point(x=float(qr.centroid[0]), y=float(qr.centroid[1]), z=float(qr.centroid[2]))
+        sec, nsec = divmod(int(result.stamp_ns), 1_000_000_000)
+        response.window_stamp.sec, response.window_stamp.nanosec = sec, nsec
+        response.success = True
+        response.message = (f"'{qr.text}': {qr.n_above} of {len(qr.relevance)} points with relevance >= "
+                            f"{qr.threshold:.2f} (negatives: {', '.join(qr.negatives) or 'none'})")
+        self.pub_relevance.publish(response.relevance)
+        self.pub_markers.publish(self._markers(result, qr, response.relevance.header))
+        return response
+
+    def _markers(self, result, qr, header):
+        """RViz markers: the top-k points (coloured by relevance) and a sphere at the centroid."""
+        from geometry_msgs.msg import Point
+        from std_msgs.msg import ColorRGBA
+        from visualization_msgs.msg import Marker, MarkerArray
+
+        pts = Marker(header=header, ns="query", id=0, type=Marker.SPHERE_LIST, action=Marker.ADD)
+        pts.scale.x = pts.scale.y = pts.scale.z = 3 * self.cfg.window.voxel_size
+        pts.pose.orientation.w = 1.0
+        pts.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in result.coord[qr.topk]]
+        pts.colors = [ColorRGBA(r=1.0, g=float(1.0 - r), b=0.0, a=1.0) for r in qr.topk_relevance]
+        centroid = Marker(header=header, ns="query", id=1, type=Marker.SPHERE, action=Marker.ADD)
+        centroid.pose.orientation.w = 1.0
+        centroid.scale.x = centroid.scale.y = centroid.scale.z = 0.15
+        centroid.color = ColorRGBA(r=0.1, g=0.6, b=1.0, a=0.8)
+        if qr.centroid is not None:
+            centroid.pose.position = Point(x=float(qr.centroid[0]), y=float(qr.centroid[1]), z=float(qr.centroid[2]))
+        else:
+            centroid.action = Marker.DELETE
+        label = Marker(header=header, ns="query", id=2, type=Marker.TEXT_VIEW_FACING, action=centroid.action)
+        label.pose.orientation.w = 1.0
+        label.pose.position = Point(x=centroid.pose.position.x, y=centroid.pose.position.y,
+                                    z=centroid.pose.position.z + 0.3)
+        label.scale.z = 0.15
+        label.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
+        label.text = qr.text
+        return MarkerArray(markers=[pts, centroid, label])
 
     def destroy_node(self):
         self._running = False

@@ -13,7 +13,8 @@ from rclpy.node import Node
 from concerto_ros.config import SPECS, PerceptionConfig, ParamSpec, from_flat
 
 #: settings that may change while the node runs (applied to the next frame)
-RUNTIME_PARAMETERS = {"skip_log_period", "publish.features", "tf.timeout"}
+RUNTIME_PARAMETERS = {"skip_log_period", "publish.features", "tf.timeout", "language.vocabulary",
+                      "query.default_threshold", "query.default_top_k", "query.negatives"}
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
           float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
@@ -46,5 +47,6 @@ def declare_config(node: Node) -> PerceptionConfig:
     values = {}
     for name, spec in SPECS.items():
         p = node.declare_parameter(name, spec.default, descriptor(spec))
-        values[name] = p.value
+        # an empty list has no ROS type of its own: it is declared unset, which means []
+        values[name] = [] if p.value is None and spec.type is list else p.value
     return from_flat(values)
