@@ -23,6 +23,8 @@ SUBCOMMANDS = {
     "replay": "replay",
     "encode": "encode",
     "query": "query",
+    "train": "train",
+    "info": "info",
 }
 
 

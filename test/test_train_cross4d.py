@@ -1,0 +1,144 @@
+"""`concerto train cross4d` end to end on the real Kinect recording (tiny preset, a few steps)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+
+import numpy as np
+import pytest
+import yaml
+
+from concerto_ros.cli import train as train_cli
+from concerto_ros.models.cross4d import Cross4DFeatureExtractor, load_cross4d
+from concerto_ros.models.teachers import seeded_vit
+from concerto_ros.train.common import merge_config
+from concerto_ros.train.cross4d import DEFAULTS, train_cross4d
+from concerto_ros.train.data import TargetCache, build_clips, load_bag, load_folder
+
+from conftest import SLAMBOOK_INTRINSICS
+
+
+def _source(folder) -> str:
+    fx, fy, cx, cy = SLAMBOOK_INTRINSICS
+    return f"[{{path: '{folder}', fx: {fx}, fy: {fy}, cx: {cx}, cy: {cy}, depth_scale: 1000}}]"
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="concerto")
+    train_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _fast(tmp_path, folder, steps: int) -> list[str]:
+    return ["--set", f"data.sources={_source(folder)}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+            "--set", "data.lift.pixel_stride=8", "--set", "data.points_per_frame=256", "--set", "model.preset=tiny",
+            "--set", f"optim.steps={steps}", "--set", "optim.lr=3e-3", "--set", "optim.warmup=2",
+            "--set", "train.steps_per_epoch=10", "--set", "train.checkpoint_every=10",
+            "--output", str(tmp_path / "run"), "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, slambook_dir):
+    tmp = tmp_path_factory.mktemp("c4d")
+    rc = _cli(["train", "cross4d", *_fast(tmp, slambook_dir, 20)])
+    return tmp, rc
+
+
+def _rows(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_short_run_lowers_the_loss_and_writes_outputs(trained):
+    tmp, rc = trained
+    assert rc == 0
+    run = tmp / "run"
+    steps = _rows(run / "metrics.csv")
+    assert [int(r["step"]) for r in steps] == list(range(1, 21))
+    loss = np.array([float(r["loss"]) for r in steps])
+    assert loss[-5:].mean() < loss[:5].mean() - 0.1, loss
+    assert all(float(r["points_per_s"]) > 0 for r in steps)
+    ev = _rows(run / "eval.csv")
+    assert [int(r["epoch"]) for r in ev] == [1, 2]
+    assert float(ev[-1]["train_cos"]) > float(ev[0]["train_cos"])
+    assert float(ev[-1]["heldout_cos"]) > float(ev[0]["heldout_cos"])
+    assert int(ev[0]["heldout_points"]) > 500
+    assert (run / "heldout_cosine.png").stat().st_size > 1000
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*.pt"))[-1] == "step_00000020.pt"
+    # the node loads the final encoder by path
+    enc, blob = load_cross4d(run / "cross4d.pt")
+    assert blob["extra"]["preset"] == "tiny" and blob["extra"]["teacher_dim"] == 64
+    assert enc.config.point_channels == 3
+    ext = Cross4DFeatureExtractor.from_checkpoint(run / "cross4d.pt")
+    assert ext.num_frames == 4 and ext.points_per_frame == 256
+
+
+def test_resume_continues_and_targets_come_from_the_cache(trained, slambook_dir):
+    tmp, _ = trained
+    cfg = merge_config(DEFAULTS, {
+        "output": str(tmp / "run"), "data": {"sources": yaml.safe_load(_source(slambook_dir)),
+                                             "cache_dir": str(tmp / "cache"), "lift": {"pixel_stride": 8},
+                                             "points_per_frame": 256},
+        "model": {"preset": "tiny"}, "optim": {"steps": 22, "lr": 3e-3, "warmup": 2},
+        "train": {"steps_per_epoch": 10, "checkpoint_every": 10}})
+    notes = []
+    s = train_cross4d(cfg, log=notes.append, progress=False, resume=True)
+    assert any("resumed" in n and "step 20" in n for n in notes)
+    assert s["cache"] == (5, 0)  # every frame's teacher grid read from disk
+    assert len(s["losses"]) == 2
+    assert [int(r["step"]) for r in _rows(tmp / "run" / "metrics.csv")] == list(range(1, 23))
+
+
+def test_print_config_and_bad_keys(capsys, tmp_path):
+    assert _cli(["train", "cross4d", "--print-config", "--set", "optim.steps=7", "--device", "cpu"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["optim"]["steps"] == 7 and cfg["device"] == "cpu" and cfg["teacher"]["lookup"] == "bilinear"
+    assert set(cfg) == set(DEFAULTS)
+    assert _cli(["train", "cross4d", "--set", "optim.stepz=7", "--print-config"]) == 2
+    assert "optim.stepz" in capsys.readouterr().err
+    assert _cli(["train", "cross4d", "--output", str(tmp_path)]) == 1  # no data source
+    assert "data.sources" in capsys.readouterr().err
+
+
+def test_global_target_mode(tmp_path, slambook_dir):
+    cfg = merge_config(DEFAULTS, {
+        "output": str(tmp_path / "g"), "target": {"mode": "global"},
+        "data": {"sources": yaml.safe_load(_source(slambook_dir)), "cache_dir": str(tmp_path / "cache"),
+                 "lift": {"pixel_stride": 8}, "points_per_frame": 128},
+        "model": {"preset": "tiny"}, "optim": {"steps": 12, "lr": 3e-3, "warmup": 1, "batch_size": 2},
+        "train": {"steps_per_epoch": 12, "checkpoint_every": 0, "eval": False}})
+    s = train_cross4d(cfg, log=lambda m: None, progress=False)
+    assert np.mean(s["losses"][-3:]) < np.mean(s["losses"][:3])
+    enc, blob = load_cross4d(s["checkpoint"])
+    assert blob["extra"]["target_mode"] == "global"
+
+
+def test_bag_and_folder_give_the_same_clips(tmp_path, slambook_dir):
+    from concerto_ros.bag.convert_rgbd import convert_rgbd_folder
+
+    bag = tmp_path / "slambook_bag"
+    convert_rgbd_folder(slambook_dir, bag, intrinsics=SLAMBOOK_INTRINSICS, depth_scale=1000, progress=False)
+    lift = {"min_depth": 0.1, "max_depth": 8.0, "pixel_stride": 8}
+    from concerto_ros.config import PerceptionConfig
+    pc = PerceptionConfig()
+    pc.lift.pixel_stride = 8
+    rb = load_bag(bag, pc, max_frames=3)
+    fx, fy, cx, cy = SLAMBOOK_INTRINSICS
+    rf = load_folder(slambook_dir, lift, intrinsics=dict(fx=fx, fy=fy, cx=cx, cy=cy), depth_scale=1000, max_frames=3)
+    assert len(rb.frames) == len(rf.frames) == 3
+    for a, b in zip(rb.frames, rf.frames):
+        assert a.points.num_points == b.points.num_points
+        np.testing.assert_allclose(a.points.points, b.points.points, atol=1e-4)
+        np.testing.assert_array_equal(a.rgb, b.rgb)
+    cache = TargetCache(tmp_path / "cache", seeded_vit(0), short_side=56)
+    ca = build_clips(rb, cache, num_frames=2, voxel_size=0.05)
+    cb = build_clips(rf, cache, num_frames=2, voxel_size=0.05)
+    assert [c.num_frames for c in ca] == [1, 2, 2]
+    for x, y in zip(ca, cb):
+        for fa, fb in zip(x.frames, y.frames):
+            np.testing.assert_allclose(fa.points, fb.points, atol=1e-4)
+            assert fa.visible.mean() > 0.95  # the frame's own voxels are seen by its camera
+            np.testing.assert_allclose(fa.targets.float().numpy(), fb.targets.float().numpy(), atol=2e-2)
+        np.testing.assert_allclose(x.times, [0.0, 1 / 30][: x.num_frames], atol=1e-6)
