@@ -71,6 +71,7 @@ class WindowConfig:
 
 @dataclass
 class ModelConfig:
+    enabled: bool = _f(True, "Run the Concerto PTv3 encoder (its features come first in the fused feature).")
     preset: str = _f("tiny", "Encoder preset when the checkpoint has no config: tiny, small, base, large, concerto_large_video.")
     checkpoint: str = _f("", "Encoder checkpoint path ({'config','state_dict'} or a Pointcept training checkpoint). Empty: seeded random weights of the preset (demo only).")
     seed: int = _f(0, "Seed of the random weights used when no checkpoint is given.", lo=0, hi=2**31 - 1)
@@ -78,6 +79,17 @@ class ModelConfig:
     sparse_conv_backend: str = _f("auto", "Submanifold sparse convolution backend: auto (spconv on CUDA, the project's own on CPU), torch, spconv.", choices=["auto", "torch", "spconv"])
     num_threads: int = _f(0, "CPU threads for torch (0 = torch's default).", lo=0, hi=256)
     feature: str = _f("concat3", "Per-point feature for the heads: concat3 (last three levels concatenated and copied down, as Concerto's README) or all_levels (every level, as the released linear-probe heads).", choices=["concat3", "all_levels"])
+
+
+@dataclass
+class Cross4DConfig:
+    enabled: bool = _f(False, "Run the Cross4D 4D point-cloud-video encoder on the window's last frames and concatenate its features after Concerto's.")
+    checkpoint: str = _f("", "Checkpoint from `concerto train cross4d`. Empty: seeded random preset (demo only).")
+    preset: str = _f("tiny", "Cross4D preset when no checkpoint is given.", choices=["tiny", "small", "base"])
+    seed: int = _f(0, "Seed of the random weights used when no checkpoint is given.", lo=0, hi=2**31 - 1)
+    num_frames: int = _f(4, "Last T frames of the window the 4D encoder sees (a checkpoint's own value wins).", lo=1, hi=64)
+    points_per_frame: int = _f(2048, "Points sampled per frame for the 4D encoder (a checkpoint's own value wins).", lo=64, hi=65536)
+    average: str = _f("points", "How per-frame features become per-voxel ones: 'points' (mean over the voxel's points of all encoded frames) or 'newest' (newest frame that sees the voxel).", choices=["points", "newest"])
 
 
 @dataclass
@@ -127,6 +139,7 @@ class PerceptionConfig:
     lift: LiftConfig = field(default_factory=LiftConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    cross4d: Cross4DConfig = field(default_factory=Cross4DConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
     query: QueryConfig = field(default_factory=QueryConfig)

@@ -38,7 +38,7 @@ from concerto_ros.sensors.sync import ApproximateTimeSync, SyncedSet
 from concerto_ros.sensors.types import CameraIntrinsics, PointFrame, RGBDFrame
 
 #: stage names reported by :class:`StageTimer`, in pipeline order
-STAGES = ("sync", "convert", "lift", "window", "encoder", "heads", "to_msg")
+STAGES = ("sync", "convert", "lift", "window", "encoder", "cross4d", "heads", "to_msg")
 
 
 class FrameSkipped(Exception):
@@ -360,18 +360,36 @@ class PerceptionPipeline:
             torch.set_num_threads(cfg.model.num_threads)
         self.device = resolve_device(cfg.model.device)
         self.window = VideoPointCloud(num_frames=cfg.window.num_frames, voxel_size=cfg.window.voxel_size)
-        self.extractor = FeatureExtractor.from_config(cfg.model, device=self.device, log=self.log)
-        self.head = build_heads(cfg.head, in_channels=self.extractor.out_channels,
-                                device=self.device, log=self.log)
+        self.extractor = (FeatureExtractor.from_config(cfg.model, device=self.device, log=self.log)
+                          if cfg.model.enabled else None)
+        c4 = cfg.cross4d
+        self.cross4d = None
+        if c4.enabled:
+            from concerto_ros.models.cross4d import Cross4DFeatureExtractor
+
+            self.cross4d = Cross4DFeatureExtractor.from_checkpoint(
+                c4.checkpoint or None, preset=c4.preset, seed=c4.seed, num_frames=c4.num_frames,
+                points_per_frame=c4.points_per_frame, device=self.device, log=self.log, average=c4.average)
+        if self.extractor is None and self.cross4d is None:
+            raise ValueError("model.enabled and cross4d.enabled are both false: no encoder to run")
+        #: width of each encoder's part of the fused feature, in concatenation order
+        self.feature_dims = {"concerto": self.extractor.out_channels if self.extractor else 0,
+                             "cross4d": self.cross4d.out_channels if self.cross4d else 0}
+        self.head = build_heads(cfg.head, in_channels=self.out_channels, device=self.device, log=self.log)
         self.timer = StageTimer()
         self._pca_basis = None
         self.frames_processed = 0
         self.language: LanguageModels | None = None
         if cfg.language.translator:
-            self.language = LanguageModels.from_config(cfg, in_dim=self.extractor.out_channels,
+            self.language = LanguageModels.from_config(cfg, in_dim=self.out_channels,
                                                        device=str(self.device), log=self.log)
         self.latest: PipelineResult | None = None
         self._latest_lock = threading.Lock()
+
+    @property
+    def out_channels(self) -> int:
+        """Width of the fused per-voxel feature (Concerto, then Cross4D)."""
+        return int(sum(self.feature_dims.values()))
 
     @property
     def class_names(self) -> list[str]:
@@ -451,11 +469,20 @@ class PerceptionPipeline:
         self.window.push(points)
         win = self.window.build()
         t["window"] = (time.perf_counter() - t0) * 1e3
-        t0 = time.perf_counter()
-        feats = self.extractor.encode_window(win)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        t["encoder"] = (time.perf_counter() - t0) * 1e3
+        parts = []
+        if self.extractor is not None:
+            t0 = time.perf_counter()
+            parts.append(self.extractor.encode_window(win))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            t["encoder"] = (time.perf_counter() - t0) * 1e3
+        if self.cross4d is not None:
+            t0 = time.perf_counter()
+            parts.append(self.cross4d.encode_window(win).to(self.device))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            t["cross4d"] = (time.perf_counter() - t0) * 1e3
+        feats = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         t0 = time.perf_counter()
         emb = None
         if self.language is not None:

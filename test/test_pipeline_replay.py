@@ -131,3 +131,23 @@ def test_lidar_pointcloud2_runs_through_the_same_pipeline(shared_dir):
     empty = fill_pointcloud2(PointCloud2(), PointField, 2_000_000_000, "velodyne", np.full((5, 3), np.nan, np.float32))
     with pytest.raises(FrameSkipped, match="no_valid_points"):
         pipe.lift_cloud(empty, T)
+
+
+def test_cross4d_features_are_fused_after_concerto(slambook_bag):
+    """Both encoders on: per-voxel features are [Concerto | Cross4D]; either can be switched off."""
+    cfg = load_config(default_config_path(), {"cross4d.enabled": True, "window.num_frames": 2,
+                                              "cross4d.points_per_frame": 512})
+    both = PerceptionPipeline(cfg, log=None)
+    rep = replay_bag(slambook_bag, cfg, pipeline=both, max_frames=2, log=None, progress=False)
+    d_c, d_x = both.feature_dims["concerto"], both.feature_dims["cross4d"]
+    assert d_c == 192 and d_x > 0 and rep.result.features.shape == (len(rep.result.coord), d_c + d_x)
+    assert both.head.in_channels == d_c + d_x and rep.timings["cross4d"]["count"] == 2
+    # the Concerto part equals what the Concerto-only pipeline computes on the same window
+    only = PerceptionPipeline(load_config(default_config_path(), {"window.num_frames": 2}), log=None)
+    ref = replay_bag(slambook_bag, only.cfg, pipeline=only, max_frames=2, log=None, progress=False).result
+    torch.testing.assert_close(rep.result.features[:, :d_c], ref.features, rtol=1e-5, atol=1e-5)
+    x_only = PerceptionPipeline(load_config(default_config_path(), {"cross4d.enabled": True,
+                                                                    "model.enabled": False}), log=None)
+    assert x_only.out_channels == d_x
+    with pytest.raises(ValueError, match="no encoder to run"):
+        PerceptionPipeline(load_config(default_config_path(), {"model.enabled": False}), log=None)
