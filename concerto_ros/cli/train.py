@@ -1,4 +1,4 @@
-"""``concerto train``: on-site training commands (``cross4d`` now).
+"""``concerto train``: on-site training commands (``cross4d``, ``translator``).
 
 Every ``train`` sub-command shares the options of :mod:`concerto_ros.train.common`:
 ``--config`` YAML, ``--set key=value`` overrides, ``--print-config``, ``--output``,
@@ -15,6 +15,9 @@ from pathlib import Path
 TRAIN_COMMANDS = {
     "cross4d": ("distil a frozen 2D teacher (DINOv2 or a seeded ViT) into the Cross4D 4D point-cloud-video "
                 "encoder (Cross4D-JEPA, arXiv 2607.00514)", "train_cross4d.yaml"),
+    "translator": ("fit the language translator (node features -> text-encoder space) with labels, for "
+                   "free-text queries and open-vocabulary labels (Concerto, arXiv 2510.23607)",
+                   "train_translator.yaml"),
 }
 
 
@@ -36,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``train`` and its sub-commands."""
     from concerto_ros.train.common import add_common_args
 
-    parser = subparsers.add_parser("train", help="train models on recordings (cross4d)", description=__doc__,
+    parser = subparsers.add_parser("train", help="train models on recordings (cross4d, translator)",
+                                   description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="train_command", metavar="MODEL")
     sub.required = True
@@ -55,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     from concerto_ros.train.common import dump_config, resolve_config
 
     if args.train_command == "cross4d":
-        from concerto_ros.train.cross4d import DEFAULTS, train_cross4d
+        from concerto_ros.train.cross4d import DEFAULTS, train_cross4d as train_fn
+    elif args.train_command == "translator":
+        from concerto_ros.train.translator import DEFAULTS, train_translator as train_fn
     else:  # pragma: no cover - argparse restricts the choices
         print(f"error: unknown train command {args.train_command}", file=sys.stderr)
         return 2
@@ -65,12 +71,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.source:
-        cfg["data"]["sources"] = list(cfg["data"]["sources"]) + [{"path": s} for s in args.source]
+        kind = {"translator": {"type": "folder"}}.get(args.train_command, {})
+        cfg["data"]["sources"] = list(cfg["data"]["sources"]) + [{"path": s, **kind} for s in args.source]
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
     try:
-        train_cross4d(cfg, progress=not args.no_progress, resume=args.resume)
+        if args.train_command == "cross4d":
+            train_fn(cfg, progress=not args.no_progress, resume=args.resume)
+        else:
+            train_fn(cfg, progress=not args.no_progress)
     except (FileNotFoundError, ValueError, KeyError, ImportError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

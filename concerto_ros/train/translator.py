@@ -1,0 +1,230 @@
+"""``concerto train translator``: fit the language translator on labelled recordings.
+
+The translator (Concerto, arXiv 2510.23607: "with linear probing, we translate Concerto's
+representations to language space") is a linear map from the node's fused per-voxel
+features to a text encoder's space. Here it is fitted *with labels*: cosine-softmax of the
+translated feature against the text embeddings of the class names, cross-entropy over the
+labelled voxels (:func:`concerto_ros.language.translator.fit_translator_labels`).
+
+Features are computed exactly as the node computes them: the same
+:class:`~concerto_ros.pipeline.PerceptionPipeline` (lifting, sliding window, voxelization,
+encoders) built from the node's parameters file, so the saved translator fits the node that
+uses the same file. Sources:
+
+* ``{type: folder, path}``: an RGB-D folder (the converter's format) with ``labels/``
+  images; the frames go through the pipeline one by one and every ``window_stride``-th
+  window contributes its voxels with their (majority) labels;
+* ``{type: points, path: XYZ[RGB].npy, labels: LABELS.npy}``: a labelled point array
+  (e.g. ScanNet vertices), grid-sampled at ``window.voxel_size`` and encoded as one scene by
+  the Concerto encoder (Cross4D needs frames and is not used for these).
+
+Voxels in a held-out fraction of ``heldout_block``-metre cubes are kept out of training and
+used for the final report (accuracy and mIoU of open-vocabulary labels, top-k precision per
+class name).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "device": "cpu",
+    "output": "outputs/translator",
+    "log": "csv",
+    "perception_config": "",  # the node's parameters YAML ("" = the package's config/perception.yaml)
+    "perception_overrides": {},  # dotted node settings, e.g. {window.num_frames: 3}
+    "data": {
+        # each: {type: folder, path} or {type: points, path, labels}
+        "sources": [],
+        "classes": [],  # class names, in label order (the text the translator is fitted to)
+        "label_ids": [],  # raw label id of each class (default: 1..C, 0 = unlabeled)
+        "window_stride": 1,  # folder sources: use every n-th window
+        "heldout_fraction": 0.2,  # of heldout_block cubes kept for evaluation
+        "heldout_block": 0.5,  # m
+    },
+    "text_encoder": {"backend": "sentence-transformers", "model": "", "checkpoint": ""},
+    "optim": {"epochs": 20, "batch_size": 4096, "lr": 1.0e-2, "weight_decay": 1.0e-4,
+              "temperature": 0.07, "learn_temperature": True, "class_weight": None},
+    "eval": {"top_k": 100},
+}
+
+
+def _perception_config(cfg: dict):
+    from concerto_ros.config import default_config_path, load_config
+
+    path = cfg["perception_config"] or default_config_path()
+    flat = {}
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v
+    walk(cfg.get("perception_overrides") or {})
+    overrides = {"language.translator": "", **flat}
+    return load_config(path, overrides), path
+
+
+def collect_features(cfg: dict, pipeline, log=print, progress: bool = True):
+    """Fused per-voxel features and raw labels of every source.
+
+    Returns:
+        ``(features (N, D) float32, raw_labels (N,) int64, coords (N, 3) float32)``.
+
+    Raises:
+        ValueError: no sources, an unknown source type, or a folder without ``labels/``.
+    """
+    from tqdm import tqdm
+
+    from concerto_ros.bag.convert_rgbd import _read_color, _read_depth, _read_labels, _resolve_intrinsics, scan_rgbd_folder
+    from concerto_ros.cloud.voxel import grid_sample
+    from concerto_ros.sensors.types import CameraIntrinsics, RGBDFrame
+
+    sources = cfg["data"]["sources"]
+    if not sources:
+        raise ValueError("data.sources is empty: give RGB-D folders with labels/ or labelled point arrays "
+                         "(--source PATH or --set data.sources=[...])")
+    feats, labels, coords = [], [], []
+    stride = max(1, int(cfg["data"]["window_stride"]))
+    for src in sources:
+        kind, path = src.get("type", "folder"), Path(src["path"]).expanduser()
+        if kind == "folder":
+            f = scan_rgbd_folder(path)
+            if not f.labels:
+                raise ValueError(f"{path} has no labels/ folder: the translator needs labelled frames")
+            (fx, fy, cx, cy), _ = _resolve_intrinsics(None, f.camera, f.root)
+            scale = float(f.camera.get("depth_scale", 1000.0))
+            pipeline.reset()
+            it = range(len(f.stems))
+            for i in (tqdm(it, desc=f"features {path.name}", unit="frame") if progress else it):
+                depth = _read_depth(f.depth[i])
+                intr = CameraIntrinsics(fx=fx, fy=fy, cx=cx, cy=cy, width=depth.shape[1], height=depth.shape[0])
+                frame = RGBDFrame(stamp_ns=i * 100_000_000, frame_id="camera", color=_read_color(f.color[i], "bgr"),
+                                  depth=depth, depth_scale=scale, intrinsics=intr,
+                                  labels=_read_labels(f.labels[i]).astype(np.int32))
+                r = pipeline.process(frame, f.poses[i])
+                if (i + 1) % stride == 0 or i == len(f.stems) - 1:
+                    feats.append(r.features.float().cpu().numpy())
+                    labels.append(np.asarray(r.window.labels, dtype=np.int64))
+                    coords.append(r.coord)
+        elif kind == "points":
+            if pipeline.extractor is None:
+                raise ValueError("point-array sources need the Concerto encoder (model.enabled: true)")
+            arr = np.load(path)
+            lab = np.load(Path(src["labels"]).expanduser()).reshape(-1).astype(np.int64)
+            if len(arr) != len(lab):
+                raise ValueError(f"{path}: {len(arr)} points but {len(lab)} labels")
+            xyz = arr[:, :3].astype(np.float32)
+            rgb = arr[:, 3:6].astype(np.uint8) if arr.shape[1] >= 6 else None
+            gs = grid_sample(xyz, pipeline.cfg.window.voxel_size)
+            f_ = pipeline.extractor.encode(xyz[gs.index], gs.grid_coord,
+                                           color=None if rgb is None else rgb[gs.index])
+            if pipeline.cross4d is not None:
+                raise ValueError("point-array sources cannot feed the Cross4D encoder (needs frames); "
+                                 "set perception_overrides: {cross4d.enabled: false}")
+            feats.append(f_.float().cpu().numpy())
+            labels.append(lab[gs.index])
+            coords.append(xyz[gs.index])
+        else:
+            raise ValueError(f"source type must be 'folder' or 'points', got {kind!r}")
+    return np.concatenate(feats), np.concatenate(labels), np.concatenate(coords)
+
+
+def train_translator(cfg: dict, progress: bool = True, log=print) -> dict:
+    """Run the whole command (see the module docstring); returns a summary dict.
+
+    Writes ``<output>/translator.pt`` (loadable with ``language.translator``),
+    ``<output>/metrics.csv`` (per-epoch loss, accuracy, temperature) and
+    ``<output>/summary.json``.
+
+    Raises:
+        ValueError: no classes or sources, or no labelled voxel.
+    """
+    import json
+
+    import torch
+
+    from concerto_ros.language.query import cosine_to_vocabulary, relevance_margin
+    from concerto_ros.language.text_encoders import build_text_encoder
+    from concerto_ros.language.translator import fit_translator_labels
+    from concerto_ros.metrics import confusion_matrix, segmentation_scores
+    from concerto_ros.pipeline import PerceptionPipeline
+    from concerto_ros.train.common import MetricLogger, print_summary, seed_everything
+    from concerto_ros.train.data import heldout_mask
+
+    t_start = time.perf_counter()
+    classes = [str(c) for c in cfg["data"]["classes"]]
+    if not classes:
+        raise ValueError("data.classes is empty: list the class names the labels stand for")
+    ids = [int(i) for i in (cfg["data"]["label_ids"] or range(1, len(classes) + 1))]
+    if len(ids) != len(classes):
+        raise ValueError(f"data.label_ids has {len(ids)} entries for {len(classes)} classes")
+    seed_everything(int(cfg["seed"]))
+    out = Path(cfg["output"])
+    out.mkdir(parents=True, exist_ok=True)
+
+    pcfg, pcfg_path = _perception_config(cfg)
+    pipeline = PerceptionPipeline(pcfg, log=log)
+    feats, raw, coords = collect_features(cfg, pipeline, log=log, progress=progress)
+    lut = {rid: k for k, rid in enumerate(ids)}
+    labels = np.array([lut.get(int(r), -1) for r in raw], dtype=np.int64)
+    held = heldout_mask(coords, float(cfg["data"]["heldout_block"]), float(cfg["data"]["heldout_fraction"]))
+    train = (labels >= 0) & ~held
+    test = (labels >= 0) & held
+    if not train.any():
+        raise ValueError("no labelled voxel to train on: check data.label_ids against the label images")
+
+    te = build_text_encoder(cfg["text_encoder"]["backend"], cfg["text_encoder"]["model"] or None,
+                            cfg["text_encoder"]["checkpoint"] or None, device=str(cfg["device"]))
+    o = cfg["optim"]
+    fit_labels = np.where(train, labels, -1)
+    translator, hist = fit_translator_labels(
+        feats, fit_labels, te.encode(classes), te, ignore_index=-1, epochs=int(o["epochs"]),
+        batch_size=int(o["batch_size"]), lr=float(o["lr"]), weight_decay=float(o["weight_decay"]),
+        temperature=float(o["temperature"]), learn_temperature=bool(o["learn_temperature"]),
+        class_weight=o["class_weight"], seed=int(cfg["seed"]), device=str(cfg["device"]), progress=progress,
+        feature=f"fused {pipeline.feature_dims} from {pcfg_path}")
+    logger = MetricLogger(out, tensorboard=cfg.get("log") == "tensorboard")
+    for e, (loss, acc, temp) in enumerate(zip(hist["loss"], hist["accuracy"], hist["temperature"]), start=1):
+        logger.log({"epoch": e, "loss": loss, "train_accuracy": acc, "temperature": temp})
+    logger.close()
+    path = translator.save(out / "translator.pt", extra={"classes": classes, "perception_config": str(pcfg_path)})
+
+    # held-out report: open-vocabulary labels and top-k precision per class name
+    report: dict[str, Any] = {"train_voxels": int(train.sum()), "heldout_voxels": int(test.sum())}
+    if test.any():
+        emb = translator.embed(feats[test])
+        cemb = te.encode(classes)
+        pred = cosine_to_vocabulary(emb, cemb).argmax(1)
+        scores = segmentation_scores(confusion_matrix(pred, labels[test], len(classes)))
+        k = int(cfg["eval"]["top_k"])
+        prec = {}
+        for c, name in enumerate(classes):
+            others = np.delete(cemb, c, axis=0)
+            m = relevance_margin(emb, cemb[c], others if len(others) else None, translator.temperature)
+            top = np.argsort(-m)[:k]
+            prec[name] = float(np.mean(labels[test][top] == c))
+        report.update({"heldout_miou": scores["miou"], "heldout_accuracy": scores["oacc"],
+                       "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(classes, scores["iou"])},
+                       f"precision_at_{k}": prec})
+    summary = {"translator": str(path), "classes": classes, "feature_dims": pipeline.feature_dims,
+               "text_encoder": te.name, "epochs": len(hist["loss"]), "loss_first": hist["loss"][0],
+               "loss_last": hist["loss"][-1], "temperature": translator.temperature,
+               "wall_s": time.perf_counter() - t_start, **report}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    rows = [("translator", str(path)), ("features", f"{pipeline.out_channels}-d {pipeline.feature_dims}"),
+            ("text encoder", f"{te.name} ({te.dim}-d)"), ("train / held-out voxels",
+                                                           f"{report['train_voxels']} / {report['heldout_voxels']}"),
+            ("loss first -> last", f"{hist['loss'][0]:.3f} -> {hist['loss'][-1]:.3f}")]
+    if "heldout_miou" in report:
+        rows += [("held-out mIoU / accuracy", f"{report['heldout_miou']:.3f} / {report['heldout_accuracy']:.3f}")]
+    rows += [("wall time", f"{summary['wall_s']:.1f} s")]
+    print_summary("translator", rows)
+    del torch
+    return summary

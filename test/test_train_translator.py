@@ -1,0 +1,35 @@
+"""`concerto train translator` end to end on a generated labelled sequence."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sentence_transformers", reason="sentence-transformers not installed (scripts/setup.sh)")
+
+from concerto_ros.cli import main  # noqa: E402
+from concerto_ros.config import default_config_path, load_config  # noqa: E402
+from concerto_ros.demo.scene import write_sequence  # noqa: E402
+from concerto_ros.pipeline import PerceptionPipeline  # noqa: E402
+
+
+def test_train_translator_fits_saves_and_the_node_pipeline_loads_it(tmp_path, capsys):
+    seq = write_sequence(tmp_path / "seq", seed=2, num_frames=4, width=160, height=120)
+    out = tmp_path / "tr"
+    code = main(["train", "translator", "--source", str(seq), "--output", str(out), "--no-progress",
+                 "--set", "optim.epochs=15", "--set", "perception_overrides={window.num_frames: 2}"])
+    assert code == 0, capsys.readouterr()
+    s = json.loads((out / "summary.json").read_text())
+    assert s["loss_last"] < 0.7 * s["loss_first"]
+    assert s["feature_dims"] == {"concerto": 192, "cross4d": 0} and s["text_encoder"].endswith("all-MiniLM-L6-v2")
+    assert s["train_voxels"] > 1000 and s["heldout_voxels"] > 100
+    assert s["heldout_accuracy"] > 0.4  # 8 classes: chance about 0.125 (floor and wall dominate)
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch") and len(rows) == 1 + 15
+    # the node's pipeline loads it with the same perception settings and answers queries
+    cfg = load_config(default_config_path(), {"language.translator": str(out / "translator.pt")})
+    pipe = PerceptionPipeline(cfg, log=None)
+    assert pipe.language.translator.in_dim == 192
+    code = main(["train", "translator", "--output", str(tmp_path / "none"), "--no-progress"])
+    assert code == 1 and "data.sources is empty" in capsys.readouterr().err
+    assert np.isfinite(s["temperature"])
