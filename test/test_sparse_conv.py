@@ -154,3 +154,61 @@ def test_spconv_backend_agrees_with_torch_backend(training):
     assert (out - ref).abs().max().item() <= 1e-5
     ref2 = submconv3d_torch(feat * 2, conv.weight, conv.bias, build_neighbour_map(grid, batch))
     assert (again - ref2).abs().max().item() <= 1e-5
+
+
+def test_table_and_sorted_key_searches_give_the_same_map(monkeypatch):
+    import concerto_ros.models.sparse_conv as sc
+
+    grid, batch = _random_voxels(n=2500, extent=20, batch_size=3, seed=5)
+    by_table = build_neighbour_map(grid, batch)
+    monkeypatch.setattr(sc, "TABLE_MAX_CELLS", 0)  # force the sorted-key path
+    by_sorting = build_neighbour_map(grid, batch)
+    assert torch.equal(by_table.index, by_sorting.index)
+    assert by_table.index.dtype == torch.int32 and by_table.index.shape == (27, len(grid))
+    assert by_table.offset_counts == by_sorting.offset_counts
+    assert by_table.offset_counts[CENTER] == len(grid)
+    # mirror symmetry: as many +d pairs as -d pairs
+    assert by_table.offset_counts == by_table.offset_counts[::-1]
+    empty = build_neighbour_map(torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    assert empty.index.shape == (27, 0) and empty.num_pairs == 0
+
+
+def test_torch_conv_under_autocast_computes_in_the_autocast_dtype():
+    grid, batch = _random_voxels(n=800, extent=12, batch_size=1, seed=6)
+    torch.manual_seed(3)
+    feat = torch.randn(len(grid), 8)
+    weight = torch.randn(8, 3, 3, 3, 8) * 0.1
+    bias = torch.randn(8)
+    nmap = build_neighbour_map(grid, batch)
+    ref = submconv3d_torch(feat, weight, bias, nmap)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = submconv3d_torch(feat, weight, bias, nmap)
+    assert low.dtype == torch.bfloat16 and ref.dtype == torch.float32
+    assert (low.float() - ref).abs().max().item() < 0.05 * ref.abs().max().item()
+
+
+def test_reused_lookup_table_is_reset_between_voxel_sets():
+    from concerto_ros.models.sparse_conv import release_neighbour_tables
+
+    release_neighbour_tables()
+    grid_a, batch_a = _random_voxels(n=1500, extent=14, seed=7)
+    grid_b, batch_b = _random_voxels(n=900, extent=12, seed=8)
+    first_b = build_neighbour_map(grid_b, batch_b).dense_index()
+    build_neighbour_map(grid_a, batch_a)  # leaves no stale rows behind
+    assert torch.equal(build_neighbour_map(grid_b, batch_b).dense_index(), first_b)
+    assert torch.equal(first_b, _brute_force_dense(grid_b, batch_b))
+    release_neighbour_tables()
+
+
+def test_kept_lookup_table_works_inside_and_outside_inference_mode():
+    from concerto_ros.models.sparse_conv import release_neighbour_tables
+
+    release_neighbour_tables()
+    grid, batch = _random_voxels(n=700, extent=10, seed=9)
+    with torch.inference_mode():
+        inside = build_neighbour_map(grid, batch).dense_index()
+    outside = build_neighbour_map(grid, batch).dense_index()
+    with torch.inference_mode():
+        again = build_neighbour_map(grid, batch).dense_index()
+    assert torch.equal(inside, outside) and torch.equal(inside, again)
+    release_neighbour_tables()

@@ -17,11 +17,70 @@ import torch
 from concerto_ros.models.checkpoint import load_encoder
 from concerto_ros.models.config import INFERENCE_OVERRIDES
 from concerto_ros.models.heads import LinearSemanticHead
+from concerto_ros.models.scannet20 import SCANNET20_CLASS_NAMES, resolve_class_names
+from concerto_ros.models.sparse_conv import resolve_backend
 from concerto_ros.models.presets import build_encoder
 from concerto_ros.models.ptv3 import (PointTransformerV3Encoder, all_levels_feature, concerto_point_feature,
                                       prepare_input)
 
 FEATURES = ("concat3", "all_levels")
+
+#: ``amp`` values: no autocast, or CUDA autocast to bfloat16 / float16
+AMP_MODES = ("none", "bf16", "fp16")
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: ``flash`` values: flash-attn varlen patches when flash_attn is importable on CUDA
+#: (``auto``), always the flash patch layout (``on``; SDPA where flash-attn is missing), or
+#: the reference's non-flash layout (``off``)
+FLASH_MODES = ("auto", "on", "off")
+
+
+def check_amp(amp: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of ``amp`` on ``device``.
+
+    Returns:
+        ``torch.bfloat16`` / ``torch.float16``, or ``None`` for ``"none"`` (float32).
+
+    Raises:
+        ValueError: unknown ``amp``, or ``bf16``/``fp16`` requested on a non-CUDA device
+            (the CPU path runs in float32 only).
+    """
+    if amp not in AMP_MODES:
+        raise ValueError(f"unknown model.amp {amp!r}, expected one of {AMP_MODES}")
+    if amp == "none":
+        return None
+    if torch.device(device).type != "cuda":
+        raise ValueError(f"model.amp '{amp}' needs a CUDA device, got '{device}'; the CPU path runs in "
+                         "float32 (set model.amp: none)")
+    return _AMP_DTYPES[amp]
+
+
+def inference_overrides(device: torch.device | str, sparse_conv_backend: str = "auto",
+                        flash: str = "auto", patch_size: int = 0) -> dict[str, Any]:
+    """Encoder config overrides for inference on ``device``.
+
+    :data:`~concerto_ros.models.config.INFERENCE_OVERRIDES` (no order shuffling, no
+    stochastic depth, encoder mode) plus the sparse-conv backend, ``enable_flash`` from
+    ``flash`` (see :data:`FLASH_MODES`) and, when ``patch_size > 0``, ``enc_patch_size``
+    (voxels per attention patch, every stage).
+
+    Raises:
+        ValueError: unknown ``flash`` or negative ``patch_size``.
+    """
+    if flash not in FLASH_MODES:
+        raise ValueError(f"unknown model.flash {flash!r}, expected one of {FLASH_MODES}")
+    if patch_size < 0:
+        raise ValueError(f"model.patch_size must be >= 0, got {patch_size}")
+    overrides = dict(INFERENCE_OVERRIDES)
+    overrides["sparse_conv_backend"] = sparse_conv_backend
+    if flash == "auto":
+        overrides["enable_flash"] = (torch.device(device).type == "cuda"
+                                     and importlib.util.find_spec("flash_attn") is not None)
+    else:
+        overrides["enable_flash"] = flash == "on"
+    if patch_size:
+        overrides["enc_patch_size"] = int(patch_size)
+    return overrides
 
 
 def feature_channels(channels: list[int] | tuple[int, ...], feature: str) -> int:
@@ -45,14 +104,24 @@ class FeatureExtractor:
         feature: ``concat3`` or ``all_levels``.
         device: where the encoder runs.
         description: one line saying where the weights came from (for logs and bundles).
+        amp: ``none`` (float32), ``bf16`` or ``fp16``: CUDA autocast around the encoder
+            forward (linear layers, attention and the project's sparse convolution in the
+            low precision; LayerNorm, softmax statistics and spconv's convolution in
+            float32). Features are returned as float32 either way.
 
     Attributes:
         out_channels: width ``D`` of the per-voxel features.
+
+    Raises:
+        ValueError: unknown ``feature`` or ``amp``, or ``amp`` other than ``none`` on a
+            non-CUDA device.
     """
 
     def __init__(self, encoder: PointTransformerV3Encoder, feature: str = "concat3",
-                 device: torch.device | str = "cpu", description: str = ""):
+                 device: torch.device | str = "cpu", description: str = "", amp: str = "none"):
         self.device = torch.device(device)
+        self.amp = amp
+        self._amp_dtype = check_amp(amp, self.device)
         self.encoder = encoder.to(self.device).eval()
         self.feature = feature
         self.out_channels = feature_channels(list(encoder.config.enc_channels), feature)
@@ -65,18 +134,25 @@ class FeatureExtractor:
 
         With ``model.checkpoint`` empty, a randomly initialised ``model.preset`` encoder is
         built with ``model.seed`` (the global RNG is left untouched) and a warning-level
-        note is logged, since its features carry no semantics.
+        note is logged, since its features carry no semantics. Optional settings read when
+        present: ``model.amp`` (``none``|``bf16``|``fp16``, default ``none``),
+        ``model.flash`` (``auto``|``on``|``off``, default ``auto``) and
+        ``model.patch_size`` (voxels per attention patch, ``0`` = the checkpoint's).
 
         Raises:
+            ValueError: ``model.amp`` other than ``none`` on a CPU device, or an unknown
+                ``model.amp`` / ``model.flash`` value.
             FileNotFoundError: the checkpoint path does not exist.
             concerto_ros.models.checkpoint.CheckpointMismatchError /
             CheckpointFormatError: the checkpoint does not fit the model (see their messages).
         """
         log = log or (lambda _m: None)
         device = torch.device(device)
-        overrides = dict(INFERENCE_OVERRIDES)
-        overrides["sparse_conv_backend"] = model_cfg.sparse_conv_backend
-        overrides["enable_flash"] = device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+        amp = str(getattr(model_cfg, "amp", "none") or "none")
+        check_amp(amp, device)  # fail before loading weights
+        overrides = inference_overrides(device, model_cfg.sparse_conv_backend,
+                                        flash=str(getattr(model_cfg, "flash", "auto") or "auto"),
+                                        patch_size=int(getattr(model_cfg, "patch_size", 0) or 0))
         if model_cfg.checkpoint:
             path = Path(model_cfg.checkpoint).expanduser()
             if not path.is_file():
@@ -90,10 +166,11 @@ class FeatureExtractor:
             desc = (f"SEEDED RANDOM '{model_cfg.preset}' encoder (seed {model_cfg.seed}; no model.checkpoint "
                     "set): features and labels are not meaningful until a trained checkpoint is configured")
         n_params = sum(p.numel() for p in encoder.parameters())
-        extractor = cls(encoder, feature=model_cfg.feature, device=device, description=desc)
-        backend = encoder.config.sparse_conv_backend
+        extractor = cls(encoder, feature=model_cfg.feature, device=device, description=desc, amp=amp)
+        backend = resolve_backend(encoder.config.sparse_conv_backend, device)
         log(f"{desc} | {n_params / 1e6:.2f}M parameters, feature '{model_cfg.feature}' "
-            f"({extractor.out_channels}-d), device {device}, sparse conv backend '{backend}'")
+            f"({extractor.out_channels}-d), device {device}, sparse conv backend '{backend}', "
+            f"flash {encoder.config.enable_flash}, amp {amp}")
         return extractor
 
     @torch.inference_mode()
@@ -108,8 +185,10 @@ class FeatureExtractor:
             normal: optional ``(M, 3)`` unit normals.
         """
         batch = prepare_input(coord, grid_coord, color=color, normal=normal, device=self.device)
-        out = self.encoder(batch)
-        feat = concerto_point_feature(out) if self.feature == "concat3" else all_levels_feature(out)
+        with torch.autocast(device_type=self.device.type, dtype=self._amp_dtype or torch.float32,
+                            enabled=self._amp_dtype is not None):
+            out = self.encoder(batch)
+            feat = concerto_point_feature(out) if self.feature == "concat3" else all_levels_feature(out)
         return feat.float()
 
     def encode_window(self, window) -> torch.Tensor:
@@ -127,10 +206,18 @@ def build_heads(head_cfg, in_channels: int, device: torch.device | str = "cpu",
     "seg_head.bias" [K]}}`` (the format of Concerto's released linear-probe heads). Without
     one, a seeded random head over ``head.class_names`` is built.
 
+    Class names, first match wins: the checkpoint's ``config.class_names``; the configured
+    ``head.class_names`` when it has ``K`` entries (the shorthand ``[scannet20]`` expands to
+    :data:`~concerto_ros.models.scannet20.SCANNET20_CLASS_NAMES`); for a 20-class
+    checkpoint, the ScanNet-20 names (the released
+    ``concerto_large_linear_prob_head_sc.pth``: 1728-d all-levels feature of
+    ``concerto_large``, ScanNet-20 labels), with a log line saying so.
+
     Raises:
         FileNotFoundError: missing checkpoint.
         ValueError: the head's input width differs from the encoder feature width
-            ``in_channels``, or its class count from the class names.
+            ``in_channels`` (the message says which ``model.feature`` would fit), or its
+            class count from the class names.
     """
     log = log or (lambda _m: None)
     if head_cfg.checkpoint:
@@ -142,10 +229,24 @@ def build_heads(head_cfg, in_channels: int, device: torch.device | str = "cpu",
         sd = ckpt["state_dict"]
         d = int(cfg.get("backbone_out_channels", sd["seg_head.weight"].shape[1]))
         k = int(cfg.get("num_classes", sd["seg_head.weight"].shape[0]))
-        names = list(cfg.get("class_names") or head_cfg.class_names)
+        configured = resolve_class_names(head_cfg.class_names) or []
+        if cfg.get("class_names"):
+            names = [str(c) for c in cfg["class_names"]]
+        elif len(configured) == k:
+            names = configured
+        elif k == len(SCANNET20_CLASS_NAMES):
+            names = list(SCANNET20_CLASS_NAMES)
+            log(f"head checkpoint {path} has 20 classes and no class_names: using the ScanNet-20 names "
+                f"(set head.class_names to override)")
+        else:
+            names = configured
         if d != in_channels:
+            hint = ""
+            if d == 1728:
+                hint = "; the released 1728-d heads read the all-levels feature of concerto_large " \
+                       "(model.preset: large, model.feature: all_levels)"
             raise ValueError(f"head checkpoint {path} expects {d}-d features but the encoder gives "
-                             f"{in_channels}-d (check model.preset and model.feature)")
+                             f"{in_channels}-d (check model.preset and model.feature{hint})")
         if len(names) != k:
             raise ValueError(f"head checkpoint {path} has {k} classes but {len(names)} class names are configured")
         head = LinearSemanticHead(d, names)
@@ -154,6 +255,6 @@ def build_heads(head_cfg, in_channels: int, device: torch.device | str = "cpu",
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
-            head = LinearSemanticHead(in_channels, head_cfg.class_names)
+            head = LinearSemanticHead(in_channels, resolve_class_names(head_cfg.class_names))
         log(f"SEEDED RANDOM semantic head over {len(head.class_names)} classes (no head.checkpoint set)")
     return head.to(device).eval()

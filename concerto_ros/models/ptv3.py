@@ -634,8 +634,9 @@ class SerializedAttention(nn.Module):
         dropout = self.attn_drop if self.training else 0.0
         flash = _flash_attn() if (self.enable_flash and feat.is_cuda) else None
         if flash is not None:
+            half = qkv.dtype if qkv.dtype in (torch.float16, torch.bfloat16) else torch.float16
             out = flash.flash_attn_varlen_qkvpacked_func(
-                qkv.half().reshape(-1, 3, h, d),
+                qkv.to(half).reshape(-1, 3, h, d),
                 layout.cu_seqlens,
                 max_seqlen=k,
                 dropout_p=dropout,

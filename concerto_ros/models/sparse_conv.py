@@ -13,21 +13,33 @@ al., arXiv 2510.23607) load unchanged (keys ``...cpe.0.weight`` / ``...cpe.0.bia
 
 Backends (one :class:`SubMConv3d` module, same parameters, same results):
 
-* ``"torch"``: the neighbour map (voxel pairs per kernel offset) is built once per voxel
-  set by hashing ``(batch, x, y, z)`` into int64 keys and ``torch.searchsorted`` on the
-  sorted keys, cached on :class:`VoxelGrid` (shared by every block of an encoder stage,
-  like spconv's ``indice_key``); the convolution is then gather -> matrix product ->
-  ``index_add_`` per offset. Deterministic and correct for any number of intra-op
-  threads. Default on CPU.
+* ``"torch"``: the neighbour map (the row of every voxel's neighbour per kernel offset,
+  a ``(27, N)`` index with a sentinel for "absent") is built once per voxel set by hashing
+  ``(batch, x, y, z)`` into int64 keys and looking them up in a dense int32 table (sorted
+  keys and ``torch.searchsorted`` for very sparse boxes), and cached on
+  :class:`VoxelGrid` (shared by every block of an encoder stage, like spconv's
+  ``indice_key``); the convolution is then, per offset, a row gather and a fused
+  multiply-accumulate ``out.addmm_(...)``. No scatter and no atomics: deterministic, and
+  bit-identical for any number of intra-op threads. Default on CPU and wherever spconv
+  has no wheel. The lookup table of the largest box seen (4 bytes per cell, at most
+  :data:`TABLE_MAX_CELLS`) is kept for the next call; :func:`release_neighbour_tables`
+  frees it. Under ``torch.autocast`` it computes in the autocast dtype.
 * ``"spconv"``: ``spconv.pytorch.SubMConv3d`` with the same weight tensor. Default on CUDA
   when spconv is importable. spconv's CPU kernels are wrong with more than one thread and
   refuse a bias in eval mode, so on CPU this backend runs under ``torch.set_num_threads(1)``
-  (restored afterwards) and the bias is always added outside spconv.
+  (restored afterwards) and the bias is always added outside spconv. Under
+  ``torch.autocast`` it runs in float32.
+
+On CPU spconv also adds the centre term first and then the offsets in kernel order, so
+the two backends have agreed bit for bit on the golden-a input and on a 271,615-voxel
+Kinect window (``benchmarks/bench_encoder.py`` prints the difference); the tests require
+``<= 1e-5`` per convolution and ``<= 1e-4`` on the golden outputs.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +53,7 @@ __all__ = [
     "NeighbourMap",
     "VoxelGrid",
     "build_neighbour_map",
+    "release_neighbour_tables",
     "submconv3d_torch",
     "spconv_available",
     "resolve_backend",
@@ -60,58 +73,56 @@ CENTER = 13
 
 @dataclass(frozen=True, eq=False)
 class NeighbourMap:
-    """Neighbour pairs of a voxel set under a 3x3x3 submanifold kernel.
-
-    For every non-centre kernel offset ``k`` (flattened index ``9a + 3b + c``, see
-    :data:`KERNEL_OFFSETS`) the pairs ``(out_index[j], in_index[j])`` for
-    ``j in range(k_start[k], k_start[k + 1])`` say that voxel ``in_index[j]`` lies at
-    ``grid_coord[out_index[j]] + KERNEL_OFFSETS[k]`` in the same sample. Each voxel appears
-    at most once as output per offset. The centre offset pairs every voxel with itself and
-    is not stored.
+    """Neighbours of every voxel of a voxel set under a 3x3x3 submanifold kernel.
 
     Attributes:
-        out_index: ``(P,)`` int64 output rows, grouped by offset.
-        in_index: ``(P,)`` int64 input rows.
-        k_start: ``(28,)`` int64 start of each offset's group (python ints in
-            :attr:`k_bounds`).
+        index: ``(27, N)`` int32 (int64 when ``N >= 2**31 - 1``): ``index[k, i]`` is the row
+            of the voxel at ``grid_coord[i] + KERNEL_OFFSETS[k]`` in the same sample, or
+            ``N`` (a sentinel that addresses an appended zero row) when there is none.
+            Row :data:`CENTER` is ``arange(N)``.
+        counts: ``(27,)`` int64 present neighbours per offset (python ints in
+            :attr:`offset_counts`).
         num_voxels: ``N``.
     """
 
-    out_index: torch.Tensor
-    in_index: torch.Tensor
-    k_start: torch.Tensor
+    index: torch.Tensor
+    counts: torch.Tensor
     num_voxels: int
 
     @property
-    def k_bounds(self) -> list[int]:
-        return self.k_start.tolist()
+    def offset_counts(self) -> list[int]:
+        return self.counts.tolist()
 
     @property
     def num_pairs(self) -> int:
         """Present (voxel, neighbour) pairs, centre included."""
-        return int(self.out_index.numel()) + self.num_voxels
+        return int(self.counts.sum())
 
     def dense_index(self) -> torch.Tensor:
         """``(N, 27)`` int64: neighbour row per offset, ``N`` where absent."""
-        n = self.num_voxels
-        dense = torch.full((n, 27), n, dtype=torch.long, device=self.out_index.device)
-        dense[:, CENTER] = torch.arange(n, device=dense.device)
-        k = torch.repeat_interleave(
-            torch.arange(27, device=dense.device), torch.diff(self.k_start)
-        )
-        dense[self.out_index, k] = self.in_index
-        return dense
+        return self.index.t().long().contiguous()
+
+
+#: the lookup-table neighbour search is used while the padded voxel box has at most
+#: ``max(TABLE_MIN_CELLS, TABLE_CELLS_PER_VOXEL * N)`` cells and at most ``TABLE_MAX_CELLS``
+#: (int32 table: 4 bytes per cell, freed on return); larger boxes use sorted keys
+TABLE_MIN_CELLS = 1 << 22
+TABLE_CELLS_PER_VOXEL = 160
+TABLE_MAX_CELLS = 1 << 26
 
 
 def build_neighbour_map(grid_coord: torch.Tensor, batch: torch.Tensor) -> NeighbourMap:
     """Find the neighbours of every voxel under a 3x3x3 kernel.
 
     Voxels are hashed to int64 keys ``((b * SX + x') * SY + y') * SZ + z'`` (coordinates
-    shifted by one so that offsets never leave the key box) and sorted once. In the sorted
-    keys the voxels ``(x+dx, y+dy, z-1 .. z+1)`` of a sample are at most three consecutive
-    entries, found with one ``torch.searchsorted`` per ``(dx, dy)``; only four ``(dx, dy)``
-    columns are searched, the other half of the offsets follows by symmetry (if ``j`` is
-    the ``+d`` neighbour of ``i``, ``i`` is the ``-d`` neighbour of ``j``).
+    shifted by one so that offsets never leave the key box). While the key box is small
+    (see :data:`TABLE_MAX_CELLS`) an int32 lookup table ``key -> row`` (``-1`` = empty)
+    is filled and every offset is one gather ``table[key + shift]``. Otherwise the keys
+    are sorted once and the voxels ``(x+dx, y+dy, z-1 .. z+1)`` of a sample, at most three
+    consecutive sorted entries, are found with one ``torch.searchsorted`` per ``(dx, dy)``
+    for four columns; the other half of the offsets follows by symmetry (if ``j`` is the
+    ``+d`` neighbour of ``i``, ``i`` is the ``-d`` neighbour of ``j``). Both give the same
+    map.
 
     Args:
         grid_coord: ``(N, 3)`` integer voxel indices ``(x, y, z)``, unique within a
@@ -132,9 +143,13 @@ def build_neighbour_map(grid_coord: torch.Tensor, batch: torch.Tensor) -> Neighb
         )
     n = grid_coord.shape[0]
     device = grid_coord.device
-    empty = torch.zeros(0, dtype=torch.long, device=device)
+    idx_dtype = torch.int32 if n < 2**31 - 1 else torch.int64
     if n == 0:
-        return NeighbourMap(empty, empty, torch.zeros(28, dtype=torch.long, device=device), 0)
+        return NeighbourMap(
+            torch.zeros(27, 0, dtype=idx_dtype, device=device),
+            torch.zeros(27, dtype=torch.long, device=device),
+            0,
+        )
     g = grid_coord.long()
     g = g - g.min(0).values + 1
     sx, sy, sz = (g.max(0).values + 2).tolist()
@@ -143,6 +158,75 @@ def build_neighbour_map(grid_coord: torch.Tensor, batch: torch.Tensor) -> Neighb
     if volume >= 2**62:
         raise ValueError("voxel grid too large to hash into int64 keys")
     key = ((b * sx + g[:, 0]) * sy + g[:, 1]) * sz + g[:, 2]
+    shifts = (KERNEL_OFFSETS[:, 0] * sy + KERNEL_OFFSETS[:, 1]) * sz + KERNEL_OFFSETS[:, 2]
+    if volume <= min(max(TABLE_MIN_CELLS, TABLE_CELLS_PER_VOXEL * n), TABLE_MAX_CELLS):
+        index = _neighbours_by_table(key, volume, shifts.tolist(), n, idx_dtype)
+    else:
+        index = _neighbours_by_sorting(key, volume, sy, sz, n, idx_dtype)
+    counts = (index < n).sum(1)
+    return NeighbourMap(index, counts, n)
+
+
+#: reusable all ``-1`` lookup tables per (device, dtype); see :func:`release_neighbour_tables`
+_TABLES: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+_TABLES_LOCK = threading.Lock()
+
+
+def release_neighbour_tables() -> None:
+    """Free the lookup tables kept between calls of :func:`build_neighbour_map`.
+
+    The table of the largest voxel box seen so far (4 bytes per cell, at most
+    :data:`TABLE_MAX_CELLS` cells, about 155 MB for a 5-frame 2 cm Kinect window) is kept
+    per device, all ``-1``, so that the next map of a similar box skips allocating and
+    filling it (only the ``N`` written cells are reset afterwards).
+    """
+    with _TABLES_LOCK:
+        _TABLES.clear()
+
+
+def _neighbours_by_table(
+    key: torch.Tensor, volume: int, shifts: list[int], n: int, dtype: torch.dtype
+) -> torch.Tensor:
+    device = key.device
+    slot = (str(device), dtype)
+    locked = _TABLES_LOCK.acquire(blocking=False)  # another thread busy: use a private table
+    try:
+        cached = _TABLES.pop(slot, None) if locked else None
+        # normal (not inference-mode) tensors, so that a kept table can be updated in any mode
+        with torch.inference_mode(False), torch.no_grad():
+            if cached is None or cached.numel() < volume:
+                cached = torch.full((volume,), -1, dtype=dtype, device=device)
+            index = _lookup_neighbours(cached[:volume], key, volume, shifts, n, dtype)
+        if locked:
+            _TABLES[slot] = cached
+    finally:
+        if locked:
+            _TABLES_LOCK.release()
+    return index
+
+
+def _lookup_neighbours(
+    table: torch.Tensor, key: torch.Tensor, volume: int, shifts: list[int], n: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Fill ``table[key] = row``, gather the 27 neighbour rows (one gather of ``27 N``
+    keys), reset ``table[key] = -1``."""
+    device = key.device
+    table[key] = torch.arange(n, dtype=dtype, device=device)
+    written = key
+    if volume < 2**31:
+        key = key.int()  # int32 gathers are faster on CPU
+    probe = key.unsqueeze(0) + torch.tensor(shifts, dtype=key.dtype, device=device).unsqueeze(1)
+    index = table.index_select(0, probe.view(-1)).view(27, n)  # centre row: table[key] = row
+    index.masked_fill_(index < 0, n)
+    table[written] = -1
+    return index
+
+
+def _neighbours_by_sorting(
+    key: torch.Tensor, volume: int, sy: int, sz: int, n: int, dtype: torch.dtype
+) -> torch.Tensor:
+    device = key.device
     if volume < 2**31 - 2 * sy * sz:  # int32 keys are about twice as fast on CPU
         key = key.int()
     sk, perm = torch.sort(key)
@@ -164,11 +248,11 @@ def build_neighbour_map(grid_coord: torch.Tensor, batch: torch.Tensor) -> Neighb
     # mirror: i is the -d neighbour of j when j is the +d neighbour of i
     out_index = perm[torch.cat([half_out, half_in])]
     in_index = perm[torch.cat([half_in, half_out])]
-    k_all = torch.cat([half_k, 26 - half_k]).to(torch.uint8)  # uint8: radix sort
-    k_sorted, order = torch.sort(k_all, stable=True)
-    counts = torch.bincount(k_sorted, minlength=27)
-    k_start = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
-    return NeighbourMap(out_index[order], in_index[order], k_start, n)
+    k_all = torch.cat([half_k, 26 - half_k])
+    index = torch.full((27, n), n, dtype=dtype, device=device)
+    index[CENTER] = torch.arange(n, dtype=dtype, device=device)
+    index[k_all, out_index] = in_index.to(dtype)
+    return index
 
 
 def submconv3d_torch(
@@ -177,9 +261,13 @@ def submconv3d_torch(
     bias: torch.Tensor | None,
     neighbours: NeighbourMap,
 ) -> torch.Tensor:
-    """Submanifold 3x3x3 convolution: centre term as one matrix product, then per offset
-    a gather of the present neighbours, a matrix product and an ``index_add_`` (each output
-    row is hit at most once per offset, so the result does not depend on thread count).
+    """Submanifold 3x3x3 convolution as 27 gather + matrix-product-accumulate steps.
+
+    ``out = feat @ W[centre]``, then for every other offset ``k`` with any neighbour
+    ``out += pad(feat)[index[k]] @ W[k]`` (``torch.addmm_``), where ``pad(feat)`` appends
+    one zero row that absent neighbours (sentinel ``N``) read. There is no scatter: every
+    output row is summed over the offsets in the fixed order ``k = 0 .. 26`` by row-parallel
+    kernels, so the result is the same for any number of intra-op threads.
 
     Args:
         feat: ``(N, C_in)`` float features, rows aligned with the voxels of ``neighbours``.
@@ -188,7 +276,8 @@ def submconv3d_torch(
         neighbours: the map from :func:`build_neighbour_map` for these voxels.
 
     Returns:
-        ``(N, C_out)`` output features, dtype of ``feat``.
+        ``(N, C_out)`` output features, dtype of ``feat`` (under ``torch.autocast``: the
+        autocast dtype, weights cast to it).
 
     Raises:
         ValueError: row count or channel mismatch.
@@ -198,18 +287,23 @@ def submconv3d_torch(
         raise ValueError(f"feat has {n} rows but the neighbour map {neighbours.num_voxels}")
     if tuple(weight.shape[1:]) != (3, 3, 3, c_in):
         raise ValueError(f"weight shape {tuple(weight.shape)} does not fit C_in={c_in}")
+    device_type = feat.device.type
+    if torch.is_autocast_enabled(device_type):  # AMP: compute in the autocast dtype
+        with torch.autocast(device_type=device_type, enabled=False):
+            return submconv3d_torch(
+                feat.to(torch.get_autocast_dtype(device_type)), weight, bias, neighbours
+            )
     # (27, C_in, C_out): w[k] = weight[:, a, b, c, :].T with k = 9a + 3b + c
-    w = weight.permute(1, 2, 3, 4, 0).reshape(27, c_in, weight.shape[0])
+    w = weight.permute(1, 2, 3, 4, 0).reshape(27, c_in, weight.shape[0]).to(feat.dtype)
     out = feat @ w[CENTER]
-    bounds = neighbours.k_bounds
+    padded = torch.cat([feat, feat.new_zeros(1, c_in)])
+    counts = neighbours.offset_counts
     for k in range(27):
-        lo, hi = bounds[k], bounds[k + 1]
-        if k == CENTER or hi == lo:
+        if k == CENTER or counts[k] == 0:
             continue
-        src = feat.index_select(0, neighbours.in_index[lo:hi])
-        out.index_add_(0, neighbours.out_index[lo:hi], src @ w[k])
+        out.addmm_(padded.index_select(0, neighbours.index[k]), w[k])
     if bias is not None:
-        out = out + bias
+        out = out + bias.to(feat.dtype)
     return out
 
 
@@ -392,6 +486,9 @@ class SubMConv3d(nn.Module):
         if backend == "torch":
             return submconv3d_torch(feat, self.weight, self.bias, voxels.neighbour_map())
         conv = self._spconv()
+        if torch.is_autocast_enabled(feat.device.type):  # spconv: float32 weights and features
+            with torch.autocast(device_type=feat.device.type, enabled=False):
+                return self.forward(feat.float(), voxels)
         if feat.device.type == "cpu":
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
