@@ -78,6 +78,9 @@ class ModelConfig:
     device: str = _f("cpu", "Torch device: cpu, cuda, cuda:N, or auto (cuda when available).")
     sparse_conv_backend: str = _f("auto", "Submanifold sparse convolution backend: auto (spconv on CUDA, the project's own on CPU), torch, spconv.", choices=["auto", "torch", "spconv"])
     num_threads: int = _f(0, "CPU threads for torch (0 = torch's default).", lo=0, hi=256)
+    amp: str = _f("none", "Autocast precision of the encoder on CUDA: none (float32), bf16 or fp16. Only none is accepted on the CPU (start-up fails otherwise).", choices=["none", "bf16", "fp16"])
+    flash: str = _f("auto", "Attention patches: auto (flash-attn varlen when installed and on CUDA), on (flash patch layout; SDPA where flash-attn is missing), off (the reference's non-flash layout, as in the golden test).", choices=["auto", "on", "off"])
+    patch_size: int = _f(0, "Voxels per attention patch in every stage; 0 keeps the checkpoint's (1024 for released Concerto checkpoints).", lo=0, hi=65536)
     feature: str = _f("concat3", "Per-point feature for the heads: concat3 (last three levels concatenated and copied down, as Concerto's README) or all_levels (every level, as the released linear-probe heads).", choices=["concat3", "all_levels"])
 
 
@@ -95,7 +98,7 @@ class Cross4DConfig:
 @dataclass
 class HeadConfig:
     checkpoint: str = _f("", "Linear semantic head checkpoint. Empty: a seeded random head (demo only).")
-    class_names: list = _f(None, "Class names of the semantic head, in label order.", factory=lambda: [
+    class_names: list = _f(None, "Class names of the semantic head, in label order. [scannet20] expands to the 20 ScanNet classes of the released linear-probe head; a 20-class head checkpoint without class names gets them automatically.", factory=lambda: [
         "unlabeled", "floor", "wall", "table", "chair", "sofa", "cabinet", "bookshelf", "door"])
 
 

@@ -375,7 +375,8 @@ class PerceptionPipeline:
         #: width of each encoder's part of the fused feature, in concatenation order
         self.feature_dims = {"concerto": self.extractor.out_channels if self.extractor else 0,
                              "cross4d": self.cross4d.out_channels if self.cross4d else 0}
-        self.head = build_heads(cfg.head, in_channels=self.out_channels, device=self.device, log=self.log)
+        self.head = build_heads(cfg.head, in_channels=self.out_channels, device=self.device, log=self.log,
+                                feature_dims=self.feature_dims)
         self.timer = StageTimer()
         self._pca_basis = None
         self.frames_processed = 0

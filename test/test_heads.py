@@ -65,3 +65,16 @@ def test_pca_colours_separate_clusters_and_are_stable_with_a_basis():
     assert abs(float(colors[:200, 0].mean()) - float(colors[200:, 0].mean())) > 200
     again = pca_colors(feats[::-1].copy(), basis=basis)
     np.testing.assert_array_equal(again, colors[::-1])
+
+
+def test_head_checkpoint_records_the_fused_feature_layout(tmp_path):
+    from concerto_ros.models.extractor import save_head
+
+    head = LinearSemanticHead(192 + 128, ["a", "b"])
+    path = save_head(head, tmp_path / "h.pth", feature_dims={"concerto": 192, "cross4d": 128})
+    cfg = HeadConfig(checkpoint=str(path), class_names=["a", "b"])
+    ok = build_heads(cfg, in_channels=320, feature_dims={"concerto": 192, "cross4d": 128})
+    assert ok.class_names == ["a", "b"] and ok.feature_dims == {"concerto": 192, "cross4d": 128}
+    # same total width, other split: refused at start-up with both layouts named
+    with pytest.raises(ValueError, match=r"trained on fused features .*'cross4d': 128.* node gives .*'cross4d': 64"):
+        build_heads(cfg, in_channels=320, feature_dims={"concerto": 256, "cross4d": 64})

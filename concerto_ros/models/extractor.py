@@ -198,7 +198,8 @@ class FeatureExtractor:
 
 
 def build_heads(head_cfg, in_channels: int, device: torch.device | str = "cpu",
-                log: Callable[[str], Any] | None = None) -> LinearSemanticHead:
+                log: Callable[[str], Any] | None = None,
+                feature_dims: dict[str, int] | None = None) -> LinearSemanticHead:
     """The linear semantic head from the ``head.*`` settings.
 
     A checkpoint is ``{"config": {"backbone_out_channels": D, "num_classes": K,
@@ -213,9 +214,14 @@ def build_heads(head_cfg, in_channels: int, device: torch.device | str = "cpu",
     ``concerto_large_linear_prob_head_sc.pth``: 1728-d all-levels feature of
     ``concerto_large``, ScanNet-20 labels), with a log line saying so.
 
+    ``feature_dims`` (``{"concerto": D1, "cross4d": D2}``, the parts of the fused feature in
+    concatenation order) is checked against a checkpoint's ``config.feature_dims`` when it
+    records one (heads trained by this project do), and stored on the head for saving.
+
     Raises:
         FileNotFoundError: missing checkpoint.
-        ValueError: the head's input width differs from the encoder feature width
+        ValueError: the checkpoint's ``feature_dims`` differ from ``feature_dims`` (another
+            encoder combination), or the head's input width differs from the encoder feature width
             ``in_channels`` (the message says which ``model.feature`` would fit), or its
             class count from the class names.
     """
@@ -240,6 +246,14 @@ def build_heads(head_cfg, in_channels: int, device: torch.device | str = "cpu",
                 f"(set head.class_names to override)")
         else:
             names = configured
+        if feature_dims is not None and cfg.get("feature_dims") is not None:
+            ckpt_dims = {str(k_): int(v) for k_, v in dict(cfg["feature_dims"]).items()}
+            ours = {str(k_): int(v) for k_, v in feature_dims.items()}
+            if ckpt_dims != ours:
+                raise ValueError(
+                    f"head checkpoint {path} was trained on fused features {ckpt_dims} (concerto + cross4d) "
+                    f"but the node gives {ours}; check model.enabled/preset/feature and "
+                    "cross4d.enabled/checkpoint")
         if d != in_channels:
             hint = ""
             if d == 1728:
@@ -257,4 +271,18 @@ def build_heads(head_cfg, in_channels: int, device: torch.device | str = "cpu",
             torch.manual_seed(1)
             head = LinearSemanticHead(in_channels, resolve_class_names(head_cfg.class_names))
         log(f"SEEDED RANDOM semantic head over {len(head.class_names)} classes (no head.checkpoint set)")
+    head.feature_dims = dict(feature_dims) if feature_dims is not None else None
     return head.to(device).eval()
+
+
+def save_head(head: LinearSemanticHead, path, feature_dims: dict[str, int] | None = None) -> Path:
+    """Write ``head`` in the released linear-probe format plus ``class_names`` and the
+    ``feature_dims`` of the fused feature it reads (checked by :func:`build_heads`)."""
+    dims = feature_dims if feature_dims is not None else getattr(head, "feature_dims", None)
+    cfg = {"backbone_out_channels": head.in_channels, "num_classes": head.num_classes,
+           "class_names": list(head.class_names)}
+    if dims is not None:
+        cfg["feature_dims"] = {str(k): int(v) for k, v in dims.items()}
+    path = Path(path)
+    torch.save({"config": cfg, "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}}, path)
+    return path
