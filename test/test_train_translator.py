@@ -33,3 +33,23 @@ def test_train_translator_fits_saves_and_the_node_pipeline_loads_it(tmp_path, ca
     code = main(["train", "translator", "--output", str(tmp_path / "none"), "--no-progress"])
     assert code == 1 and "data.sources is empty" in capsys.readouterr().err
     assert np.isfinite(s["temperature"])
+
+
+def test_label_free_translator_regresses_projected_image_embeddings(tmp_path, capsys):
+    """mode targets: voxels take the patch feature of a dense image model (here a seeded ViT
+    embedding into the text encoder's 384-d space) at their pixel; cosine regression."""
+    seq = write_sequence(tmp_path / "seq", seed=4, num_frames=3, width=160, height=120)
+    out = tmp_path / "lf"
+    code = main(["train", "translator", "--source", str(seq), "--output", str(out), "--no-progress",
+                 "--set", "mode=targets", "--set", "image_model.name=seeded_vit", "--set", "optim.epochs=10",
+                 "--set", "perception_overrides={window.num_frames: 2}"])
+    assert code == 0, capsys.readouterr()
+    s = json.loads((out / "summary.json").read_text())
+    assert s["mode"] == "targets" and s["loss_last"] < s["loss_first"]
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert "train_cosine" in rows[0] and len(rows) == 11
+    first, last = float(rows[1].split(",")[-1]), float(rows[-1].split(",")[-1])
+    assert last > first and s["heldout_target_cosine"] > 0.5  # generalises to held-out cubes
+    bad = main(["train", "translator", "--source", str(seq), "--output", str(tmp_path / "x"), "--no-progress",
+                "--set", "mode=targets", "--set", "image_model.name=seeded_vit", "--set", "image_model.embed_dim=64"])
+    assert bad == 1 and "64-d targets but the text encoder" in capsys.readouterr().err

@@ -2,9 +2,18 @@
 
 The translator (Concerto, arXiv 2510.23607: "with linear probing, we translate Concerto's
 representations to language space") is a linear map from the node's fused per-voxel
-features to a text encoder's space. Here it is fitted *with labels*: cosine-softmax of the
-translated feature against the text embeddings of the class names, cross-entropy over the
-labelled voxels (:func:`concerto_ros.language.translator.fit_translator_labels`).
+features to a text encoder's space, fitted in one of the two ways the field uses:
+
+* ``mode: labels``: cosine-softmax of the translated feature against the text embeddings of
+  the class names, cross-entropy over the labelled voxels
+  (:func:`concerto_ros.language.translator.fit_translator_labels`);
+* ``mode: targets`` (label-free, as OpenScene): every voxel of a window is projected into the
+  newest frame's image (z-buffer visibility, :mod:`concerto_ros.models.projection`, the same
+  code as the Cross4D targets) and takes the dense image-embedding model's patch feature
+  there as its target; cosine regression
+  (:func:`concerto_ros.language.translator.fit_translator_targets`). The image model must
+  embed into the text encoder's space (e.g. a dense CLIP image tower, given as
+  ``image_model.name: module:FILE.pt``).
 
 Features are computed exactly as the node computes them: the same
 :class:`~concerto_ros.pipeline.PerceptionPipeline` (lifting, sliding window, voxelization,
@@ -47,6 +56,19 @@ DEFAULTS: dict[str, Any] = {
         "heldout_fraction": 0.2,  # of heldout_block cubes kept for evaluation
         "heldout_block": 0.5,  # m
     },
+    "mode": "labels",  # labels | targets (label-free, needs image_model)
+    "image_model": {  # targets mode: dense image-embedding model in the text encoder's space
+        "name": "",  # module:FILE.pt (an nn.Module: images [B,3,H,W] in [0,1] -> [B,C,H/p,W/p]) | seeded_vit
+        "weights": "",
+        "seed": 0,
+        "embed_dim": 384,  # seeded_vit only (tests): must equal the text encoder's dimension
+        "depth": 2,
+        "num_heads": 2,
+        "patch_size": 14,
+        "short_side": 224,  # px, model input short side
+        "lookup": "bilinear",  # nearest | bilinear
+        "zbuffer_tolerance": 0.05,  # m
+    },
     "text_encoder": {"backend": "sentence-transformers", "model": "", "checkpoint": ""},
     "optim": {"epochs": 20, "batch_size": 4096, "lr": 1.0e-2, "weight_decay": 1.0e-4,
               "temperature": 0.07, "learn_temperature": True, "class_weight": None},
@@ -71,11 +93,13 @@ def _perception_config(cfg: dict):
     return load_config(path, overrides), path
 
 
-def collect_features(cfg: dict, pipeline, log=print, progress: bool = True):
-    """Fused per-voxel features and raw labels of every source.
+def collect_features(cfg: dict, pipeline, log=print, progress: bool = True, image_model=None):
+    """Fused per-voxel features and raw labels of every source (and, with ``image_model``,
+    each voxel's projected image-embedding target in the newest frame of its window).
 
     Returns:
-        ``(features (N, D) float32, raw_labels (N,) int64, coords (N, 3) float32)``.
+        ``(features (N, D) float32, raw_labels (N,) int64 (-1 where unknown), coords (N, 3)
+        float32, targets (N, C) float32 or None, visible (N,) bool or None)``.
 
     Raises:
         ValueError: no sources, an unknown source type, or a folder without ``labels/``.
@@ -90,14 +114,15 @@ def collect_features(cfg: dict, pipeline, log=print, progress: bool = True):
     if not sources:
         raise ValueError("data.sources is empty: give RGB-D folders with labels/ or labelled point arrays "
                          "(--source PATH or --set data.sources=[...])")
-    feats, labels, coords = [], [], []
+    feats, labels, coords, targets, visible = [], [], [], [], []
     stride = max(1, int(cfg["data"]["window_stride"]))
     for src in sources:
         kind, path = src.get("type", "folder"), Path(src["path"]).expanduser()
         if kind == "folder":
             f = scan_rgbd_folder(path)
-            if not f.labels:
-                raise ValueError(f"{path} has no labels/ folder: the translator needs labelled frames")
+            if not f.labels and image_model is None:
+                raise ValueError(f"{path} has no labels/ folder: the translator needs labelled frames "
+                                 "(or mode: targets with an image_model)")
             (fx, fy, cx, cy), _ = _resolve_intrinsics(None, f.camera, f.root)
             scale = float(f.camera.get("depth_scale", 1000.0))
             pipeline.reset()
@@ -105,14 +130,21 @@ def collect_features(cfg: dict, pipeline, log=print, progress: bool = True):
             for i in (tqdm(it, desc=f"features {path.name}", unit="frame") if progress else it):
                 depth = _read_depth(f.depth[i])
                 intr = CameraIntrinsics(fx=fx, fy=fy, cx=cx, cy=cy, width=depth.shape[1], height=depth.shape[0])
-                frame = RGBDFrame(stamp_ns=i * 100_000_000, frame_id="camera", color=_read_color(f.color[i], "bgr"),
+                rgb = _read_color(f.color[i], "bgr")
+                frame = RGBDFrame(stamp_ns=i * 100_000_000, frame_id="camera", color=rgb,
                                   depth=depth, depth_scale=scale, intrinsics=intr,
-                                  labels=_read_labels(f.labels[i]).astype(np.int32))
+                                  labels=_read_labels(f.labels[i]).astype(np.int32) if f.labels else None)
                 r = pipeline.process(frame, f.poses[i])
                 if (i + 1) % stride == 0 or i == len(f.stems) - 1:
                     feats.append(r.features.float().cpu().numpy())
-                    labels.append(np.asarray(r.window.labels, dtype=np.int64))
+                    win_labels = r.window.labels
+                    labels.append(np.asarray(win_labels, dtype=np.int64) if win_labels is not None
+                                  else np.full(len(r.coord), -1, dtype=np.int64))
                     coords.append(r.coord)
+                    if image_model is not None:
+                        t, v = image_model(r.coord, rgb, intr, f.poses[i])
+                        targets.append(t)
+                        visible.append(v)
         elif kind == "points":
             if pipeline.extractor is None:
                 raise ValueError("point-array sources need the Concerto encoder (model.enabled: true)")
@@ -128,12 +160,45 @@ def collect_features(cfg: dict, pipeline, log=print, progress: bool = True):
             if pipeline.cross4d is not None:
                 raise ValueError("point-array sources cannot feed the Cross4D encoder (needs frames); "
                                  "set perception_overrides: {cross4d.enabled: false}")
+            if image_model is not None:
+                raise ValueError("point-array sources have no images: mode targets needs RGB-D folders")
             feats.append(f_.float().cpu().numpy())
             labels.append(lab[gs.index])
             coords.append(xyz[gs.index])
         else:
             raise ValueError(f"source type must be 'folder' or 'points', got {kind!r}")
-    return np.concatenate(feats), np.concatenate(labels), np.concatenate(coords)
+    if image_model is None:
+        return np.concatenate(feats), np.concatenate(labels), np.concatenate(coords), None, None
+    return (np.concatenate(feats), np.concatenate(labels), np.concatenate(coords),
+            np.concatenate(targets), np.concatenate(visible))
+
+
+def make_image_model(cfg: dict, device: str = "cpu"):
+    """``(coord (M,3), rgb (H,W,3) uint8, intrinsics, T_world_cam) -> (targets (M,C), visible (M,))``
+    from ``cfg["image_model"]`` (see :data:`DEFAULTS`).
+
+    Raises:
+        ValueError: no ``image_model.name``.
+    """
+    import torch
+
+    from concerto_ros.models.projection import dense_targets
+    from concerto_ros.models.teachers import build_teacher, teacher_grid
+
+    im = cfg["image_model"]
+    if not im["name"]:
+        raise ValueError("mode: targets needs image_model.name (module:FILE.pt for a dense image "
+                         "model in the text encoder's space)")
+    kwargs = {k: im[k] for k in ("embed_dim", "depth", "num_heads", "patch_size")} if im["name"] == "seeded_vit" else {}
+    model = build_teacher(im["name"], weights=im["weights"] or None, seed=int(im["seed"]), device=device, **kwargs)
+
+    @torch.no_grad()
+    def project(coord, rgb, intrinsics, T):
+        grid = teacher_grid(model, rgb, short_side=int(im["short_side"]), device=device)
+        t, vis = dense_targets(coord, grid, intrinsics, T, mode=im["lookup"], tolerance=float(im["zbuffer_tolerance"]))
+        return t.numpy().astype(np.float32), np.asarray(vis, dtype=bool)
+
+    return project
 
 
 def train_translator(cfg: dict, progress: bool = True, log=print) -> dict:
@@ -152,15 +217,18 @@ def train_translator(cfg: dict, progress: bool = True, log=print) -> dict:
 
     from concerto_ros.language.query import cosine_to_vocabulary, relevance_margin
     from concerto_ros.language.text_encoders import build_text_encoder
-    from concerto_ros.language.translator import fit_translator_labels
+    from concerto_ros.language.translator import fit_translator_labels, fit_translator_targets
     from concerto_ros.metrics import confusion_matrix, segmentation_scores
     from concerto_ros.pipeline import PerceptionPipeline
     from concerto_ros.train.common import MetricLogger, print_summary, seed_everything
     from concerto_ros.train.data import heldout_mask
 
     t_start = time.perf_counter()
+    mode = cfg.get("mode", "labels")
+    if mode not in ("labels", "targets"):
+        raise ValueError(f"mode must be 'labels' or 'targets', got {mode!r}")
     classes = [str(c) for c in cfg["data"]["classes"]]
-    if not classes:
+    if not classes and mode == "labels":
         raise ValueError("data.classes is empty: list the class names the labels stand for")
     ids = [int(i) for i in (cfg["data"]["label_ids"] or range(1, len(classes) + 1))]
     if len(ids) != len(classes):
@@ -171,34 +239,53 @@ def train_translator(cfg: dict, progress: bool = True, log=print) -> dict:
 
     pcfg, pcfg_path = _perception_config(cfg)
     pipeline = PerceptionPipeline(pcfg, log=log)
-    feats, raw, coords = collect_features(cfg, pipeline, log=log, progress=progress)
+    image_model = make_image_model(cfg, device=str(cfg["device"])) if mode == "targets" else None
+    feats, raw, coords, targets, visible = collect_features(cfg, pipeline, log=log, progress=progress,
+                                                            image_model=image_model)
     lut = {rid: k for k, rid in enumerate(ids)}
     labels = np.array([lut.get(int(r), -1) for r in raw], dtype=np.int64)
     held = heldout_mask(coords, float(cfg["data"]["heldout_block"]), float(cfg["data"]["heldout_fraction"]))
-    train = (labels >= 0) & ~held
+    have = (labels >= 0) if mode == "labels" else visible
+    train = have & ~held
     test = (labels >= 0) & held
     if not train.any():
-        raise ValueError("no labelled voxel to train on: check data.label_ids against the label images")
+        raise ValueError("no labelled voxel to train on: check data.label_ids against the label images"
+                         if mode == "labels" else "no voxel is visible in its window's newest frame")
 
     te = build_text_encoder(cfg["text_encoder"]["backend"], cfg["text_encoder"]["model"] or None,
                             cfg["text_encoder"]["checkpoint"] or None, device=str(cfg["device"]))
     o = cfg["optim"]
-    fit_labels = np.where(train, labels, -1)
-    translator, hist = fit_translator_labels(
-        feats, fit_labels, te.encode(classes), te, ignore_index=-1, epochs=int(o["epochs"]),
-        batch_size=int(o["batch_size"]), lr=float(o["lr"]), weight_decay=float(o["weight_decay"]),
-        temperature=float(o["temperature"]), learn_temperature=bool(o["learn_temperature"]),
-        class_weight=o["class_weight"], seed=int(cfg["seed"]), device=str(cfg["device"]), progress=progress,
-        feature=f"fused {pipeline.feature_dims} from {pcfg_path}")
+    common = dict(epochs=int(o["epochs"]), batch_size=int(o["batch_size"]), lr=float(o["lr"]),
+                  weight_decay=float(o["weight_decay"]), temperature=float(o["temperature"]),
+                  seed=int(cfg["seed"]), device=str(cfg["device"]), progress=progress,
+                  feature=f"fused {pipeline.feature_dims} from {pcfg_path}")
     logger = MetricLogger(out, tensorboard=cfg.get("log") == "tensorboard")
-    for e, (loss, acc, temp) in enumerate(zip(hist["loss"], hist["accuracy"], hist["temperature"]), start=1):
-        logger.log({"epoch": e, "loss": loss, "train_accuracy": acc, "temperature": temp})
+    if mode == "labels":
+        translator, hist = fit_translator_labels(
+            feats, np.where(train, labels, -1), te.encode(classes), te, ignore_index=-1,
+            learn_temperature=bool(o["learn_temperature"]), class_weight=o["class_weight"], **common)
+        for e, (loss, acc, temp) in enumerate(zip(hist["loss"], hist["accuracy"], hist["temperature"]), start=1):
+            logger.log({"epoch": e, "loss": loss, "train_accuracy": acc, "temperature": temp})
+    else:
+        if targets.shape[1] != te.dim:
+            raise ValueError(f"image_model gives {targets.shape[1]}-d targets but the text encoder "
+                             f"'{te.name}' is {te.dim}-d: they must share one space")
+        translator, hist = fit_translator_targets(feats, targets, te, valid=train, **common)
+        for e, (loss, cos) in enumerate(zip(hist["loss"], hist["cosine"]), start=1):
+            logger.log({"epoch": e, "loss": loss, "train_cosine": cos})
     logger.close()
     path = translator.save(out / "translator.pt", extra={"classes": classes, "perception_config": str(pcfg_path)})
 
     # held-out report: open-vocabulary labels and top-k precision per class name
-    report: dict[str, Any] = {"train_voxels": int(train.sum()), "heldout_voxels": int(test.sum())}
-    if test.any():
+    report: dict[str, Any] = {"mode": mode, "train_voxels": int(train.sum()), "heldout_voxels": int(test.sum())}
+    if mode == "targets":
+        hv = visible & held
+        if hv.any():
+            e = translator.embed(feats[hv])
+            tn = targets[hv] / np.maximum(np.linalg.norm(targets[hv], axis=1, keepdims=True), 1e-12)
+            report["heldout_target_cosine"] = float(np.mean(np.sum(e * tn, axis=1)))
+            report["heldout_voxels"] = int(hv.sum())
+    if test.any() and classes:
         emb = translator.embed(feats[test])
         cemb = te.encode(classes)
         pred = cosine_to_vocabulary(emb, cemb).argmax(1)
@@ -222,6 +309,8 @@ def train_translator(cfg: dict, progress: bool = True, log=print) -> dict:
             ("text encoder", f"{te.name} ({te.dim}-d)"), ("train / held-out voxels",
                                                            f"{report['train_voxels']} / {report['heldout_voxels']}"),
             ("loss first -> last", f"{hist['loss'][0]:.3f} -> {hist['loss'][-1]:.3f}")]
+    if "heldout_target_cosine" in report:
+        rows += [("held-out cosine to targets", f"{report['heldout_target_cosine']:.3f}")]
     if "heldout_miou" in report:
         rows += [("held-out mIoU / accuracy", f"{report['heldout_miou']:.3f} / {report['heldout_accuracy']:.3f}")]
     rows += [("wall time", f"{summary['wall_s']:.1f} s")]
