@@ -211,6 +211,8 @@ class RGBDFrameAssembler:
     """
 
     STREAMS = ("color", "depth", "camera_info")
+    #: a stamp this much older than the newest seen (1 s) counts as a jump back in time
+    TIME_JUMP_NS = 1_000_000_000
     _DROPS = ("dropped_queue_full", "dropped_stale", "dropped_out_of_order", "dropped_duplicate")
 
     def __init__(self, cfg: PerceptionConfig, note: Callable[[str], Any] | None = None,
@@ -221,6 +223,7 @@ class RGBDFrameAssembler:
         self._noted: set[str] = set()
         self._skips = skips
         self._dropped = {s: 0 for s in self.STREAMS}
+        self._newest_ns: int | None = None
         self._lock = threading.Lock()
         self.topics = {"color": cfg.topics.color, "depth": cfg.topics.depth,
                        "camera_info": cfg.topics.camera_info}
@@ -228,9 +231,20 @@ class RGBDFrameAssembler:
     def add(self, stream: str, msg: Any) -> list[SyncedSet]:
         """Queue one message of ``stream`` (color, depth or camera_info); return completed sets.
 
-        Messages the policy had to drop unpaired are reported to ``skips``.
+        Messages the policy had to drop unpaired are reported to ``skips``. A stamp more than
+        :attr:`TIME_JUMP_NS` older than the newest seen (a looping bag, a restarted driver)
+        resets the pairing queues instead of being dropped as out of order.
         """
-        sets = self.sync.add(stream, stamp_to_ns(msg.header.stamp), msg)
+        stamp = stamp_to_ns(msg.header.stamp)
+        with self._lock:
+            jumped = self._newest_ns is not None and stamp < self._newest_ns - self.TIME_JUMP_NS
+            self._newest_ns = stamp if jumped or self._newest_ns is None else max(self._newest_ns, stamp)
+        if jumped:  # a looping bag or a restarted driver: start pairing afresh
+            self.sync.reset()
+            if self._note is not None:
+                self._note(f"time jumped back on '{self.topics[stream]}' ({stamp * 1e-9:.3f} s): "
+                           "restarting synchronisation")
+        sets = self.sync.add(stream, stamp, msg)
         if self._skips is not None:
             self._report_drops()
         return sets

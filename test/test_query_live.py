@@ -25,7 +25,7 @@ def scene(tmp_path_factory):
     """A generated room as a bag, a translator fitted with labels on the seeded tiny encoder's
     features of its window, and the ground truth of that window."""
     root = tmp_path_factory.mktemp("query")
-    seq = write_sequence(root / "seq", seed=1, num_frames=4, width=160, height=120)
+    seq = write_sequence(root / "seq", seed=1, num_frames=8, width=160, height=120)  # 5 Hz: 1.4 s
     bag = root / "bag"
     convert_rgbd_folder(seq, bag, storage="mcap", progress=False)
     cfg = load_config(default_config_path())
@@ -60,7 +60,7 @@ def test_pipeline_queries_and_open_vocabulary_labels(scene):
     r2 = replay_bag(scene["bag"], cfg, pipeline=pipe, max_frames=1, log=None, progress=False).result
     assert r2.class_names == ["floor", "wall", "table"] and set(np.unique(r2.labels)) <= {0, 1, 2}
     assert (r2.confidence >= 1 / 3 - 1e-6).all()
-    gt2 = ground_truth_lookup(scene["bag"].parent / "seq", cfg.window.voxel_size, 4)(r2.coord)
+    gt2 = ground_truth_lookup(scene["bag"].parent / "seq", cfg.window.voxel_size, 8)(r2.coord)
     assert np.mean(r2.labels[gt2 == CLASS_NAMES.index("floor")] == 0) > 0.5  # floor voxels -> "floor"
 
 
@@ -76,7 +76,7 @@ def test_query_service_over_dds(scene, tmp_path, ros_domain):
     pytest.importorskip("concerto_ros_interfaces.srv", reason="interfaces not built (scripts/setup.sh)")
     from sensor_msgs.msg import PointField
 
-    from concerto_ros.bag.live import NodeProcess, replay_live
+    from concerto_ros.bag.live import NodeProcess, cloud_arrays, replay_live
     from concerto_ros.cli.query import call_query
     from concerto_ros.msgs.pointcloud2 import pointcloud2_to_array
 
@@ -85,7 +85,7 @@ def test_query_service_over_dds(scene, tmp_path, ros_domain):
     node = NodeProcess(default_config_path(), overrides, log_path=tmp_path / "node.log")
     try:
         report = replay_live(scene["bag"], cfg, node_process=node, progress=False, frame_timeout=60)
-        assert len(report.clouds) == 4, node.tail()
+        assert len(report.clouds) == 8, node.tail()
         res = call_query("floor", top_k=15, timeout=30)
         assert res.success, res.message
         fields = {f.name: f.datatype for f in res.relevance.fields}
@@ -103,6 +103,39 @@ def test_query_service_over_dds(scene, tmp_path, ros_domain):
         assert not bad.success and "empty" in bad.message
         long = call_query("x" * 500, timeout=30)
         assert not long.success and "200" in long.message
+        # runtime vocabulary over the parameter service, applied to the next frame (replaying
+        # the bag's first frame again is a jump back in time: the node restarts pairing)
+        assert _set_string_array("/perception_node", "language.vocabulary", ["floor", "wall"]), node.tail()
+        again = replay_live(scene["bag"], cfg, node_process=node, progress=False, frame_timeout=60, max_frames=1)
+        assert len(again.clouds) == 1, node.tail()
+        labels = cloud_arrays(again.clouds[-1])["label"]
+        assert set(np.unique(labels)) <= {0, 1} and len(np.unique(labels)) == 2
+        assert "open vocabulary set to ['floor', 'wall']" in node.tail(200)
+        assert not _set_string_array("/perception_node", "window.voxel_size_typo", ["x"])  # unknown: refused
         assert node.alive(), node.tail()
     finally:
         node.stop()
+
+
+def _set_string_array(node_name: str, name: str, values: list[str]) -> bool:
+    """``ros2 param set`` through the node's SetParameters service; True when accepted."""
+    import rclpy
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    own = not rclpy.ok()
+    if own:
+        rclpy.init()
+    n = rclpy.create_node("param_setter")
+    try:
+        cli = n.create_client(SetParameters, f"{node_name}/set_parameters")
+        assert cli.wait_for_service(timeout_sec=20)
+        req = SetParameters.Request(parameters=[Parameter(name=name, value=ParameterValue(
+            type=ParameterType.PARAMETER_STRING_ARRAY, string_array_value=values))])
+        fut = cli.call_async(req)
+        rclpy.spin_until_future_complete(n, fut, timeout_sec=20)
+        return bool(fut.result().results[0].successful)
+    finally:
+        n.destroy_node()
+        if own:
+            rclpy.shutdown()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 from concerto_ros.config import SPECS, PerceptionConfig, ParamSpec, from_flat
 
@@ -46,7 +47,12 @@ def declare_config(node: Node) -> PerceptionConfig:
     """
     values = {}
     for name, spec in SPECS.items():
-        p = node.declare_parameter(name, spec.default, descriptor(spec))
+        default = spec.default
+        if spec.type is list and not default:
+            # [] has no ROS type of its own (rclpy would make it a byte array): declare the
+            # parameter by type so that `ros2 param set ... "[a, b]"` is accepted later
+            default = Parameter.Type.STRING_ARRAY
+        p = node.declare_parameter(name, default, descriptor(spec))
         # an empty list has no ROS type of its own: it is declared unset, which means []
         values[name] = [] if p.value is None and spec.type is list else p.value
     return from_flat(values)
