@@ -1,4 +1,4 @@
-"""``concerto train``: on-site training commands (``cross4d``, ``translator``).
+"""``concerto train``: on-site training commands (``cross4d``, ``translator``, ``probe``).
 
 Every ``train`` sub-command shares the options of :mod:`concerto_ros.train.common`:
 ``--config`` YAML, ``--set key=value`` overrides, ``--print-config``, ``--output``,
@@ -18,6 +18,9 @@ TRAIN_COMMANDS = {
     "translator": ("fit the language translator (node features -> text-encoder space) with labels, for "
                    "free-text queries and open-vocabulary labels (Concerto, arXiv 2510.23607)",
                    "train_translator.yaml"),
+    "probe": ("linear probe: fit a linear semantic head on the node's frozen encoder features with labelled "
+              "PCD files (mOSD) or point arrays; reports held-out mIoU, per-class IoU, accuracy "
+              "(Sonata/Concerto protocol)", "train_probe.yaml"),
 }
 
 
@@ -39,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``train`` and its sub-commands."""
     from concerto_ros.train.common import add_common_args
 
-    parser = subparsers.add_parser("train", help="train models on recordings (cross4d, translator)",
+    parser = subparsers.add_parser("train", help="train models on recordings (cross4d, translator, probe)",
                                    description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="train_command", metavar="MODEL")
@@ -62,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         from concerto_ros.train.cross4d import DEFAULTS, train_cross4d as train_fn
     elif args.train_command == "translator":
         from concerto_ros.train.translator import DEFAULTS, train_translator as train_fn
+    elif args.train_command == "probe":
+        from concerto_ros.train.probe import DEFAULTS, train_probe as train_fn
     else:  # pragma: no cover - argparse restricts the choices
         print(f"error: unknown train command {args.train_command}", file=sys.stderr)
         return 2
@@ -70,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.source:
+    if args.source and args.train_command == "probe":
+        cfg["data"]["train"] = list(cfg["data"]["train"]) + [{"type": "pcd", "path": s} for s in args.source]
+    elif args.source:
         kind = {"translator": {"type": "folder"}}.get(args.train_command, {})
         cfg["data"]["sources"] = list(cfg["data"]["sources"]) + [{"path": s, **kind} for s in args.source]
     if args.print_config:

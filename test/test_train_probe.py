@@ -1,0 +1,98 @@
+"""``concerto train probe`` end to end on a few real mOSD scenes, plus the label mapping and
+the spatial split on a labelled point array."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from concerto_ros.train.common import merge_config
+from concerto_ros.train.probe import DEFAULTS, build_label_lut, fit_linear_probe, map_labels, train_probe
+
+MOSD_DATA = {"classes": ["table", "object"], "ignore_index": 0, "label_map": {"1-9": "table", "20+": "object"}}
+
+
+def test_label_lut_mosd_mapping():
+    lut = build_label_lut(MOSD_DATA["label_map"], MOSD_DATA["classes"], 0, 45)
+    raw = np.array([0, 1, 9, 10, 19, 20, 31, 45, 46, -3])
+    np.testing.assert_array_equal(map_labels(raw, lut), [-1, 0, 0, -1, -1, 1, 1, 1, -1, -1])
+    ident = build_label_lut({}, ["unlabeled", "a", "b"], 0, 5)
+    np.testing.assert_array_equal(map_labels(np.arange(6), ident), [-1, 1, 2, -1, -1, -1])
+    with pytest.raises(ValueError, match="not in data.classes"):
+        build_label_lut({"1": "chair"}, ["table"], None, 3)
+    with pytest.raises(ValueError, match="expected 'N'"):
+        build_label_lut({"1..3": 0}, ["table"], None, 3)
+
+
+def test_fit_linear_probe_folds_standardisation():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 4)).astype(np.float32) * [1.0, 100.0, 0.01, 5.0] + [0, 50, 3, 0]
+    y = (x[:, 1] > 50).astype(np.int64)  # separable along a badly scaled channel
+    y[:10] = -1
+    head, hist = fit_linear_probe(x.astype(np.float32), y, ["lo", "hi"], epochs=15, batch_size=256, lr=0.05)
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+    pred = head(torch.from_numpy(x.astype(np.float32))).argmax(1).numpy()
+    assert np.mean(pred[10:] == y[10:]) > 0.97  # the head reads raw (unstandardised) features
+
+
+def test_points_source_spatial_split(tmp_path):
+    rng = np.random.default_rng(1)
+    xyz = rng.uniform(0, 3, size=(6000, 3)).astype(np.float32)
+    rgb = np.where(xyz[:, :1] > 1.5, [200, 30, 30], [30, 30, 200]).astype(np.float32)
+    np.save(tmp_path / "pts.npy", np.concatenate([xyz, rgb], 1))
+    np.save(tmp_path / "lab.npy", np.where(xyz[:, 0] > 1.5, 2, 1).reshape(-1, 1).astype(np.int32))
+    cfg = merge_config(DEFAULTS, {
+        "output": str(tmp_path / "out"), "features": "raw",
+        "data": {"train": [{"type": "points", "path": str(tmp_path / "pts.npy"), "labels": str(tmp_path / "lab.npy")}],
+                 "classes": ["unlabeled", "left", "right"], "ignore_index": 0,
+                 "heldout_fraction": 0.3, "heldout_block": 0.5},
+        "optim": {"epochs": 10, "batch_size": 512}})
+    s = train_probe(cfg, progress=False, log=lambda m: None)
+    assert s["split"].startswith("held-out") and s["test_voxels"] > 0 and s["train_voxels"] > s["test_voxels"]
+    assert s["test_iou"]["unlabeled"] is None  # ignored class: never a target, never predicted
+    assert s["test_miou"] > 0.95 and s["test_accuracy"] > 0.97
+    assert s["feature_dims"] == {"raw": 6}
+
+
+def test_probe_mosd_end_to_end(shared_dir, tmp_path):
+    mosd = shared_dir / "data" / "mosd"
+    if not (mosd / "learn").is_dir() or not (mosd / "test").is_dir():
+        pytest.skip(f"{mosd} not found")
+    from concerto_ros.models.extractor import build_heads
+
+    out = tmp_path / "probe"
+    cfg = merge_config(DEFAULTS, {
+        "output": str(out),
+        "perception_overrides": {"window": {"voxel_size": 0.02}},
+        "data": {"train": [{"type": "pcd", "path": str(mosd / "learn"), "limit": 3}],
+                 "test": [{"type": "pcd", "path": str(mosd / "test"), "limit": 2}], **MOSD_DATA},
+        "optim": {"epochs": 8}})
+    s = train_probe(cfg, progress=False, log=lambda m: None)
+    assert s["train_scenes"] == 3 and s["test_scenes"] == 2 and s["voxel_size"] == 0.02
+    assert s["train_voxels"] > 1000 and s["test_voxels"] > 1000
+    assert s["loss_last"] < 0.7 * s["loss_first"]
+    assert 0.0 <= s["test_miou"] <= 1.0 and 0.0 <= s["test_accuracy"] <= 1.0
+    assert set(s["test_iou"]) == {"table", "object"} and all(0.0 <= v <= 1.0 for v in s["test_iou"].values())
+    assert math.isclose(s["test_miou"], np.mean(list(s["test_iou"].values())), rel_tol=1e-9)
+    # table dominates the scenes: the probe must beat chance on the majority class
+    assert s["test_iou"]["table"] > 0.5
+
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert json.loads((out / "summary.json").read_text())["test_miou"] == s["test_miou"]
+
+    dims = s["feature_dims"]
+    assert dims["concerto"] > 0 and dims["cross4d"] == 0
+    head_cfg = SimpleNamespace(checkpoint=str(out / "head.pt"), class_names=["unlabeled"])
+    head = build_heads(head_cfg, in_channels=sum(dims.values()), feature_dims=dims)
+    assert head.class_names == ["table", "object"] and head.in_channels == dims["concerto"]
+    assert head.feature_dims == dims
+    with pytest.raises(ValueError, match="fused features"):
+        build_heads(head_cfg, in_channels=sum(dims.values()), feature_dims={"concerto": dims["concerto"], "cross4d": 8})
