@@ -53,3 +53,22 @@ def test_label_free_translator_regresses_projected_image_embeddings(tmp_path, ca
     bad = main(["train", "translator", "--source", str(seq), "--output", str(tmp_path / "x"), "--no-progress",
                 "--set", "mode=targets", "--set", "image_model.name=seeded_vit", "--set", "image_model.embed_dim=64"])
     assert bad == 1 and "64-d targets but the text encoder" in capsys.readouterr().err
+
+
+def test_point_array_source_uses_the_shared_voxelize_and_encode_path(tmp_path, capsys):
+    """A labelled (N, 6) xyzrgb array: a floor (label 1) and a wall (label 2); NaN rows dropped."""
+    rng = np.random.default_rng(0)
+    floor = np.c_[rng.uniform(0, 3, (6000, 2)), np.zeros(6000), np.tile([90, 160, 90], (6000, 1))]
+    wall = np.c_[rng.uniform(0, 3, 6000), np.zeros(6000), rng.uniform(0, 2.5, 6000), np.tile([200, 200, 230], (6000, 1))]
+    pts = np.concatenate([floor, wall, np.full((3, 6), np.nan)]).astype(np.float32)
+    lab = np.r_[np.ones(6000), np.full(6000, 2), np.zeros(3)].astype(np.int64)
+    np.save(tmp_path / "pts.npy", pts)
+    np.save(tmp_path / "lab.npy", lab)
+    out = tmp_path / "tr"
+    code = main(["train", "translator", "--output", str(out), "--no-progress", "--set", "optim.epochs=10",
+                 "--set", f"data.sources=[{{type: points, path: {tmp_path / 'pts.npy'}, labels: {tmp_path / 'lab.npy'}}}]",
+                 "--set", "data.classes=[floor, wall]", "--set", "data.label_ids=[1, 2]"])
+    assert code == 0, capsys.readouterr()
+    s = json.loads((out / "summary.json").read_text())
+    assert s["train_voxels"] + s["heldout_voxels"] <= 12000 and s["heldout_voxels"] > 0
+    assert s["heldout_accuracy"] > 0.9 and s["loss_last"] < s["loss_first"]

@@ -324,3 +324,34 @@ def print_summary(title: str, rows: Iterable[tuple[str, Any]]) -> None:
     for k, v in rows:
         table.add_row(k, v)
     Console().print(table)
+
+
+def perception_config(cfg: Mapping[str, Any], **fixed: Any):
+    """The node's config a training command computes features with.
+
+    Reads ``cfg["perception_config"]`` (the node's parameters YAML; empty = the package's
+    ``config/perception.yaml``) and applies ``cfg["perception_overrides"]`` (nested or
+    dotted node settings), then ``fixed`` (dotted names with ``__`` for dots, e.g.
+    ``language__translator=""``), so features match the node that uses the same file.
+
+    Returns:
+        ``(PerceptionConfig, path of the YAML used)``.
+
+    Raises:
+        FileNotFoundError / KeyError / ValueError: see :func:`concerto_ros.config.load_config`.
+    """
+    from concerto_ros.config import default_config_path, load_config
+
+    path = cfg.get("perception_config") or default_config_path()
+    flat: dict[str, Any] = {}
+
+    def walk(d: Mapping[str, Any], prefix: str = "") -> None:
+        for k, v in d.items():
+            if isinstance(v, Mapping):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v
+
+    walk(cfg.get("perception_overrides") or {})
+    flat.update({k.replace("__", "."): v for k, v in fixed.items()})
+    return load_config(path, flat), path

@@ -175,10 +175,11 @@ def load_scene(scene: dict) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         raise ValueError(f"{scene['path']}: expected (N, 3+) points, got {arr.shape}")
     if len(arr) != len(lab):
         raise ValueError(f"{scene['path']}: {len(arr)} points but {len(lab)} labels")
+    keep = np.isfinite(arr[:, :3]).all(axis=1)
+    arr, lab = arr[keep], lab[keep]
     xyz = arr[:, :3].astype(np.float32)
-    rgb = np.clip(arr[:, 3:6], 0, 255).astype(np.uint8) if arr.shape[1] >= 6 else None
-    keep = np.isfinite(xyz).all(axis=1)
-    return xyz[keep], (rgb[keep] if rgb is not None else None), lab[keep]
+    rgb = np.clip(np.nan_to_num(arr[:, 3:6]), 0, 255).astype(np.uint8) if arr.shape[1] >= 6 else None
+    return xyz, rgb, lab
 
 
 def scene_features(scenes: list[dict], voxel_size: float, encode=None, progress: bool = True,
@@ -346,7 +347,7 @@ def train_probe(cfg: dict, progress: bool = True, log=print) -> dict:
     from concerto_ros.pipeline import PerceptionPipeline
     from concerto_ros.train.common import MetricLogger, print_summary, seed_everything
     from concerto_ros.train.data import heldout_mask
-    from concerto_ros.train.translator import _perception_config
+    from concerto_ros.train.common import perception_config
 
     t0 = time.perf_counter()
     d = cfg["data"]
@@ -362,7 +363,7 @@ def train_probe(cfg: dict, progress: bool = True, log=print) -> dict:
     out = Path(cfg["output"])
     out.mkdir(parents=True, exist_ok=True)
 
-    pcfg, pcfg_path = _perception_config(cfg)
+    pcfg, pcfg_path = perception_config(cfg, language__translator="")
     voxel = float(pcfg.window.voxel_size)
     train_scenes = list_scenes(d["train"])
     test_scenes = list_scenes(d["test"]) if d["test"] else []

@@ -76,23 +76,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _perception_config(cfg: dict):
-    from concerto_ros.config import default_config_path, load_config
-
-    path = cfg["perception_config"] or default_config_path()
-    flat = {}
-
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                flat[f"{prefix}{k}"] = v
-    walk(cfg.get("perception_overrides") or {})
-    overrides = {"language.translator": "", **flat}
-    return load_config(path, overrides), path
-
-
 def collect_features(cfg: dict, pipeline, log=print, progress: bool = True, image_model=None):
     """Fused per-voxel features and raw labels of every source (and, with ``image_model``,
     each voxel's projected image-embedding target in the newest frame of its window).
@@ -107,7 +90,6 @@ def collect_features(cfg: dict, pipeline, log=print, progress: bool = True, imag
     from tqdm import tqdm
 
     from concerto_ros.bag.convert_rgbd import _read_color, _read_depth, _read_labels, _resolve_intrinsics, scan_rgbd_folder
-    from concerto_ros.cloud.voxel import grid_sample
     from concerto_ros.sensors.types import CameraIntrinsics, RGBDFrame
 
     sources = cfg["data"]["sources"]
@@ -146,25 +128,21 @@ def collect_features(cfg: dict, pipeline, log=print, progress: bool = True, imag
                         targets.append(t)
                         visible.append(v)
         elif kind == "points":
+            from concerto_ros.train.probe import scene_features
+
             if pipeline.extractor is None:
                 raise ValueError("point-array sources need the Concerto encoder (model.enabled: true)")
-            arr = np.load(path)
-            lab = np.load(Path(src["labels"]).expanduser()).reshape(-1).astype(np.int64)
-            if len(arr) != len(lab):
-                raise ValueError(f"{path}: {len(arr)} points but {len(lab)} labels")
-            xyz = arr[:, :3].astype(np.float32)
-            rgb = arr[:, 3:6].astype(np.uint8) if arr.shape[1] >= 6 else None
-            gs = grid_sample(xyz, pipeline.cfg.window.voxel_size)
-            f_ = pipeline.extractor.encode(xyz[gs.index], gs.grid_coord,
-                                           color=None if rgb is None else rgb[gs.index])
             if pipeline.cross4d is not None:
                 raise ValueError("point-array sources cannot feed the Cross4D encoder (needs frames); "
                                  "set perception_overrides: {cross4d.enabled: false}")
             if image_model is not None:
                 raise ValueError("point-array sources have no images: mode targets needs RGB-D folders")
-            feats.append(f_.float().cpu().numpy())
-            labels.append(lab[gs.index])
-            coords.append(xyz[gs.index])
+            scene = {"type": "points", "path": path, "labels": Path(src["labels"]).expanduser()}
+            f_, lab, xyz = scene_features([scene], pipeline.cfg.window.voxel_size,
+                                          encode=pipeline.extractor.encode, progress=False)
+            feats.append(f_)
+            labels.append(lab)
+            coords.append(xyz)
         else:
             raise ValueError(f"source type must be 'folder' or 'points', got {kind!r}")
     if image_model is None:
@@ -220,7 +198,7 @@ def train_translator(cfg: dict, progress: bool = True, log=print) -> dict:
     from concerto_ros.language.translator import fit_translator_labels, fit_translator_targets
     from concerto_ros.metrics import confusion_matrix, segmentation_scores
     from concerto_ros.pipeline import PerceptionPipeline
-    from concerto_ros.train.common import MetricLogger, print_summary, seed_everything
+    from concerto_ros.train.common import MetricLogger, perception_config, print_summary, seed_everything
     from concerto_ros.train.data import heldout_mask
 
     t_start = time.perf_counter()
@@ -237,7 +215,7 @@ def train_translator(cfg: dict, progress: bool = True, log=print) -> dict:
     out = Path(cfg["output"])
     out.mkdir(parents=True, exist_ok=True)
 
-    pcfg, pcfg_path = _perception_config(cfg)
+    pcfg, pcfg_path = perception_config(cfg, language__translator="")
     pipeline = PerceptionPipeline(pcfg, log=log)
     image_model = make_image_model(cfg, device=str(cfg["device"])) if mode == "targets" else None
     feats, raw, coords, targets, visible = collect_features(cfg, pipeline, log=log, progress=progress,
