@@ -16,7 +16,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
     ],
-    package_data={PACKAGE: ["config/*.yaml"]},
+    package_data={PACKAGE: ["config/*.yaml", "assets/*.pt"]},
     install_requires=["setuptools"],
     zip_safe=True,
     maintainer="concerto_ros developers",

@@ -72,6 +72,7 @@ class WindowConfig:
 @dataclass
 class ModelConfig:
     enabled: bool = _f(True, "Run the Concerto PTv3 encoder (its features come first in the fused feature).")
+    bundle: str = _f("", "Model bundle: a file from `concerto train ...` / `concerto bundle pack`, or 'default' (the bundle embedded in the package). When set it supplies the encoder(s), feature layout, semantic head, translator, text encoder and vocabulary; model.checkpoint, cross4d.checkpoint, head.checkpoint and language.translator must then be empty ('default' steps aside when any of them is set). Empty: models from those separate settings.")
     preset: str = _f("tiny", "Encoder preset when the checkpoint has no config: tiny, small, base, large, concerto_large_video.")
     checkpoint: str = _f("", "Encoder checkpoint path ({'config','state_dict'} or a Pointcept training checkpoint). Empty: seeded random weights of the preset (demo only).")
     seed: int = _f(0, "Seed of the random weights used when no checkpoint is given.", lo=0, hi=2**31 - 1)

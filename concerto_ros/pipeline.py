@@ -108,11 +108,19 @@ class LanguageModels:
     features of width ``in_dim`` with the same text encoder (checked at load).
     """
 
-    def __init__(self, text_encoder, translator, negatives, vocabulary):
+    def __init__(self, text_encoder, translator, negatives, vocabulary, backend: str = "", model: str = "",
+                 origin: str = ""):
         from concerto_ros.language.query import OpenVocabularyLabeler, TextQueryScorer
 
         self.text_encoder = text_encoder
         self.translator = translator
+        #: ``language.text_encoder`` / ``language.text_model`` the text encoder was built from
+        self.backend = str(backend)
+        self.model = str(model)
+        #: where the translator came from (a file, or a bundle)
+        self.origin = str(origin)
+        #: the open vocabulary at start-up
+        self.vocabulary = list(vocabulary)
         self.scorer = TextQueryScorer(text_encoder, translator.temperature, negatives=negatives)
         self._labeler_cls = OpenVocabularyLabeler
         self.labeler = OpenVocabularyLabeler(text_encoder, vocabulary) if vocabulary else None
@@ -121,8 +129,11 @@ class LanguageModels:
 
     @classmethod
     def from_config(cls, cfg: PerceptionConfig, in_dim: int, device: str = "cpu",
-                    log: Callable[[str], Any] | None = None) -> "LanguageModels":
-        """Load the text encoder and translator named in ``cfg.language``.
+                    log: Callable[[str], Any] | None = None, bundle=None,
+                    source: str = "") -> "LanguageModels":
+        """Load the text encoder and translator named in ``cfg.language``, or those of a model
+        ``bundle`` (its translator, text encoder and, when ``language.vocabulary`` is empty,
+        its vocabulary; ``language.text_checkpoint`` and ``query.*`` still come from ``cfg``).
 
         Raises:
             FileNotFoundError, ValueError (incl. TranslatorMismatchError), ImportError.
@@ -131,13 +142,24 @@ class LanguageModels:
         from concerto_ros.language.translator import Translator
 
         lc = cfg.language
-        te = build_text_encoder(lc.text_encoder, lc.text_model or None, lc.text_checkpoint or None,
+        if bundle is not None:
+            backend, model = bundle.text_encoder, bundle.text_model
+            vocabulary = list(lc.vocabulary) or list(bundle.vocabulary)
+        else:
+            backend, model, vocabulary = lc.text_encoder, lc.text_model, list(lc.vocabulary)
+        te = build_text_encoder(backend, model or None, lc.text_checkpoint or None,
                                 device=device, max_text_length=cfg.query.max_text_length)
-        tr = Translator.load(lc.translator, text_encoder=te, in_dim=in_dim).to(device)
+        if bundle is not None:
+            tr = Translator.from_dict(bundle.translator, text_encoder=te, in_dim=in_dim,
+                                      source=f"the translator of {source}").to(device)
+            origin = source
+        else:
+            tr = Translator.load(lc.translator, text_encoder=te, in_dim=in_dim).to(device)
+            origin = str(lc.translator)
         if log:
-            log(f"translator {lc.translator}: {in_dim}-d features -> {te.name} ({te.dim}-d); "
-                f"open vocabulary: {list(lc.vocabulary) or 'off (linear head labels)'}")
-        return cls(te, tr, list(cfg.query.negatives), list(lc.vocabulary))
+            log(f"translator {origin}: {in_dim}-d features -> {te.name} ({te.dim}-d); "
+                f"open vocabulary: {vocabulary or 'off (linear head labels)'}")
+        return cls(te, tr, list(cfg.query.negatives), vocabulary, backend=backend, model=model, origin=origin)
 
     def request_vocabulary(self, names: list[str]) -> None:
         with self._lock:
@@ -358,6 +380,10 @@ def resolve_device(name: str) -> torch.device:
 class PerceptionPipeline:
     """Lifting, windowing, encoding and heads (ROS-free).
 
+    The models come from ``model.bundle`` when it is set (one file with encoders, head,
+    translator, text encoder and vocabulary; see :mod:`concerto_ros.models.bundle`), else
+    from the separate ``model.*``, ``cross4d.*``, ``head.*`` and ``language.*`` settings.
+
     Args:
         cfg: the pipeline configuration.
         log: callable for informational messages (start-up summary).
@@ -365,15 +391,42 @@ class PerceptionPipeline:
     Raises:
         RuntimeError / FileNotFoundError / ValueError: the model or head cannot be built
             or loaded (see :class:`~concerto_ros.models.extractor.FeatureExtractor`).
+        concerto_ros.models.bundle.BundleError (a ValueError): the bundle is unusable or
+            contradicts the settings (see :func:`~concerto_ros.models.bundle.select_bundle`).
     """
 
     def __init__(self, cfg: PerceptionConfig, log: Callable[[str], Any] | None = print):
+        from concerto_ros.models.bundle import select_bundle
+
         self.cfg = cfg
         self.log = log or (lambda _msg: None)
         if cfg.model.num_threads > 0:
             torch.set_num_threads(cfg.model.num_threads)
         self.device = resolve_device(cfg.model.device)
         self.window = VideoPointCloud(num_frames=cfg.window.num_frames, voxel_size=cfg.window.voxel_size)
+        chosen = select_bundle(cfg, log=self.log)
+        #: the model bundle in use (``model.bundle``) and its file, or ``None``
+        self.bundle, self.bundle_path = chosen if chosen is not None else (None, None)
+        if self.bundle is None:
+            self._build_models_from_config(cfg)
+        else:
+            self._build_models_from_bundle(cfg)
+        self.timer = StageTimer()
+        self._pca_basis = None
+        self.frames_processed = 0
+        self.latest: PipelineResult | None = None
+        self._latest_lock = threading.Lock()
+
+    def _set_feature_dims(self) -> None:
+        if self.extractor is None and self.cross4d is None:
+            raise ValueError("model.enabled and cross4d.enabled are both false: no encoder to run")
+        #: width of each encoder's part of the fused feature, in concatenation order
+        self.feature_dims = {"concerto": self.extractor.out_channels if self.extractor else 0,
+                             "cross4d": self.cross4d.out_channels if self.cross4d else 0}
+
+    def _build_models_from_config(self, cfg: PerceptionConfig) -> None:
+        """Encoders, head and language models from the separate ``model.*``, ``cross4d.*``,
+        ``head.*`` and ``language.*`` settings."""
         self.extractor = (FeatureExtractor.from_config(cfg.model, device=self.device, log=self.log)
                           if cfg.model.enabled else None)
         c4 = cfg.cross4d
@@ -384,22 +437,51 @@ class PerceptionPipeline:
             self.cross4d = Cross4DFeatureExtractor.from_checkpoint(
                 c4.checkpoint or None, preset=c4.preset, seed=c4.seed, num_frames=c4.num_frames,
                 points_per_frame=c4.points_per_frame, device=self.device, log=self.log, average=c4.average)
-        if self.extractor is None and self.cross4d is None:
-            raise ValueError("model.enabled and cross4d.enabled are both false: no encoder to run")
-        #: width of each encoder's part of the fused feature, in concatenation order
-        self.feature_dims = {"concerto": self.extractor.out_channels if self.extractor else 0,
-                             "cross4d": self.cross4d.out_channels if self.cross4d else 0}
+        self._set_feature_dims()
         self.head = build_heads(cfg.head, in_channels=self.out_channels, device=self.device, log=self.log,
                                 feature_dims=self.feature_dims)
-        self.timer = StageTimer()
-        self._pca_basis = None
-        self.frames_processed = 0
         self.language: LanguageModels | None = None
         if cfg.language.translator:
             self.language = LanguageModels.from_config(cfg, in_dim=self.out_channels,
                                                        device=str(self.device), log=self.log)
-        self.latest: PipelineResult | None = None
-        self._latest_lock = threading.Lock()
+
+    def _build_models_from_bundle(self, cfg: PerceptionConfig) -> None:
+        """Encoders, head and language models from the bundle (already checked against
+        ``cfg`` by :func:`~concerto_ros.models.bundle.select_bundle`); the inference settings
+        ``model.device/sparse_conv_backend/flash/patch_size/amp`` still apply."""
+        b, src = self.bundle, f"bundle {self.bundle_path}"
+        md = b.metadata or {}
+        self.log(f"model bundle {self.bundle_path}: {md.get('description') or '(no description)'} | "
+                 f"components {', '.join(b.components())}; fused feature {b.feature_dims}; trained at "
+                 f"{b.voxel_size:g} m voxels" + (f"; created {md['created']}" if md.get("created") else ""))
+        self.extractor = None
+        if b.encoder is not None and cfg.model.enabled:
+            self.extractor = FeatureExtractor.from_blob(b.encoder, cfg.model, feature=b.feature, use_color=b.use_color,
+                                                        device=self.device, source=src, log=self.log)
+        elif b.encoder is not None:
+            self.log(f"model.enabled is false: the Concerto encoder of {src} is not run")
+        elif cfg.model.enabled:
+            self.log(f"{src} has no Concerto encoder: only its Cross4D encoder runs")
+        self.cross4d = None
+        if b.cross4d is not None:
+            from concerto_ros.models.cross4d import Cross4DFeatureExtractor
+
+            if not cfg.cross4d.enabled:
+                self.log(f"{src} holds a Cross4D encoder: it runs although cross4d.enabled is false (the bundle "
+                         "decides which encoders run)")
+            self.cross4d = Cross4DFeatureExtractor.from_blob(b.cross4d, source=src, device=self.device, log=self.log)
+        if self.extractor is None and self.cross4d is None:
+            from concerto_ros.models.bundle import BundleError
+
+            raise BundleError(f"model.enabled is false and {src} has no Cross4D encoder: no encoder to run; "
+                              "set model.enabled: true")
+        self._set_feature_dims()
+        self.head = build_heads(cfg.head, in_channels=self.out_channels, device=self.device, log=self.log,
+                                feature_dims=self.feature_dims, blob=b.head, source=src)
+        self.language = None
+        if b.translator is not None:
+            self.language = LanguageModels.from_config(cfg, in_dim=self.out_channels, device=str(self.device),
+                                                       log=self.log, bundle=b, source=src)
 
     @property
     def out_channels(self) -> int:
@@ -546,7 +628,7 @@ class PerceptionPipeline:
         """
         if self.language is None:
             raise QueryError("no translator loaded (set language.translator to a file from "
-                             "`concerto train translator`)")
+                             "`concerto train translator`, or model.bundle to a bundle with a translator)")
         with self._latest_lock:
             result = self.latest
         if result is None or result.text_embeddings is None:

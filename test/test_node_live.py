@@ -212,3 +212,47 @@ def test_bad_input_is_skipped_counted_and_the_node_keeps_running(tmp_path, ros_d
         sender.close()
         rclpy.shutdown()
         node.stop()
+
+
+def test_node_runs_a_model_bundle_and_refuses_a_bad_one(tmp_path, ros_domain):
+    """``model.bundle``: the published labels come from the bundle's head; a bundle trained at
+    another voxel size stops the node at start-up with the reason in its log."""
+    import torch
+
+    from concerto_ros.models.bundle import bundle_from_parts, save_bundle
+    from concerto_ros.models.heads import LinearSemanticHead
+    from concerto_ros.models.presets import build_encoder
+
+    head = LinearSemanticHead(192, ["bench", "lamp", "plant"])
+    with torch.no_grad():
+        head.seg_head.weight.zero_()
+        head.seg_head.bias.copy_(torch.tensor([0.0, 0.0, 5.0]))  # always "plant", confidence e^5 / (2 + e^5)
+    enc = build_encoder("tiny")
+    save_bundle(bundle_from_parts(encoder=enc, head=head), tmp_path / "good.pt")
+    save_bundle(bundle_from_parts(encoder=enc, head=head, voxel_size=0.05), tmp_path / "coarse.pt")
+
+    bad = NodeProcess(default_config_path(), {"model.bundle": str(tmp_path / "coarse.pt")},
+                      log_path=tmp_path / "bad.log")
+    assert bad.proc.wait(120) == 1
+    bad.stop()
+    log = (tmp_path / "bad.log").read_text()
+    assert "cannot start" in log and "set window.voxel_size: 0.05" in log, log
+
+    node = NodeProcess(default_config_path(), {"qos.input": "reliable", "model.bundle": str(tmp_path / "good.pt")},
+                       log_path=tmp_path / "node.log")
+    rclpy.init()
+    sender = _Sender()
+    try:
+        assert sender.wait(lambda: sender.pub["depth"].get_subscription_count() > 0, 120), node.tail()
+        sender.send_static_tf()
+        time.sleep(0.5)
+        sender.send(1.0)
+        assert sender.wait(lambda: len(sender.clouds) == 1, 60), (sender.diag, node.tail())
+    finally:
+        sender.close()
+        rclpy.shutdown()
+        node.stop()
+    cloud = cloud_arrays(sender.clouds[0])
+    assert len(cloud["label"]) > 100 and (cloud["label"] == 2).all()
+    np.testing.assert_allclose(cloud["confidence"], np.exp(5.0) / (2 + np.exp(5.0)), rtol=1e-5)
+    assert f"model bundle {tmp_path / 'good.pt'}" in (tmp_path / "node.log").read_text()

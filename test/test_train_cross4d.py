@@ -7,9 +7,14 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from concerto_ros.cli import train as train_cli
+from concerto_ros.config import default_config_path, load_config
+from concerto_ros.models.bundle import load_bundle
+from concerto_ros.pipeline import PerceptionPipeline
+from concerto_ros.sensors.types import PointFrame
 from concerto_ros.models.cross4d import Cross4DFeatureExtractor, load_cross4d
 from concerto_ros.models.teachers import seeded_vit
 from concerto_ros.train.common import merge_config
@@ -73,6 +78,20 @@ def test_short_run_lowers_the_loss_and_writes_outputs(trained):
     assert enc.config.point_channels == 3
     ext = Cross4DFeatureExtractor.from_checkpoint(run / "cross4d.pt")
     assert ext.num_frames == 4 and ext.points_per_frame == 256
+    # ... and as a bundle holding only the Cross4D encoder, which the node's pipeline runs
+    b = load_bundle(run / "bundle.pt")
+    assert b.components() == ["cross4d"] and b.voxel_size == 0.02 and b.feature_dims == {"concerto": 0, "cross4d": 32}
+    assert b.cross4d_settings == {"num_frames": 4, "points_per_frame": 256, "average": "points"}
+    assert b.metadata["command"] == "concerto train cross4d" and "heldout_cos" in b.metadata["metrics"]
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in b.cross4d["state_dict"].items())
+    pipe = PerceptionPipeline(load_config(default_config_path(), {"model.bundle": str(run / "bundle.pt")}), log=None)
+    assert pipe.extractor is None and pipe.cross4d.points_per_frame == 256
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        pts = np.c_[rng.uniform(0, 1, (1500, 2)), np.zeros(1500)].astype(np.float32)
+        r = pipe.process_points(PointFrame(stamp_ns=(i + 1) * 100_000_000, points=pts,
+                                           colors=rng.integers(0, 255, (1500, 3), dtype=np.uint8), frame_id="odom"))
+    assert r.features.shape == (len(r.coord), 32) and torch.isfinite(r.features).all()
 
 
 def test_resume_continues_and_targets_come_from_the_cache(trained, slambook_dir):

@@ -58,6 +58,50 @@ def test_points_source_spatial_split(tmp_path):
     assert s["test_iou"]["unlabeled"] is None  # ignored class: never a target, never predicted
     assert s["test_miou"] > 0.95 and s["test_accuracy"] > 0.97
     assert s["feature_dims"] == {"raw": 6}
+    assert s["bundle"] is None and not (tmp_path / "out" / "bundle.pt").exists()  # raw inputs: nothing to bundle
+
+
+def _two_walls(tmp_path):
+    """A labelled (N, 6) xyzrgb array: a floor (label 1) and a wall (label 2)."""
+    rng = np.random.default_rng(0)
+    floor = np.c_[rng.uniform(0, 2, (4000, 2)), np.zeros(4000), np.tile([90, 160, 90], (4000, 1))]
+    wall = np.c_[rng.uniform(0, 2, 4000), np.zeros(4000), rng.uniform(0, 1.5, 4000), np.tile([200, 200, 230], (4000, 1))]
+    np.save(tmp_path / "pts.npy", np.concatenate([floor, wall]).astype(np.float32))
+    np.save(tmp_path / "lab.npy", np.r_[np.ones(4000), np.full(4000, 2)].astype(np.int64))
+    return {"type": "points", "path": str(tmp_path / "pts.npy"), "labels": str(tmp_path / "lab.npy")}
+
+
+def test_probe_writes_a_bundle_the_node_pipeline_runs(tmp_path):
+    from concerto_ros.config import default_config_path, load_config
+    from concerto_ros.models.bundle import load_bundle
+    from concerto_ros.pipeline import PerceptionPipeline
+
+    out = tmp_path / "probe"
+    cfg = merge_config(DEFAULTS, {
+        "output": str(out), "data": {"train": [_two_walls(tmp_path)], "classes": ["unlabeled", "floor", "wall"],
+                                     "ignore_index": 0, "heldout_fraction": 0.3, "heldout_block": 0.5},
+        "optim": {"epochs": 5}})
+    s = train_probe(cfg, progress=False, log=lambda m: None)
+    assert s["bundle"] == str(out / "bundle.pt")
+    b = load_bundle(out / "bundle.pt")
+    assert b.components() == ["concerto", "head"] and b.class_names == ["unlabeled", "floor", "wall"]
+    assert b.feature_dims == {"concerto": 192, "cross4d": 0} and b.voxel_size == 0.02
+    md = b.metadata
+    assert md["command"] == "concerto train probe" and md["config"]["optim"]["epochs"] == 5
+    assert md["metrics"]["test_miou"] == s["test_miou"] and md["created"]
+    # the node's pipeline runs it: the head's labels are the probe's classes, and they agree with
+    # the head file written next to it
+    pipe = PerceptionPipeline(load_config(default_config_path(), {"model.bundle": str(out / "bundle.pt")}), log=None)
+    ref = PerceptionPipeline(load_config(default_config_path(), {"head.checkpoint": str(out / "head.pt")}), log=None)
+    pts = np.load(tmp_path / "pts.npy")
+    from concerto_ros.sensors.types import PointFrame
+
+    frame = PointFrame(stamp_ns=1, points=pts[:, :3].copy(), colors=pts[:, 3:].astype(np.uint8), frame_id="odom")
+    r, r_ref = pipe.process_points(frame), ref.process_points(frame)
+    assert r.class_names == ["unlabeled", "floor", "wall"]
+    np.testing.assert_array_equal(r.labels, r_ref.labels)
+    wall = r.coord[:, 1] < 0.01
+    assert np.mean(r.labels[wall & (r.coord[:, 2] > 0.2)] == 2) > 0.9
 
 
 def test_probe_mosd_end_to_end(shared_dir, tmp_path):
@@ -96,3 +140,9 @@ def test_probe_mosd_end_to_end(shared_dir, tmp_path):
     assert head.feature_dims == dims
     with pytest.raises(ValueError, match="fused features"):
         build_heads(head_cfg, in_channels=sum(dims.values()), feature_dims={"concerto": dims["concerto"], "cross4d": 8})
+    # the bundle next to it: encoder + this head, at the probe's voxel size
+    from concerto_ros.models.bundle import load_bundle
+
+    b = load_bundle(s["bundle"])
+    assert b.class_names == ["table", "object"] and b.voxel_size == 0.02 and b.feature_dims == dims
+    assert torch.equal(b.head["state_dict"]["seg_head.weight"], torch.load(out / "head.pt")["state_dict"]["seg_head.weight"])

@@ -4,12 +4,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("sentence_transformers", reason="sentence-transformers not installed (scripts/setup.sh)")
 
 from concerto_ros.cli import main  # noqa: E402
 from concerto_ros.config import default_config_path, load_config  # noqa: E402
 from concerto_ros.demo.scene import write_sequence  # noqa: E402
+from concerto_ros.models.bundle import load_bundle  # noqa: E402
 from concerto_ros.pipeline import PerceptionPipeline  # noqa: E402
 
 
@@ -30,6 +32,16 @@ def test_train_translator_fits_saves_and_the_node_pipeline_loads_it(tmp_path, ca
     cfg = load_config(default_config_path(), {"language.translator": str(out / "translator.pt")})
     pipe = PerceptionPipeline(cfg, log=None)
     assert pipe.language.translator.in_dim == 192
+    # ... and the bundle written next to it: encoder + translator + text encoder + the classes as vocabulary
+    b = load_bundle(out / "bundle.pt")
+    assert s["bundle"] == str(out / "bundle.pt") and b.components() == ["concerto", "translator", "vocabulary"]
+    assert b.translator["config"]["in_dim"] == 192 and b.text_encoder == "sentence-transformers"
+    assert b.vocabulary == ["floor", "wall", "table", "chair", "sofa", "cabinet", "bookshelf", "door"]
+    assert b.metadata["command"] == "concerto train translator" and b.metadata["metrics"]["heldout_accuracy"] > 0.4
+    torch.testing.assert_close(b.translator["state_dict"]["proj.weight"],
+                               pipe.language.translator.state_dict()["proj.weight"], rtol=0, atol=0)
+    assert PerceptionPipeline(load_config(default_config_path(), {"window.num_frames": 2, "model.bundle": s["bundle"]}),
+                              log=None).class_names == b.vocabulary
     code = main(["train", "translator", "--output", str(tmp_path / "none"), "--no-progress"])
     assert code == 1 and "data.sources is empty" in capsys.readouterr().err
     assert np.isfinite(s["temperature"])
@@ -72,3 +84,46 @@ def test_point_array_source_uses_the_shared_voxelize_and_encode_path(tmp_path, c
     s = json.loads((out / "summary.json").read_text())
     assert s["train_voxels"] + s["heldout_voxels"] <= 12000 and s["heldout_voxels"] > 0
     assert s["heldout_accuracy"] > 0.9 and s["loss_last"] < s["loss_first"]
+
+
+def test_probe_then_translator_chain_carries_the_head(tmp_path, capsys):
+    """probe -> bundle (encoder + head); translator with model.bundle = that bundle -> bundle
+    with the same encoder and head plus the translator; the node's pipeline runs it."""
+    from concerto_ros.sensors.types import PointFrame
+    from concerto_ros.train.common import merge_config
+    from concerto_ros.train.probe import DEFAULTS as PROBE_DEFAULTS, train_probe
+
+    rng = np.random.default_rng(1)
+    floor = np.c_[rng.uniform(0, 2, (4000, 2)), np.zeros(4000), np.tile([90, 160, 90], (4000, 1))]
+    wall = np.c_[rng.uniform(0, 2, 4000), np.zeros(4000), rng.uniform(0, 1.5, 4000), np.tile([200, 200, 230], (4000, 1))]
+    pts = np.concatenate([floor, wall]).astype(np.float32)
+    np.save(tmp_path / "pts.npy", pts)
+    np.save(tmp_path / "lab.npy", np.r_[np.ones(4000), np.full(4000, 2)].astype(np.int64))
+    source = {"type": "points", "path": str(tmp_path / "pts.npy"), "labels": str(tmp_path / "lab.npy")}
+    probe = train_probe(merge_config(PROBE_DEFAULTS, {
+        "output": str(tmp_path / "probe"), "optim": {"epochs": 3},
+        "data": {"train": [source], "test": [], "classes": ["unlabeled", "floor", "wall"], "ignore_index": 0}}),
+        progress=False, log=lambda m: None)
+    out = tmp_path / "tr"
+    code = main(["train", "translator", "--output", str(out), "--no-progress", "--set", "optim.epochs=5",
+                 "--set", f"data.sources=[{{type: points, path: {source['path']}, labels: {source['labels']}}}]",
+                 "--set", "data.classes=[floor, wall]", "--set", "data.label_ids=[1, 2]",
+                 "--set", f"perception_overrides={{model.bundle: {probe['bundle']}}}"])
+    assert code == 0, capsys.readouterr()
+    first, chained = load_bundle(probe["bundle"]), load_bundle(out / "bundle.pt")
+    assert chained.components() == ["concerto", "head", "translator", "vocabulary"]
+    assert chained.class_names == ["unlabeled", "floor", "wall"] and chained.vocabulary == ["floor", "wall"]
+    assert chained.metadata["parent_bundle"] == probe["bundle"]
+    assert chained.metadata["sources"]["head"] == f"bundle {probe['bundle']}"
+    for part in ("encoder", "head"):
+        for k, t in getattr(first, part)["state_dict"].items():
+            assert torch.equal(getattr(chained, part)["state_dict"][k], t), (part, k)
+    # the node's pipeline runs the chained bundle: open-vocabulary labels from the bundle's
+    # vocabulary, the probe's head back with language.vocabulary cleared at runtime
+    pipe = PerceptionPipeline(load_config(default_config_path(), {"model.bundle": str(out / "bundle.pt")}), log=None)
+    frame = PointFrame(stamp_ns=1, points=pts[:, :3].copy(), colors=pts[:, 3:].astype(np.uint8), frame_id="odom")
+    r = pipe.process_points(frame)
+    assert r.class_names == ["floor", "wall"] and r.text_embeddings.shape == (len(r.coord), 384)
+    pipe.set_vocabulary([])
+    r = pipe.process_points(PointFrame(stamp_ns=2, points=frame.points, colors=frame.colors, frame_id="odom"))
+    assert r.class_names == ["unlabeled", "floor", "wall"]

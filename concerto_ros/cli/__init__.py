@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "query": "query",
     "train": "train",
     "info": "info",
+    "bundle": "bundle",
 }
 
 

@@ -114,12 +114,17 @@ class Translator(nn.Module):
                 "temperature": self.temperature, "learn_temperature": bool(self.logit_scale.requires_grad),
                 "feature": self.feature}
 
+    def to_dict(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``{"format", "config", "state_dict", "extra"}`` (tensors detached, on the CPU): what
+        :meth:`save` writes and a model bundle stores."""
+        sd = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        return {"format": FORMAT, "config": self.config(), "state_dict": sd, "extra": dict(extra or {})}
+
     def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Write ``{"format", "config", "state_dict", "extra"}`` with ``torch.save``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        sd = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        torch.save({"format": FORMAT, "config": self.config(), "state_dict": sd, "extra": dict(extra or {})}, path)
+        torch.save(self.to_dict(extra), path)
         return path
 
     def check_compatible(self, text_encoder: Any = None, in_dim: int | None = None) -> None:
@@ -153,13 +158,27 @@ class Translator(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(f"translator file '{path}' does not exist")
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-            raise ValueError(f"'{path}' is not a translator file (expected format '{FORMAT}')")
-        c = ckpt["config"]
+        return cls.from_dict(ckpt, text_encoder=text_encoder, in_dim=in_dim, source=f"'{path}'")
+
+    @classmethod
+    def from_dict(cls, blob: Any, text_encoder: Any = None, in_dim: int | None = None,
+                  source: str = "translator dict") -> "Translator":
+        """Build from an in-memory :meth:`to_dict` blob (e.g. the one a model bundle holds), in
+        eval mode on the CPU, and check it against ``text_encoder`` / ``in_dim``.
+
+        Raises:
+            ValueError: not a translator blob (``source`` names it in the message).
+            TranslatorMismatchError: see :meth:`check_compatible`.
+        """
+        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+            raise ValueError(f"{source} is not a translator file (expected format '{FORMAT}')")
+        c = blob["config"]
         tr = cls(c["in_dim"], c["text_dim"], c["text_encoder"], temperature=c["temperature"],
                  learn_temperature=c.get("learn_temperature", True), feature=c.get("feature", ""))
-        tr.load_state_dict(ckpt["state_dict"], strict=True)
-        tr.extra = ckpt.get("extra", {})
+        sd = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
+              for k, v in blob["state_dict"].items()}
+        tr.load_state_dict(sd, strict=True)
+        tr.extra = blob.get("extra", {})
         tr.check_compatible(text_encoder, in_dim)
         return tr.eval()
 

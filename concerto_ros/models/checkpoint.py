@@ -40,6 +40,8 @@ __all__ = [
     "read_checkpoint",
     "diff_state_dict",
     "load_encoder",
+    "encoder_from_dict",
+    "encoder_to_dict",
     "save_encoder",
 ]
 
@@ -234,7 +236,7 @@ def _resolve_config(
                 warnings.warn(
                     f"checkpoint {ckpt.path} carries its own config; preset {preset!r} "
                     "differs and is ignored",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
         explicit_mask = "mask_token" in cfg
     else:
@@ -288,7 +290,56 @@ def load_encoder(
     """
     prefix = get_preset(preset).state_dict_prefix if preset is not None else ""
     ckpt = read_checkpoint(path, prefix)
-    cfg = _resolve_config(ckpt, preset, overrides or {})
+    return _instantiate(ckpt, preset, overrides or {}, device, strict)
+
+
+def encoder_from_dict(
+    blob: Mapping[str, Any],
+    source: str = "<in-memory checkpoint>",
+    overrides: Mapping[str, Any] | None = None,
+    device: torch.device | str = "cpu",
+    strict: bool = True,
+) -> PointTransformerV3Encoder:
+    """Build an encoder from an in-memory released-layout dict ``{"config", "state_dict"}``
+    (what :func:`save_encoder` writes and a model bundle stores), for inference.
+
+    The same rules as :func:`load_encoder` apply: :data:`INFERENCE_OVERRIDES`, then
+    ``overrides``; ``embedding.mask_token`` in the tensors switches ``mask_token`` on unless
+    the config says otherwise; tensors are cast to float32.
+
+    Args:
+        blob: ``{"config": dict, "state_dict": {name: tensor}}``.
+        source: where the dict came from (named in error messages, e.g. the bundle file).
+        overrides, device, strict: see :func:`load_encoder`.
+
+    Raises:
+        CheckpointFormatError (a ValueError): not a ``{"config", "state_dict"}`` dict, or a
+            config the encoder does not accept.
+        CheckpointMismatchError (a RuntimeError): ``strict`` and the tensors do not fit.
+    """
+    if not isinstance(blob, Mapping) or not isinstance(blob.get("config"), Mapping) \
+            or not _is_tensor_mapping(blob.get("state_dict")):
+        keys = sorted(map(str, blob))[:10] if isinstance(blob, Mapping) else type(blob).__name__
+        raise CheckpointFormatError(
+            f"{source}: expected an encoder dict {{'config': dict, 'state_dict': {{name: tensor}}}}, got {keys}")
+    ckpt = EncoderCheckpoint(source, "released", dict(blob["config"]), OrderedDict(blob["state_dict"]), "")
+    return _instantiate(ckpt, None, overrides or {}, device, strict)
+
+
+def _instantiate(
+    ckpt: EncoderCheckpoint,
+    preset: str | None,
+    overrides: Mapping[str, Any],
+    device: torch.device | str,
+    strict: bool,
+) -> PointTransformerV3Encoder:
+    """The encoder of ``ckpt`` (config resolved, tensors loaded) in eval mode on ``device``."""
+    try:
+        cfg = _resolve_config(ckpt, preset, overrides)
+    except ValueError as exc:
+        if isinstance(exc, CheckpointFormatError):
+            raise
+        raise CheckpointFormatError(f"checkpoint {ckpt.path}: invalid encoder config: {exc}") from exc
     with torch.device("meta"):
         skeleton = PointTransformerV3Encoder(cfg)
     diff = diff_state_dict(skeleton.state_dict(), ckpt.state_dict)
@@ -309,6 +360,19 @@ def load_encoder(
     return model.to(device).eval()
 
 
+def encoder_to_dict(model: PointTransformerV3Encoder, reference_keys_only: bool = False) -> dict[str, Any]:
+    """``{"config", "state_dict"}`` of ``model`` in the released layout (tensors detached, on
+    the CPU). The config is ``model.config.to_dict()`` (inference overrides are re-applied
+    when it is loaded, :func:`encoder_from_dict`); with ``reference_keys_only`` it omits this
+    project's runtime keys (``sparse_conv_backend``, ``stage_orders``) so it also loads with
+    the reference ``PointTransformerV3``."""
+    config = model.config.to_dict()
+    if reference_keys_only:
+        config = {k: v for k, v in config.items() if k not in _PROJECT_KEYS}
+    state = OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items())
+    return {"config": config, "state_dict": state}
+
+
 def save_encoder(
     model: PointTransformerV3Encoder,
     path: str | os.PathLike,
@@ -325,9 +389,7 @@ def save_encoder(
         extra: additional top-level entries (plain types only, to stay loadable with
             ``weights_only=True``).
     """
-    config = {k: v for k, v in model.config.to_dict().items() if k not in _PROJECT_KEYS}
-    state = OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items())
-    payload: dict[str, Any] = {"config": config, "state_dict": state}
+    payload: dict[str, Any] = encoder_to_dict(model, reference_keys_only=True)
     if extra:
         payload.update(extra)
     torch.save(payload, os.fspath(path))

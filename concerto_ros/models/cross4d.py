@@ -54,6 +54,8 @@ __all__ = [
     "Cross4DEncoder",
     "save_cross4d",
     "load_cross4d",
+    "cross4d_to_dict",
+    "cross4d_from_dict",
     "Cross4DFeatureExtractor",
     "AVERAGE_MODES",
 ]
@@ -481,6 +483,19 @@ def build_cross4d(preset: str = "tiny", seed: Optional[int] = None, **overrides:
 CHECKPOINT_KIND = "cross4d"
 
 
+def cross4d_to_dict(encoder: Cross4DEncoder, head: Optional[nn.Module] = None,
+                    extra: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """``{"kind": "cross4d", "config", "state_dict", "head_state_dict", "extra"}`` of ``encoder``
+    (tensors detached, on the CPU): what :func:`save_cross4d` writes and a model bundle stores."""
+    return {
+        "kind": CHECKPOINT_KIND,
+        "config": encoder.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
+        "head_state_dict": None if head is None else {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        "extra": dict(extra or {}),
+    }
+
+
 def save_cross4d(path: str | Path, encoder: Cross4DEncoder, head: Optional[nn.Module] = None,
                  extra: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``{"kind": "cross4d", "config": {...}, "state_dict", "head_state_dict", "extra"}``.
@@ -490,17 +505,41 @@ def save_cross4d(path: str | Path, encoder: Cross4DEncoder, head: Optional[nn.Mo
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {
-        "kind": CHECKPOINT_KIND,
-        "config": encoder.config.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
-        "head_state_dict": None if head is None else {k: v.detach().cpu() for k, v in head.state_dict().items()},
-        "extra": dict(extra or {}),
-    }
+    blob = cross4d_to_dict(encoder, head, extra)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(blob, tmp)
     tmp.replace(path)
     return path
+
+
+def cross4d_from_dict(blob: Mapping[str, Any], source: str = "<in-memory Cross4D checkpoint>",
+                      device: torch.device | str = "cpu") -> Cross4DEncoder:
+    """The encoder of an in-memory :func:`cross4d_to_dict` blob (eval mode, on ``device``).
+
+    Raises:
+        ValueError: not a Cross4D blob (``kind`` / ``state_dict`` missing), an invalid config,
+            or state-dict keys or shapes that do not fit the config (listed).
+    """
+    if not isinstance(blob, Mapping) or blob.get("kind") != CHECKPOINT_KIND or "state_dict" not in blob:
+        raise ValueError(f"{source} is not a Cross4D checkpoint (expected a dict with kind='cross4d' and a "
+                         "state_dict)")
+    try:
+        cfg = Cross4DConfig.from_dict(blob.get("config") or {})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: invalid Cross4D config: {exc}") from exc
+    enc = Cross4DEncoder(cfg)
+    expected = enc.state_dict()
+    state = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
+             for k, v in blob["state_dict"].items()}
+    shapes = [f"{k}: {list(v.shape)} vs {list(expected[k].shape)}" for k, v in state.items()
+              if k in expected and torch.is_tensor(v) and tuple(v.shape) != tuple(expected[k].shape)]
+    if shapes:
+        raise ValueError(f"{source}: state dict does not fit its config: shape mismatches {shapes[:5]}")
+    res = enc.load_state_dict(state, strict=False)
+    if res.missing_keys or res.unexpected_keys:
+        raise ValueError(f"{source}: state dict does not fit its config: missing {res.missing_keys}, "
+                         f"unexpected {res.unexpected_keys}")
+    return enc.to(device).eval()
 
 
 def load_cross4d(path: str | Path, device: torch.device | str = "cpu") -> tuple[Cross4DEncoder, dict]:
@@ -519,14 +558,7 @@ def load_cross4d(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     if not path.is_file():
         raise FileNotFoundError(f"Cross4D checkpoint '{path}' does not exist")
     blob = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(blob, dict) or blob.get("kind") != CHECKPOINT_KIND or "state_dict" not in blob:
-        raise ValueError(f"{path} is not a Cross4D checkpoint (expected a dict with kind='cross4d' and a state_dict)")
-    enc = Cross4DEncoder(Cross4DConfig.from_dict(blob["config"]))
-    res = enc.load_state_dict(blob["state_dict"], strict=False)
-    if res.missing_keys or res.unexpected_keys:
-        raise ValueError(f"{path}: state dict does not fit its config: missing {res.missing_keys}, "
-                         f"unexpected {res.unexpected_keys}")
-    return enc.to(device).eval(), blob
+    return cross4d_from_dict(blob, str(path), device), blob
 
 
 # ============================================================================ window extractor
@@ -594,6 +626,8 @@ class Cross4DFeatureExtractor:
         self.description = description
         self.average = average
         self.out_channels = encoder.out_channels
+        #: the checkpoint's ``extra`` (preset, teacher, ...), kept when the encoder is bundled
+        self.extra: dict[str, Any] = {}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None, preset: str = "tiny", seed: int = 0, num_frames: int = 4,
@@ -616,10 +650,39 @@ class Cross4DFeatureExtractor:
             enc = build_cross4d(preset, seed=seed)
             desc = (f"SEEDED RANDOM Cross4D '{preset}' encoder (seed {seed}; no cross4d.checkpoint set): "
                     "features are not meaningful")
+        ext = cls._with_log(enc, num_frames, points_per_frame, device, desc, average, log)
+        ext.extra = dict(blob.get("extra") or {}) if path else {"preset": preset, "seed": int(seed)}
+        return ext
+
+    @classmethod
+    def from_blob(cls, blob: Mapping[str, Any], source: str = "<in-memory Cross4D checkpoint>",
+                  device: torch.device | str = "cpu", log: Optional[Callable[[str], Any]] = None
+                  ) -> "Cross4DFeatureExtractor":
+        """From an in-memory :func:`cross4d_to_dict` blob carrying ``settings``
+        (``{"num_frames", "points_per_frame", "average"}``, as a model bundle stores it; missing
+        entries fall back to ``extra`` and then to the defaults 4, 2048, ``points``).
+
+        Raises:
+            ValueError: see :func:`cross4d_from_dict`, or an unknown ``average``.
+        """
+        enc = cross4d_from_dict(blob, source, device)
+        extra = dict(blob.get("extra") or {})
+        settings = dict(blob.get("settings") or {})
+        num_frames = int(settings.get("num_frames", extra.get("num_frames", 4)))
+        points_per_frame = int(settings.get("points_per_frame", extra.get("points_per_frame", 2048)))
+        average = str(settings.get("average", "points"))
+        desc = (f"Cross4D encoder from {source} (preset {extra.get('preset', '?')}, "
+                f"teacher {extra.get('teacher', '?')})")
+        ext = cls._with_log(enc, num_frames, points_per_frame, device, desc, average, log or (lambda _m: None))
+        ext.extra = extra
+        return ext
+
+    @classmethod
+    def _with_log(cls, enc, num_frames, points_per_frame, device, desc, average, log) -> "Cross4DFeatureExtractor":
         ext = cls(enc, num_frames=num_frames, points_per_frame=points_per_frame, device=device, description=desc,
                   average=average)
         log(f"{desc} | {count_parameters(enc) / 1e6:.3f}M parameters, {ext.out_channels}-d, "
-            f"{num_frames} frames x {points_per_frame} points")
+            f"{num_frames} frames x {points_per_frame} points, average '{average}'")
         return ext
 
     @torch.inference_mode()

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from concerto_ros.models.checkpoint import load_encoder
+from concerto_ros.models.checkpoint import encoder_from_dict, load_encoder
 from concerto_ros.models.config import INFERENCE_OVERRIDES
 from concerto_ros.models.heads import LinearSemanticHead
 from concerto_ros.models.scannet20 import SCANNET20_CLASS_NAMES, resolve_class_names
@@ -108,6 +108,8 @@ class FeatureExtractor:
             forward (linear layers, attention and the project's sparse convolution in the
             low precision; LayerNorm, softmax statistics and spconv's convolution in
             float32). Features are returned as float32 either way.
+        use_color: feed the window's RGB to the encoder (``False``: zeros in the colour
+            channels, for encoders trained without colour; a model bundle records it).
 
     Attributes:
         out_channels: width ``D`` of the per-voxel features.
@@ -118,8 +120,10 @@ class FeatureExtractor:
     """
 
     def __init__(self, encoder: PointTransformerV3Encoder, feature: str = "concat3",
-                 device: torch.device | str = "cpu", description: str = "", amp: str = "none"):
+                 device: torch.device | str = "cpu", description: str = "", amp: str = "none",
+                 use_color: bool = True):
         self.device = torch.device(device)
+        self.use_color = bool(use_color)
         self.amp = amp
         self._amp_dtype = check_amp(amp, self.device)
         self.encoder = encoder.to(self.device).eval()
@@ -148,11 +152,7 @@ class FeatureExtractor:
         """
         log = log or (lambda _m: None)
         device = torch.device(device)
-        amp = str(getattr(model_cfg, "amp", "none") or "none")
-        check_amp(amp, device)  # fail before loading weights
-        overrides = inference_overrides(device, model_cfg.sparse_conv_backend,
-                                        flash=str(getattr(model_cfg, "flash", "auto") or "auto"),
-                                        patch_size=int(getattr(model_cfg, "patch_size", 0) or 0))
+        amp, overrides = cls._runtime(model_cfg, device)
         if model_cfg.checkpoint:
             path = Path(model_cfg.checkpoint).expanduser()
             if not path.is_file():
@@ -165,12 +165,46 @@ class FeatureExtractor:
                 encoder = build_encoder(model_cfg.preset, **overrides)
             desc = (f"SEEDED RANDOM '{model_cfg.preset}' encoder (seed {model_cfg.seed}; no model.checkpoint "
                     "set): features and labels are not meaningful until a trained checkpoint is configured")
+        return cls._finish(encoder, model_cfg.feature, device, desc, amp, True, log)
+
+    @classmethod
+    def from_blob(cls, blob, model_cfg, feature: str = "concat3", use_color: bool = True,
+                  device: torch.device | str = "cpu", source: str = "<in-memory checkpoint>",
+                  log: Callable[[str], Any] | None = None) -> "FeatureExtractor":
+        """Build from an in-memory ``{"config", "state_dict"}`` encoder dict (a model bundle's),
+        with the inference settings of ``model_cfg`` (``device`` placement, ``amp``,
+        ``flash``, ``patch_size``, ``sparse_conv_backend``) applied as in :meth:`from_config`;
+        ``feature`` and ``use_color`` come from the bundle.
+
+        Raises:
+            ValueError: see :meth:`from_config` (amp / flash values).
+            concerto_ros.models.checkpoint.CheckpointFormatError / CheckpointMismatchError:
+                the dict does not describe a loadable encoder.
+        """
+        log = log or (lambda _m: None)
+        device = torch.device(device)
+        amp, overrides = cls._runtime(model_cfg, device)
+        encoder = encoder_from_dict(blob, source=source, overrides=overrides, device=device)
+        return cls._finish(encoder, feature, device, f"Concerto encoder from {source}", amp, use_color, log)
+
+    @staticmethod
+    def _runtime(model_cfg, device: torch.device) -> tuple[str, dict[str, Any]]:
+        """``(amp, encoder config overrides)`` of the ``model.*`` inference settings."""
+        amp = str(getattr(model_cfg, "amp", "none") or "none")
+        check_amp(amp, device)  # fail before loading weights
+        overrides = inference_overrides(device, model_cfg.sparse_conv_backend,
+                                        flash=str(getattr(model_cfg, "flash", "auto") or "auto"),
+                                        patch_size=int(getattr(model_cfg, "patch_size", 0) or 0))
+        return amp, overrides
+
+    @classmethod
+    def _finish(cls, encoder, feature, device, desc, amp, use_color, log) -> "FeatureExtractor":
         n_params = sum(p.numel() for p in encoder.parameters())
-        extractor = cls(encoder, feature=model_cfg.feature, device=device, description=desc, amp=amp)
+        extractor = cls(encoder, feature=feature, device=device, description=desc, amp=amp, use_color=use_color)
         backend = resolve_backend(encoder.config.sparse_conv_backend, device)
-        log(f"{desc} | {n_params / 1e6:.2f}M parameters, feature '{model_cfg.feature}' "
+        log(f"{desc} | {n_params / 1e6:.2f}M parameters, feature '{feature}' "
             f"({extractor.out_channels}-d), device {device}, sparse conv backend '{backend}', "
-            f"flash {encoder.config.enable_flash}, amp {amp}")
+            f"flash {encoder.config.enable_flash}, amp {amp}" + ("" if use_color else ", no colour input"))
         return extractor
 
     @torch.inference_mode()
@@ -181,10 +215,10 @@ class FeatureExtractor:
             coord: ``(M, 3)`` voxel representative points, metres (any fixed frame; the
                 encoder input is centre-shifted here).
             grid_coord: ``(M, 3)`` non-negative integer voxel indices, unique.
-            color: optional ``(M, 3)`` uint8 RGB.
+            color: optional ``(M, 3)`` uint8 RGB (ignored when ``use_color`` is false).
             normal: optional ``(M, 3)`` unit normals.
         """
-        batch = prepare_input(coord, grid_coord, color=color, normal=normal, device=self.device)
+        batch = prepare_input(coord, grid_coord, color=color if self.use_color else None, normal=normal, device=self.device)
         with torch.autocast(device_type=self.device.type, dtype=self._amp_dtype or torch.float32,
                             enabled=self._amp_dtype is not None):
             out = self.encoder(batch)
@@ -199,13 +233,16 @@ class FeatureExtractor:
 
 def build_heads(head_cfg, in_channels: int, device: torch.device | str = "cpu",
                 log: Callable[[str], Any] | None = None,
-                feature_dims: dict[str, int] | None = None) -> LinearSemanticHead:
-    """The linear semantic head from the ``head.*`` settings.
+                feature_dims: dict[str, int] | None = None,
+                blob: dict | None = None, source: str = "") -> LinearSemanticHead:
+    """The linear semantic head from the ``head.*`` settings (or an in-memory head dict).
 
     A checkpoint is ``{"config": {"backbone_out_channels": D, "num_classes": K,
     "class_names": [...] (optional)}, "state_dict": {"seg_head.weight" [K, D],
-    "seg_head.bias" [K]}}`` (the format of Concerto's released linear-probe heads). Without
-    one, a seeded random head over ``head.class_names`` is built.
+    "seg_head.bias" [K]}}`` (the format of Concerto's released linear-probe heads). ``blob``
+    (such a dict, e.g. a model bundle's head; ``source`` names where it came from) replaces
+    ``head.checkpoint``. Without either, a seeded random head over ``head.class_names`` is
+    built.
 
     Class names, first match wins: the checkpoint's ``config.class_names``; the configured
     ``head.class_names`` when it has ``K`` entries (the shorthand ``[scannet20]`` expands to
@@ -217,22 +254,31 @@ def build_heads(head_cfg, in_channels: int, device: torch.device | str = "cpu",
     ``feature_dims`` (``{"concerto": D1, "cross4d": D2}``, the parts of the fused feature in
     concatenation order) is checked against a checkpoint's ``config.feature_dims`` when it
     records one (heads trained by this project do), and stored on the head for saving.
+    The head's ``origin`` attribute says where its weights came from (the file or
+    ``source``; ``""`` for the seeded random head).
 
     Raises:
         FileNotFoundError: missing checkpoint.
         ValueError: the checkpoint's ``feature_dims`` differ from ``feature_dims`` (another
             encoder combination), or the head's input width differs from the encoder feature width
             ``in_channels`` (the message says which ``model.feature`` would fit), or its
-            class count from the class names.
+            class count from the class names, or ``blob`` is not a head dict.
     """
     log = log or (lambda _m: None)
-    if head_cfg.checkpoint:
-        path = Path(head_cfg.checkpoint).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"head.checkpoint '{path}' does not exist")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = ckpt.get("config", {})
-        sd = ckpt["state_dict"]
+    if blob is not None or head_cfg.checkpoint:
+        if blob is not None:
+            path, ckpt = source or "head dict", blob
+            if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) \
+                    or "seg_head.weight" not in ckpt["state_dict"]:
+                raise ValueError(f"{path}: not a linear head (expected {{'config', 'state_dict': "
+                                 "{'seg_head.weight', 'seg_head.bias'}}})")
+        else:
+            path = Path(head_cfg.checkpoint).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"head.checkpoint '{path}' does not exist")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = ckpt.get("config") or {}
+        sd = {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
         d = int(cfg.get("backbone_out_channels", sd["seg_head.weight"].shape[1]))
         k = int(cfg.get("num_classes", sd["seg_head.weight"].shape[0]))
         configured = resolve_class_names(head_cfg.class_names) or []
@@ -265,24 +311,33 @@ def build_heads(head_cfg, in_channels: int, device: torch.device | str = "cpu",
             raise ValueError(f"head checkpoint {path} has {k} classes but {len(names)} class names are configured")
         head = LinearSemanticHead(d, names)
         head.load_state_dict(sd, strict=True)
+        head.origin = str(path)
         log(f"semantic head from {path}: {k} classes")
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
             head = LinearSemanticHead(in_channels, resolve_class_names(head_cfg.class_names))
+        head.origin = ""
         log(f"SEEDED RANDOM semantic head over {len(head.class_names)} classes (no head.checkpoint set)")
     head.feature_dims = dict(feature_dims) if feature_dims is not None else None
     return head.to(device).eval()
 
 
+def head_to_dict(head: LinearSemanticHead, feature_dims: dict[str, int] | None = None) -> dict[str, Any]:
+    """``{"config": {backbone_out_channels, num_classes, class_names[, feature_dims]},
+    "state_dict"}`` of ``head`` (tensors detached, on the CPU): what :func:`save_head` writes
+    and a model bundle stores. ``feature_dims`` defaults to the head's own attribute."""
+    dims = feature_dims if feature_dims is not None else getattr(head, "feature_dims", None)
+    cfg: dict[str, Any] = {"backbone_out_channels": head.in_channels, "num_classes": head.num_classes,
+                           "class_names": list(head.class_names)}
+    if dims is not None:
+        cfg["feature_dims"] = {str(k): int(v) for k, v in dims.items()}
+    return {"config": cfg, "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}}
+
+
 def save_head(head: LinearSemanticHead, path, feature_dims: dict[str, int] | None = None) -> Path:
     """Write ``head`` in the released linear-probe format plus ``class_names`` and the
     ``feature_dims`` of the fused feature it reads (checked by :func:`build_heads`)."""
-    dims = feature_dims if feature_dims is not None else getattr(head, "feature_dims", None)
-    cfg = {"backbone_out_channels": head.in_channels, "num_classes": head.num_classes,
-           "class_names": list(head.class_names)}
-    if dims is not None:
-        cfg["feature_dims"] = {str(k): int(v) for k, v in dims.items()}
     path = Path(path)
-    torch.save({"config": cfg, "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}}, path)
+    torch.save(head_to_dict(head, feature_dims), path)
     return path

@@ -11,7 +11,9 @@ After every epoch the mean cosine similarity between predictions and targets is 
 on the held-out points (every point of every frame, in held-out cubes, as the node
 evaluates whole windows), together with the cosine of the best constant prediction (the mean
 training target) as a baseline. Outputs in ``output``: ``cross4d.pt`` (the encoder the node
-loads, :func:`~concerto_ros.models.cross4d.load_cross4d`), ``checkpoints/`` (resume),
+loads, :func:`~concerto_ros.models.cross4d.load_cross4d`), ``bundle.pt`` (the same encoder
+with its window settings and ``data.voxel_size`` as a model bundle, for ``model.bundle``),
+``checkpoints/`` (resume),
 ``metrics.csv`` (per step), ``eval.csv`` (per epoch), ``heldout_cosine.png`` and
 ``config.yaml``.
 """
@@ -29,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from concerto_ros.models.cross4d import Cross4DEncoder, count_parameters, cross4d_config, save_cross4d
+from concerto_ros.models.bundle import bundle_from_parts, save_bundle
+from concerto_ros.models.cross4d import (Cross4DEncoder, count_parameters, cross4d_config, cross4d_to_dict,
+                                         save_cross4d)
 from concerto_ros.models.teachers import build_teacher
 from concerto_ros.train.common import (Checkpointer, MetricLogger, Progress, autocast, cosine_lr, dump_config,
                                        make_grad_scaler, print_summary, resolve_device, seed_everything)
@@ -211,7 +215,7 @@ def train_cross4d(cfg: dict, log: Callable[[str], Any] = print, progress: bool =
 
     Returns:
         summary dict: ``losses`` (per step), ``eval`` (per-epoch rows), ``checkpoint`` (path
-        of ``cross4d.pt``), ``parameters`` (encoder), ``head_parameters``, ``final_heldout_cos``,
+        of ``cross4d.pt``), ``bundle`` (path of ``bundle.pt``), ``parameters`` (encoder), ``head_parameters``, ``final_heldout_cos``,
         ``points_per_s``, ``cache`` (hits, misses), ``steps``.
 
     Raises:
@@ -349,10 +353,19 @@ def train_cross4d(cfg: dict, log: Callable[[str], Any] = print, progress: bool =
     ckpt.save(total, state(total))
     metrics.close()
     final = out_dir / "cross4d.pt"
-    save_cross4d(final, encoder, head, extra={
-        "preset": mcfg["preset"], "teacher": cache.teacher_key, "teacher_dim": teacher_dim, "target_mode": mode,
-        "num_frames": int(dcfg["num_frames"]), "points_per_frame": npf, "voxel_size": float(dcfg["voxel_size"]),
-        "use_color": use_color, "steps": total})
+    extra = {"preset": mcfg["preset"], "teacher": cache.teacher_key, "teacher_dim": teacher_dim, "target_mode": mode,
+             "num_frames": int(dcfg["num_frames"]), "points_per_frame": npf, "voxel_size": float(dcfg["voxel_size"]),
+             "use_color": use_color, "steps": total}
+    save_cross4d(final, encoder, head, extra=extra)
+    metrics = {k: eval_rows[-1][k] for k in ("heldout_cos", "baseline_heldout_cos", "train_cos")
+               if eval_rows and k in eval_rows[-1]}
+    bundle = bundle_from_parts(
+        cross4d=cross4d_to_dict(encoder, extra=extra), voxel_size=float(dcfg["voxel_size"]),
+        cross4d_settings={"num_frames": int(dcfg["num_frames"]), "points_per_frame": npf, "average": "points"},
+        metadata={"description": f"Cross4D '{mcfg['preset']}' encoder distilled from {cache.teacher_key} ({mode})",
+                  "command": "concerto train cross4d", "config": cfg, "metrics": metrics})
+    bundle_path = save_bundle(bundle, out_dir / "bundle.pt")
+    log(f"model bundle {bundle_path} (Cross4D encoder only): run it with model.bundle: {bundle_path}")
     if eval_rows:
         plot_curve(eval_rows, out_dir / "heldout_cosine.png",
                    title=f"Cross4D '{mcfg['preset']}' <- {cache.teacher_key.split('-')[0]} ({mode})")
@@ -362,7 +375,7 @@ def train_cross4d(cfg: dict, log: Callable[[str], Any] = print, progress: bool =
         "final_heldout_cos": eval_rows[-1]["heldout_cos"] if eval_rows else float("nan"),
         "baseline_heldout_cos": eval_rows[-1]["baseline_heldout_cos"] if eval_rows else float("nan"),
         "points_per_s": pts_total / max(wall, 1e-9), "cache": (cache.hits, cache.misses), "steps": total,
-        "clips": len(clips),
+        "clips": len(clips), "bundle": str(bundle_path),
     }
     print_summary("concerto train cross4d", [
         ("clips", len(clips)), ("teacher", cache.teacher_key), ("student", f"{mcfg['preset']} ({n_enc:,} params)"),
@@ -371,5 +384,6 @@ def train_cross4d(cfg: dict, log: Callable[[str], Any] = print, progress: bool =
         ("held-out cosine", summary["final_heldout_cos"]), ("constant baseline", summary["baseline_heldout_cos"]),
         ("held-out mean-centred cosine", eval_rows[-1]["heldout_centered_cos"] if eval_rows else float("nan")),
         ("points/s", f"{summary['points_per_s']:,.0f}"), ("wall time", f"{wall:.1f} s"), ("checkpoint", str(final)),
+        ("bundle", str(bundle_path)),
     ])
     return summary

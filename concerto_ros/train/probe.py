@@ -12,8 +12,10 @@ Features are computed as the node computes them: the node's
 point per voxel, which also gives the voxel's label) and encoded as one scene with
 ``pipeline.extractor.encode``. The written head (``<output>/head.pt``, the released
 linear-probe format plus ``class_names`` and ``feature_dims``) therefore loads in the node
-with ``head.checkpoint`` (:func:`concerto_ros.models.extractor.build_heads`).
-``features: raw`` instead probes the encoder's raw inputs (xyz in metres and rgb in
+with ``head.checkpoint`` (:func:`concerto_ros.models.extractor.build_heads`), and
+``<output>/bundle.pt`` holds the pipeline's encoder together with the head, for
+``model.bundle`` (a pipeline itself built from a bundle passes its encoder, and its
+translator, on). ``features: raw`` instead probes the encoder's raw inputs (xyz in metres and rgb in
 [0, 1] of each voxel's representative point, 6-d): a reference baseline, not loadable in the
 node.
 
@@ -333,7 +335,9 @@ def evaluate_head(head, feats: np.ndarray, labels: np.ndarray, batch: int = 6553
 def train_probe(cfg: dict, progress: bool = True, log=print) -> dict:
     """Run the whole command (see the module docstring); returns the summary dict.
 
-    Writes ``<output>/head.pt`` (load it in the node with ``head.checkpoint``),
+    Writes ``<output>/head.pt`` (load it in the node with ``head.checkpoint``), with encoder
+    features ``<output>/bundle.pt`` (the pipeline's encoder plus this head, and its translator
+    if it had one: ``model.bundle``),
     ``<output>/metrics.csv`` (per epoch: loss, train accuracy, lr) and
     ``<output>/summary.json`` (held-out mIoU, per-class IoU, overall accuracy, voxel
     counts, ...), and prints a summary table.
@@ -426,8 +430,24 @@ def train_probe(cfg: dict, progress: bool = True, log=print) -> dict:
     def _f(v):
         return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
 
+    bundle_path = None
+    if features == "encoder":
+        from concerto_ros.models.bundle import bundle_from_pipeline, save_bundle
+
+        metrics = {"test_miou": _f(te_scores["miou"]), "test_accuracy": _f(te_scores["oacc"]),
+                   "train_miou": _f(tr_scores["miou"]), "train_accuracy": _f(tr_scores["oacc"])}
+        bundle = bundle_from_pipeline(pipeline, head=head, metadata={
+            "description": f"linear probe head over {classes} on {pipeline.extractor.description}",
+            "command": "concerto train probe", "config": cfg,
+            "metrics": {k: v for k, v in metrics.items() if v is not None}})
+        bundle_path = save_bundle(bundle, out / "bundle.pt")
+        log(f"model bundle {bundle_path} (encoder + head{' + translator' if bundle.translator else ''}): "
+            f"run it with model.bundle: {bundle_path}")
+    else:
+        log("features: raw -> no model bundle (a bundle holds the encoder whose features the head reads)")
+
     summary = {
-        "head": str(head_path), "classes": classes, "features": features, "feature_dims": feature_dims,
+        "head": str(head_path), "bundle": str(bundle_path) if bundle_path else None, "classes": classes, "features": features, "feature_dims": feature_dims,
         "perception_config": str(pcfg_path), "voxel_size": voxel,
         "split": split, "train_scenes": len(train_scenes), "test_scenes": len(test_scenes),
         "train_voxels": int((ytr >= 0).sum()), "test_voxels": int((yte >= 0).sum()),
@@ -438,7 +458,7 @@ def train_probe(cfg: dict, progress: bool = True, log=print) -> dict:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    rows = [("head", str(head_path)),
+    rows = [("head", str(head_path)), ("bundle", str(bundle_path) if bundle_path else "none (raw features)"),
             ("features", f"{features} {ftr.shape[1]}-d {feature_dims}"),
             ("train / test voxels", f"{summary['train_voxels']} / {summary['test_voxels']} ({split})"),
             ("loss first -> last", f"{hist['loss'][0]:.3f} -> {hist['loss'][-1]:.3f}"),

@@ -183,6 +183,8 @@ def train_translator(cfg: dict, progress: bool = True, log=print) -> dict:
     """Run the whole command (see the module docstring); returns a summary dict.
 
     Writes ``<output>/translator.pt`` (loadable with ``language.translator``),
+    ``<output>/bundle.pt`` (the pipeline's encoders and trained head plus this translator,
+    its text encoder and, in label mode, the class names as vocabulary: ``model.bundle``),
     ``<output>/metrics.csv`` (per-epoch loss, accuracy, temperature) and
     ``<output>/summary.json``.
 
@@ -278,12 +280,24 @@ def train_translator(cfg: dict, progress: bool = True, log=print) -> dict:
         report.update({"heldout_miou": scores["miou"], "heldout_accuracy": scores["oacc"],
                        "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(classes, scores["iou"])},
                        f"precision_at_{k}": prec})
-    summary = {"translator": str(path), "classes": classes, "feature_dims": pipeline.feature_dims,
+    from concerto_ros.models.bundle import bundle_from_pipeline, save_bundle
+
+    metrics = {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    bundle = bundle_from_pipeline(
+        pipeline, translator=translator, vocabulary=classes if mode == "labels" else [],
+        text_encoder=cfg["text_encoder"]["backend"], text_model=cfg["text_encoder"]["model"] or "",
+        metadata={"description": f"translator ({mode}) into {te.name} over {classes or 'targets'} on "
+                                 f"{pipeline.feature_dims}",
+                  "command": "concerto train translator", "config": cfg, "metrics": metrics})
+    bundle_path = save_bundle(bundle, out / "bundle.pt")
+    log(f"model bundle {bundle_path} ({' + '.join(bundle.components())}): run it with model.bundle: {bundle_path}")
+    summary = {"translator": str(path), "bundle": str(bundle_path), "classes": classes,
+               "feature_dims": pipeline.feature_dims,
                "text_encoder": te.name, "epochs": len(hist["loss"]), "loss_first": hist["loss"][0],
                "loss_last": hist["loss"][-1], "temperature": translator.temperature,
                "wall_s": time.perf_counter() - t_start, **report}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    rows = [("translator", str(path)), ("features", f"{pipeline.out_channels}-d {pipeline.feature_dims}"),
+    rows = [("translator", str(path)), ("bundle", str(bundle_path)), ("features", f"{pipeline.out_channels}-d {pipeline.feature_dims}"),
             ("text encoder", f"{te.name} ({te.dim}-d)"), ("train / held-out voxels",
                                                            f"{report['train_voxels']} / {report['heldout_voxels']}"),
             ("loss first -> last", f"{hist['loss'][0]:.3f} -> {hist['loss'][-1]:.3f}")]
