@@ -1,4 +1,9 @@
-"""``concerto train``: on-site training commands (``cross4d``, ``translator``, ``probe``).
+"""``concerto train``: on-site training commands (``ssl``, ``cross4d``, ``translator``, ``probe``).
+
+The on-site chain: ``ssl`` (no labels) -> ``probe`` (a few labelled scenes) ->
+``translator`` (free-text queries); each writes ``<output>/bundle.pt``, and the next one
+reads it with ``--set perception_overrides="{model.bundle: <previous>/bundle.pt}"``; the
+node runs the last one with ``model.bundle``.
 
 Every ``train`` sub-command shares the options of :mod:`concerto_ros.train.common`:
 ``--config`` YAML, ``--set key=value`` overrides, ``--print-config``, ``--output``,
@@ -13,6 +18,9 @@ from pathlib import Path
 
 #: train sub-command -> (help, default config file name under config/)
 TRAIN_COMMANDS = {
+    "ssl": ("self-supervised training of the Concerto PTv3 encoder on unlabelled recordings: Sonata-style "
+            "student/EMA-teacher self-distillation across augmented views + 2D-3D joint embedding of a "
+            "frozen image model's patch features (Concerto, arXiv 2510.23607)", "train_ssl.yaml"),
     "cross4d": ("distil a frozen 2D teacher (DINOv2 or a seeded ViT) into the Cross4D 4D point-cloud-video "
                 "encoder (Cross4D-JEPA, arXiv 2607.00514)", "train_cross4d.yaml"),
     "translator": ("fit the language translator (node features -> text-encoder space) with labels, for "
@@ -42,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``train`` and its sub-commands."""
     from concerto_ros.train.common import add_common_args
 
-    parser = subparsers.add_parser("train", help="train models on recordings (cross4d, translator, probe)",
+    parser = subparsers.add_parser("train", help="train models on recordings (ssl, cross4d, translator, probe)",
                                    description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="train_command", metavar="MODEL")
@@ -61,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     """Exit codes: 0 ok, 1 training error, 2 bad configuration."""
     from concerto_ros.train.common import dump_config, resolve_config
 
-    if args.train_command == "cross4d":
+    if args.train_command == "ssl":
+        from concerto_ros.train.ssl import DEFAULTS, train_ssl as train_fn
+    elif args.train_command == "cross4d":
         from concerto_ros.train.cross4d import DEFAULTS, train_cross4d as train_fn
     elif args.train_command == "translator":
         from concerto_ros.train.translator import DEFAULTS, train_translator as train_fn
@@ -84,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(dump_config(cfg), end="")
         return 0
     try:
-        if args.train_command == "cross4d":
+        if args.train_command in ("cross4d", "ssl"):
             train_fn(cfg, progress=not args.no_progress, resume=args.resume)
         else:
             train_fn(cfg, progress=not args.no_progress)

@@ -45,6 +45,7 @@ __all__ = [
     "Progress",
     "print_summary",
     "count_parameters",
+    "make_adamw",
 ]
 
 
@@ -174,6 +175,14 @@ def cosine_lr(step: int, total: int, base_lr: float, warmup: int = 0, min_ratio:
         return base_lr * (step + 1) / warmup
     frac = min(1.0, (step - warmup) / max(1, total - warmup))
     return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def make_adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and convolution kernels only (``ndim >= 2``);
+    biases, norms, tokens and other 1-d parameters are not decayed."""
+    params = list(params)
+    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": float(weight_decay)},
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=float(lr))
 
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -36,7 +36,7 @@ from concerto_ros.models.cross4d import (Cross4DEncoder, count_parameters, cross
                                          save_cross4d)
 from concerto_ros.models.teachers import build_teacher
 from concerto_ros.train.common import (Checkpointer, MetricLogger, Progress, autocast, cosine_lr, dump_config,
-                                       make_grad_scaler, print_summary, resolve_device, seed_everything)
+                                       make_adamw, make_grad_scaler, print_summary, resolve_device, seed_everything)
 from concerto_ros.train.data import TargetCache, build_clips, collate, load_source
 
 __all__ = ["DEFAULTS", "DistillHead", "train_cross4d", "evaluate", "plot_curve"]
@@ -277,10 +277,7 @@ def train_cross4d(cfg: dict, log: Callable[[str], Any] = print, progress: bool =
     n_enc, n_head = count_parameters(encoder), count_parameters(head)
     log(f"Cross4D student '{mcfg['preset']}': {n_enc:,} encoder + {n_head:,} head parameters; device {device}")
     params = list(encoder.parameters()) + list(head.parameters())
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optim = torch.optim.AdamW([{"params": decay, "weight_decay": float(ocfg["weight_decay"])},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=float(ocfg["lr"]))
+    optim = make_adamw(params, float(ocfg["lr"]), float(ocfg["weight_decay"]))
     scaler = make_grad_scaler(device, bool(cfg["amp"]))
     ckpt = Checkpointer(out_dir, every=int(cfg["train"]["checkpoint_every"]))
     start, eval_rows = 0, []

@@ -39,7 +39,8 @@ from concerto_ros.models.teachers import teacher_cache_key, teacher_grid
 from concerto_ros.sensors.lifting import lift_depth
 from concerto_ros.sensors.types import CameraIntrinsics, PointFrame, RGBDFrame
 
-__all__ = ["RecordingFrame", "Recording", "load_folder", "load_bag", "load_source", "TargetCache",
+__all__ = ["RecordingFrame", "Recording", "load_folder", "load_bag", "load_pcd", "load_source", "load_sources",
+           "TargetCache",
            "ClipFrame", "Clip", "build_clips", "heldout_mask", "collate", "recording_key"]
 
 
@@ -170,6 +171,72 @@ def load_bag(bag: str | Path, perception_cfg=None, max_frames: Optional[int] = N
     if skipped and log:
         log(f"bag {bag}: {skipped} frames skipped (no transform or bad data)")
     return Recording(recording_key(bag), Path(bag), frames)
+
+
+def load_pcd(path: str | Path, intrinsics: dict, lift_cfg: dict, fixed_frame: str = "camera") -> Recording:
+    """One organized RGB PCD file (e.g. mOSD) as a one-frame recording.
+
+    The file's points are already in the camera optical frame, so the frame's pose is the
+    identity and ``fixed_frame`` names that frame. The colour image is rebuilt from the
+    organized layout (``index = row * width + col``; pixels without a colour stay black),
+    so the 2D teacher sees the same image the points were measured with. Points outside
+    ``lift.min_depth .. lift.max_depth`` (along z) are dropped, as the node's lifting does.
+
+    Args:
+        path: the ``.pcd`` file (``WIDTH x HEIGHT`` organized, ``rgb``/``rgba`` field).
+        intrinsics: ``{"fx", "fy", "cx", "cy"}`` pixels of the camera (mOSD / Kinect:
+            525, 525, 319.5, 239.5).
+
+    Raises:
+        ValueError: an unorganized cloud, no colour field, or intrinsics missing.
+    """
+    from concerto_ros.bag.pcd import read_pcd
+
+    missing = [k for k in ("fx", "fy", "cx", "cy") if intrinsics.get(k) is None]
+    if missing:
+        raise ValueError(f"pcd source {path}: intrinsics {missing} missing (mOSD/Kinect: fx 525, fy 525, "
+                         "cx 319.5, cy 239.5)")
+    c = read_pcd(path, drop_nan=False)
+    if c.height <= 1:
+        raise ValueError(f"{path} is not an organized cloud (HEIGHT {c.height}); SSL needs its image layout")
+    if c.rgb is None:
+        raise ValueError(f"{path} has no rgb/rgba field")
+    h, w = c.height, c.width
+    image = np.zeros((h * w, 3), dtype=np.uint8)
+    image[c.index] = c.rgb
+    image = image.reshape(h, w, 3)
+    z = c.xyz[:, 2]
+    with np.errstate(invalid="ignore"):
+        keep = np.isfinite(c.xyz).all(axis=1) & (z >= float(lift_cfg.get("min_depth", 0.1))) \
+            & (z <= float(lift_cfg.get("max_depth", 8.0)))
+    intr = CameraIntrinsics(fx=float(intrinsics["fx"]), fy=float(intrinsics["fy"]), cx=float(intrinsics["cx"]),
+                            cy=float(intrinsics["cy"]), width=w, height=h)
+    eye = np.eye(4, dtype=np.float64)
+    pf = PointFrame(stamp_ns=0, points=np.ascontiguousarray(c.xyz[keep], dtype=np.float32),
+                    colors=np.ascontiguousarray(c.rgb[keep]), pixel_index=c.index[keep].astype(np.int32),
+                    frame_id=fixed_frame, sensor_frame_id=fixed_frame, T_fixed_sensor=eye, image_shape=(h, w))
+    key = Path(path).stem
+    return Recording(recording_key(path), Path(path), [RecordingFrame(key, image, pf, intr, eye)])
+
+
+def load_sources(src: dict, lift_cfg: dict, perception_cfg=None, log=None) -> list[Recording]:
+    """Like :func:`load_source`, plus ``type: pcd`` (``path``: a ``.pcd`` file or a folder of
+    them, ``limit``, intrinsics ``fx fy cx cy``): each PCD file is its own one-frame
+    recording (:func:`load_pcd`), in natural file order.
+
+    Raises:
+        FileNotFoundError: a path that does not exist. ValueError: see the loaders.
+    """
+    path = Path(str(src["path"])).expanduser()
+    if src.get("type", "auto") != "pcd":
+        return [load_source(src, lift_cfg, perception_cfg=perception_cfg, log=log)]
+    if not path.exists():
+        raise FileNotFoundError(f"pcd source {path} does not exist")
+    from concerto_ros.train.probe import list_scenes
+
+    files = [s["path"] for s in list_scenes([{"type": "pcd", "path": str(path), "limit": src.get("limit", 0)}])]
+    intr = {k: src.get(k) for k in ("fx", "fy", "cx", "cy")}
+    return [load_pcd(f, intr, lift_cfg, fixed_frame=str(src.get("fixed_frame", "camera"))) for f in files]
 
 
 def load_source(src: dict, lift_cfg: dict, perception_cfg=None, log=None) -> Recording:
