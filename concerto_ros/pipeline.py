@@ -377,6 +377,77 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+@dataclass
+class ModelsInUse:
+    """What a configuration runs, found without building the encoders (see :func:`models_in_use`).
+
+    Attributes:
+        label_names: names of the published labels, in label order (``label`` ``k`` of
+            ``~/semantic_points`` is ``label_names[k]``): the open vocabulary when one is
+            active, else the semantic head's classes.
+        description: one line naming the models (bundle file and its description, or the
+            separate files, or the seeded random models).
+        trained_labels: ``True`` when the labels come from trained weights (a bundle's or
+            file's head, or an open vocabulary through a fitted translator); ``False`` for the
+            seeded random head, whose labels carry no meaning.
+        bundle_path: the model bundle in use, or ``None``.
+    """
+
+    label_names: list[str]
+    description: str
+    trained_labels: bool
+    bundle_path: Any = None
+
+
+def models_in_use(cfg: PerceptionConfig, log: Callable[[str], Any] | None = None) -> ModelsInUse:
+    """The label names and models that :class:`PerceptionPipeline` (and so the node) runs with
+    ``cfg``, by the same rules, reading only the bundle or head file (no encoder is built):
+    for tools that score or display the node's output without holding the pipeline, e.g. the
+    demo's live mode.
+
+    Raises:
+        FileNotFoundError, concerto_ros.models.bundle.BundleError: as
+            :func:`~concerto_ros.models.bundle.select_bundle` (a bundle the node would refuse).
+    """
+    from concerto_ros.models.bundle import select_bundle
+    from concerto_ros.models.extractor import head_class_names
+    from concerto_ros.models.scannet20 import resolve_class_names
+
+    configured = resolve_class_names(cfg.head.class_names) or []
+    chosen = select_bundle(cfg, log=log)
+    vocabulary = list(cfg.language.vocabulary)
+    if chosen is not None:
+        b, path = chosen
+        which = " (the embedded default)" if str(cfg.model.bundle).strip() == "default" else ""
+        desc = f"model bundle {path}{which}: {(b.metadata or {}).get('description') or '(no description)'}"
+        voc = (vocabulary or list(b.vocabulary)) if b.translator is not None else []
+        if voc:
+            return ModelsInUse(voc, desc + "; labels: open vocabulary", True, path)
+        if b.head is not None:
+            return ModelsInUse(head_class_names(b.head, configured), desc, True, path)
+        return ModelsInUse(configured, desc + "; SEEDED RANDOM semantic head (the bundle has none)", False, path)
+    m, c4 = cfg.model, cfg.cross4d
+    parts = []
+    if m.enabled:
+        parts.append(f"Concerto encoder {m.checkpoint}" if m.checkpoint
+                     else f"SEEDED RANDOM '{m.preset}' Concerto encoder")
+    if c4.enabled:
+        parts.append(f"Cross4D encoder {c4.checkpoint}" if c4.checkpoint else f"SEEDED RANDOM '{c4.preset}' Cross4D encoder")
+    if cfg.language.translator and vocabulary:
+        return ModelsInUse(vocabulary, "; ".join(parts + [f"translator {cfg.language.translator}, labels: open "
+                                                            "vocabulary"]), True)
+    if cfg.head.checkpoint:
+        from pathlib import Path
+
+        path = Path(cfg.head.checkpoint).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"head.checkpoint '{path}' does not exist")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return ModelsInUse(head_class_names(ckpt, configured, source=str(path)),
+                           "; ".join(parts + [f"semantic head {path}"]), True)
+    return ModelsInUse(configured, "; ".join(parts + ["SEEDED RANDOM semantic head"]), False)
+
+
 class PerceptionPipeline:
     """Lifting, windowing, encoding and heads (ROS-free).
 
@@ -553,17 +624,31 @@ class PerceptionPipeline:
         """
         return self.process_points(self.lift(frame, T_world_sensor))
 
-    @torch.inference_mode()
-    def process_points(self, points: PointFrame) -> PipelineResult:
-        """Add an already lifted frame (RGB-D or LiDAR) to the window and run the models."""
-        t = {}
-        t0 = time.perf_counter()
+    def push(self, frame: RGBDFrame, T_world_sensor: np.ndarray) -> None:
+        """Lift ``frame`` and add it to the window without running the models: for callers that
+        need the outputs of some windows only (e.g. training on every n-th window); the next
+        :meth:`process` encodes the window with it. Outputs equal those of calling
+        :meth:`process` on every frame.
+
+        Raises:
+            FrameSkipped: see :meth:`lift`.
+        """
+        self._push_points(self.lift(frame, T_world_sensor))
+
+    def _push_points(self, points: PointFrame) -> None:
         frames = self.window.frames
         if frames and points.stamp_ns < frames[-1].stamp_ns:
             self.log(f"time jumped back ({points.stamp_ns * 1e-9:.3f} s < {frames[-1].stamp_ns * 1e-9:.3f} s, "
                      "a looping bag?): clearing the window")
             self.reset()
         self.window.push(points)
+
+    @torch.inference_mode()
+    def process_points(self, points: PointFrame) -> PipelineResult:
+        """Add an already lifted frame (RGB-D or LiDAR) to the window and run the models."""
+        t = {}
+        t0 = time.perf_counter()
+        self._push_points(points)
         win = self.window.build()
         t["window"] = (time.perf_counter() - t0) * 1e3
         parts = []

@@ -146,3 +146,58 @@ def test_probe_mosd_end_to_end(shared_dir, tmp_path):
     b = load_bundle(s["bundle"])
     assert b.class_names == ["table", "object"] and b.voxel_size == 0.02 and b.feature_dims == dims
     assert torch.equal(b.head["state_dict"]["seg_head.weight"], torch.load(out / "head.pt")["state_dict"]["seg_head.weight"])
+
+
+def test_probe_on_rgbd_folders_uses_the_node_windows_and_their_voxel_labels(tmp_path):
+    """``{type: folder}`` sources: a generated labelled sequence goes through the node's
+    pipeline window by window (the translator's path); the probe learns the demo classes
+    from the windows' voxel labels and writes a bundle the pipeline runs."""
+    from concerto_ros.config import default_config_path, load_config
+    from concerto_ros.demo.scene import CLASS_NAMES, write_sequence
+    from concerto_ros.models.bundle import load_bundle
+    from concerto_ros.pipeline import PerceptionPipeline
+    from concerto_ros.train.common import perception_config
+    from concerto_ros.train.probe import list_scenes, source_features
+
+    seq = write_sequence(tmp_path / "seq", seed=7, num_frames=3, width=160, height=120)
+    node = {"model.bundle": "", "window.num_frames": 2}  # the seeded random encoder: the probe alone learns
+    out = tmp_path / "probe"
+    cfg = merge_config(DEFAULTS, {
+        "output": str(out), "perception_overrides": node,
+        "data": {"train": [{"type": "folder", "path": str(seq)}], "test": [], "classes": list(CLASS_NAMES),
+                 "ignore_index": 0, "window_stride": 1, "heldout_fraction": 0.3, "heldout_block": 0.5},
+        "optim": {"epochs": 20, "class_weight": "balanced"}})
+    s = train_probe(cfg, progress=False, log=lambda m: None)
+    assert s["train_scenes"] == 1 and s["split"].startswith("held-out")
+    assert s["train_voxels"] > 5000 and s["test_voxels"] > 1000
+    assert s["test_iou"]["unlabeled"] is None  # raw label 0 is ignored: never a target, never predicted
+    # measured 0.88 mIoU / 0.96 accuracy over the 5 classes of this room (chance accuracy about 1/8)
+    assert s["test_miou"] > 0.7 and s["test_accuracy"] > 0.85
+    assert s["test_iou"]["floor"] > 0.85 and s["test_iou"]["wall"] > 0.85
+    b = load_bundle(out / "bundle.pt")
+    assert b.components() == ["concerto", "head"] and b.class_names == list(CLASS_NAMES)
+    pipe = PerceptionPipeline(load_config(default_config_path(), {**node, "model.bundle": str(out / "bundle.pt")}),
+                              log=None)
+    assert pipe.class_names == list(CLASS_NAMES)
+
+    # window_stride: stride 3 over 3 frames keeps only the last window (the first two frames are
+    # only pushed into the window, not encoded), which equals the last window of the stride-1
+    # walk (the pipeline is reset per folder)
+    pcfg, _ = perception_config({"perception_overrides": node}, language__translator="")
+    pipe = PerceptionPipeline(pcfg, log=None)
+    scenes = list_scenes([{"type": "folder", "path": str(seq)}])
+    f1, r1, c1 = source_features(scenes, pipe, 0.02, window_stride=1, progress=False, log=lambda m: None)
+    f3, r3, c3 = source_features(scenes, pipe, 0.02, window_stride=3, progress=False, log=lambda m: None)
+    assert len(f1) > len(f3) > 1000 and f1.shape[1] == f3.shape[1] == 192
+    np.testing.assert_array_equal(c1[-len(c3):], c3)
+    np.testing.assert_array_equal(r1[-len(r3):], r3)
+    np.testing.assert_allclose(f1[-len(f3):], f3, rtol=0, atol=1e-5)
+    assert set(np.unique(r3)) <= set(range(len(CLASS_NAMES))) | {-1} and (r3 >= 1).mean() > 0.8
+    # refusals, with the reason
+    with pytest.raises(ValueError, match="no labels/ folder"):
+        import shutil
+
+        shutil.rmtree(seq / "labels")
+        list_scenes([{"type": "folder", "path": str(seq)}])
+    with pytest.raises(ValueError, match="raw is not available for folder sources"):
+        source_features(scenes, None, 0.02, raw=True, progress=False)

@@ -284,6 +284,19 @@ def cloud_arrays(msg) -> dict[str, np.ndarray]:
     return out
 
 
+def label_names(cfg: PerceptionConfig) -> list[str]:
+    """Names of the labels a node started with ``cfg`` publishes (its bundle's or head file's
+    classes, or its open vocabulary: :func:`concerto_ros.pipeline.models_in_use`); the
+    configured ``head.class_names`` when the models cannot be read here (a node elsewhere)."""
+    from concerto_ros.models.scannet20 import resolve_class_names
+    from concerto_ros.pipeline import models_in_use
+
+    try:
+        return models_in_use(cfg).label_names
+    except (OSError, ValueError):
+        return resolve_class_names(cfg.head.class_names) or []
+
+
 def run_live(bag: str | Path, cfg: PerceptionConfig, cfg_path: str | Path, overrides: dict[str, Any],
              output: str | Path, node_name: str = "/perception_node", start_node: bool = False,
              lockstep: bool = True, rate: float = 1.0, frame_timeout: float = 60.0,
@@ -331,7 +344,7 @@ def run_live(bag: str | Path, cfg: PerceptionConfig, cfg_path: str | Path, overr
                "clouds_received": len(report.clouds), "timeouts": report.timeouts,
                "wall_s": report.wall_s, "node_diagnostics": report.diagnostics, "config": str(cfg_path)}
     paths = write_results(output, last["coord"], last["color"], last["label"], last["confidence"],
-                          list(cfg.head.class_names), summary, feature_colors=fcol, gt_labels=gt)
+                          label_names(cfg), summary, feature_colors=fcol, gt_labels=gt)
     print(f"sent {report.frames_sent} frames, received {len(report.clouds)} clouds "
           f"({len(last['coord'])} points in the last) in {report.wall_s:.1f} s")
     for k, v in paths.items():

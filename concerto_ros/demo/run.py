@@ -8,14 +8,21 @@ Steps (each prints what it wrote):
 3. start ``perception_node`` with ``config/perception.yaml`` and play the bag into it over
    DDS (:func:`concerto_ros.bag.live.run_live`);
 4. write the last published window as PLY/PNG/JSON into ``<out>/result``, with the
-   ground-truth labels of the same voxels and the mIoU of the node's labels against them.
+   ground-truth labels of the same voxels and the mIoU of the node's labels against them
+   (matched by class name: the names of the head or vocabulary the node runs, see
+   :func:`ground_truth_scores`).
+
+The default configuration runs the embedded model bundle (``model.bundle: default``, made by
+``scripts/make_default_bundle.py`` on generated rooms of other seeds than the demo's seed 0);
+with ``--set model.bundle=`` the node runs the seeded random model instead and the scores
+are at chance level.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -62,6 +69,54 @@ def ground_truth_lookup(sequence_dir: Path, voxel_size: float, last: int):
     return lookup
 
 
+def ground_truth_scores(pred: np.ndarray, label_names: Sequence[str], gt: np.ndarray,
+                        gt_names: Sequence[str] | None = None, ignore_index: int = 0) -> dict:
+    """Scores of predicted labels against ground-truth ids, classes matched by name.
+
+    The node's labels index its own class list (the running head's classes or the open
+    vocabulary), which need not be the ground truth's: each predicted name is mapped to the
+    ground-truth id of the same name; a name the ground truth does not have counts as a
+    wrong prediction for every voxel it is given to.
+
+    Args:
+        pred: ``(N,)`` predicted labels, indices into ``label_names``.
+        label_names: the running model's label names.
+        gt: ``(N,)`` ground-truth ids, indices into ``gt_names``.
+        gt_names: the ground truth's class names (default: the demo generator's
+            :data:`~concerto_ros.demo.scene.CLASS_NAMES`).
+        ignore_index: ground-truth id never scored (the demo's ``unlabeled``).
+
+    Returns:
+        ``{"miou", "oacc", "num_points", "iou": {gt name: IoU or None (ignored, or absent
+        from target and prediction)}, "unmatched_labels": [label names with no
+        ground-truth class]}``.
+
+    Raises:
+        ValueError: ``pred`` and ``gt`` differ in length.
+    """
+    from concerto_ros.demo.scene import CLASS_NAMES
+    from concerto_ros.metrics import confusion_matrix
+
+    gt_names = list(CLASS_NAMES if gt_names is None else gt_names)
+    other = len(gt_names)  # column of predictions whose name the ground truth lacks
+    lut = np.array([gt_names.index(n) if n in gt_names else other for n in label_names] + [other], dtype=np.int64)
+    pred = np.asarray(pred, dtype=np.int64)
+    mapped = lut[np.where((pred >= 0) & (pred < len(label_names)), pred, len(label_names))]
+    conf = confusion_matrix(mapped, gt, other + 1, ignore_index=ignore_index).astype(np.float64)
+    scored = [c for c in range(other) if c != ignore_index]
+    tp = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - tp
+    iou = {n: None for n in gt_names}
+    for c in scored:
+        if union[c] > 0:
+            iou[gt_names[c]] = float(tp[c] / union[c])
+    vals = [v for v in iou.values() if v is not None]
+    total = conf.sum()
+    return {"miou": float(np.mean(vals)) if vals else float("nan"),
+            "oacc": float(tp[scored].sum() / total) if total else float("nan"), "num_points": int(total),
+            "iou": iou, "unmatched_labels": [n for n in label_names if n not in gt_names]}
+
+
 def run_demo(output: str | Path = "outputs/demo", seed: int = 0, num_frames: int = 12,
              width: int = 320, height: int = 240, config: str | Path | None = None,
              overrides: dict[str, Any] | None = None, offline: bool = False, progress: bool = True) -> int:
@@ -69,13 +124,21 @@ def run_demo(output: str | Path = "outputs/demo", seed: int = 0, num_frames: int
     from concerto_ros.bag.convert_rgbd import convert_rgbd_folder
     from concerto_ros.config import default_config_path, load_config
     from concerto_ros.demo.scene import write_sequence
-    from concerto_ros.metrics import confusion_matrix, segmentation_scores
+    from concerto_ros.pipeline import models_in_use
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = Path(config) if config else default_config_path()
     overrides = dict(overrides or {})
+    base = load_config(cfg_path, overrides)
+    if not base.model.bundle and "model.bundle" not in overrides:
+        overrides["model.bundle"] = "default"  # the embedded bundle (steps aside for explicit model files)
     cfg = load_config(cfg_path, overrides)
+    models = models_in_use(cfg)
+    print(f"[demo] model: {models.description}")
+    if not models.trained_labels:
+        print("[demo] the labels come from a seeded random head: expect chance-level scores "
+              "(model.bundle: default runs the embedded trained bundle)")
 
     print(f"[demo] 1/4 rendering {num_frames} RGB-D frames ({width}x{height}) of procedural room seed {seed}")
     seq = write_sequence(out / "sequence", seed=seed, num_frames=num_frames, width=width, height=height)
@@ -97,7 +160,7 @@ def run_demo(output: str | Path = "outputs/demo", seed: int = 0, num_frames: int
         if r is None:
             print(f"[demo] no frame processed; skipped: {rep.skipped}")
             return 1
-        coord, labels, conf = r.coord, r.labels, r.confidence
+        coord, labels, conf, names = r.coord, r.labels, r.confidence, list(r.class_names)
         write_results(result_dir, r.coord, r.color, r.labels, r.confidence, r.class_names,
                       {"title": f"demo room {seed}: last window (offline)", "mode": "offline",
                        "frames_processed": rep.frames_processed, "timings_ms": rep.timings},
@@ -116,19 +179,22 @@ def run_demo(output: str | Path = "outputs/demo", seed: int = 0, num_frames: int
         v = PlyData.read(str(result_dir / "window.ply"))["vertex"]
         coord = np.stack([v["x"], v["y"], v["z"]], axis=1)
         labels, conf = np.asarray(v["label"]), np.asarray(v["confidence"])
-    names = list(cfg.head.class_names)
-    scores = segmentation_scores(confusion_matrix(labels, gt(coord), len(names), ignore_index=0))
+        names = list(models.label_names)
+    scores = ground_truth_scores(labels, names, gt(coord))
     summary_path = result_dir / "summary.json"
     summary = json.loads(summary_path.read_text())
+    summary["model"] = {"description": models.description, "label_names": names,
+                        "trained_labels": models.trained_labels,
+                        "bundle": str(models.bundle_path) if models.bundle_path else None}
     summary["ground_truth"] = {
-        "miou": scores["miou"], "oacc": scores["oacc"], "ignore": "unlabeled",
-        "iou": {n: (None if np.isnan(x) else float(x)) for n, x in zip(names, scores["iou"])},
-        "note": ("labels come from the seeded random model until a trained bundle is configured; "
-                 "expect chance-level scores") if not cfg.model.checkpoint else "",
+        **scores, "ignore": "unlabeled", "matched_by": "class name",
+        "note": "" if models.trained_labels else
+        "labels come from the seeded random head (model.bundle ''): expect chance-level scores",
     }
     summary_path.write_text(json.dumps(summary, indent=2))
     print(f"[demo] 4/4 results (mIoU vs ground truth {scores['miou']:.3f}, overall acc {scores['oacc']:.3f}, "
-          f"mean confidence {float(np.mean(conf)):.3f}):")
+          f"mean confidence {float(np.mean(conf)):.3f}; {'trained' if models.trained_labels else 'SEEDED RANDOM'} "
+          f"labels {names}):")
     for name in ("window.ply", "window.png", "summary.json", "perception_node.log"):
         if (result_dir / name).exists():
             print(f"        {result_dir / name}")

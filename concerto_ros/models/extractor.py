@@ -231,6 +231,33 @@ class FeatureExtractor:
         return self.encode(window.coord, window.grid_coord, color=window.color)
 
 
+def head_class_names(ckpt: dict, configured: Any, source: str = "head",
+                     log: Callable[[str], Any] | None = None) -> list[str]:
+    """Class names of a head checkpoint dict, first match wins: its ``config.class_names``;
+    ``configured`` (the ``head.class_names`` setting, ``[scannet20]`` expanded) when it has
+    as many entries as the head has classes; the ScanNet-20 names for a 20-class head
+    (logged); else ``configured`` as is (:func:`build_heads` then refuses the mismatch).
+
+    Args:
+        ckpt: ``{"config": {...}, "state_dict": {"seg_head.weight": [K, D], ...}}``.
+        configured: the ``head.class_names`` setting.
+        source: the head's origin, named in the log line.
+    """
+    cfg = ckpt.get("config") or {}
+    k = int(cfg.get("num_classes", ckpt["state_dict"]["seg_head.weight"].shape[0]))
+    names = resolve_class_names(configured) or []
+    if cfg.get("class_names"):
+        return [str(c) for c in cfg["class_names"]]
+    if len(names) == k:
+        return names
+    if k == len(SCANNET20_CLASS_NAMES):
+        if log:
+            log(f"head checkpoint {source} has 20 classes and no class_names: using the ScanNet-20 names "
+                f"(set head.class_names to override)")
+        return list(SCANNET20_CLASS_NAMES)
+    return names
+
+
 def build_heads(head_cfg, in_channels: int, device: torch.device | str = "cpu",
                 log: Callable[[str], Any] | None = None,
                 feature_dims: dict[str, int] | None = None,
@@ -281,17 +308,7 @@ def build_heads(head_cfg, in_channels: int, device: torch.device | str = "cpu",
         sd = {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
         d = int(cfg.get("backbone_out_channels", sd["seg_head.weight"].shape[1]))
         k = int(cfg.get("num_classes", sd["seg_head.weight"].shape[0]))
-        configured = resolve_class_names(head_cfg.class_names) or []
-        if cfg.get("class_names"):
-            names = [str(c) for c in cfg["class_names"]]
-        elif len(configured) == k:
-            names = configured
-        elif k == len(SCANNET20_CLASS_NAMES):
-            names = list(SCANNET20_CLASS_NAMES)
-            log(f"head checkpoint {path} has 20 classes and no class_names: using the ScanNet-20 names "
-                f"(set head.class_names to override)")
-        else:
-            names = configured
+        names = head_class_names(ckpt, head_cfg.class_names, source=str(path), log=log)
         if feature_dims is not None and cfg.get("feature_dims") is not None:
             ckpt_dims = {str(k_): int(v) for k_, v in dict(cfg["feature_dims"]).items()}
             ours = {str(k_): int(v) for k_, v in feature_dims.items()}

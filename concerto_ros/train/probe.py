@@ -7,10 +7,11 @@ accuracy measure how linearly separable the classes are in the feature space.
 
 Features are computed as the node computes them: the node's
 :class:`~concerto_ros.pipeline.PerceptionPipeline` is built from its parameters file
-(``perception_config`` plus ``perception_overrides``), every scene is grid-sampled at
-``window.voxel_size`` (:func:`concerto_ros.cloud.voxel.grid_sample`, one representative
+(``perception_config`` plus ``perception_overrides``), every single scene is grid-sampled
+at ``window.voxel_size`` (:func:`concerto_ros.cloud.voxel.grid_sample`, one representative
 point per voxel, which also gives the voxel's label) and encoded as one scene with
-``pipeline.extractor.encode``. The written head (``<output>/head.pt``, the released
+``pipeline.extractor.encode``; RGB-D sequences go through the pipeline frame by frame, as
+live. The written head (``<output>/head.pt``, the released
 linear-probe format plus ``class_names`` and ``feature_dims``) therefore loads in the node
 with ``head.checkpoint`` (:func:`concerto_ros.models.extractor.build_heads`), and
 ``<output>/bundle.pt`` holds the pipeline's encoder together with the head, for
@@ -26,7 +27,16 @@ Sources (``data.train`` and ``data.test``, lists of):
   gives its ``*.pcd`` files in natural order (``learn2`` before ``learn10``), the first
   ``limit`` of them when ``limit > 0``;
 * ``{type: points, path: XYZ[RGB].npy, labels: LABELS.npy}``: a labelled point array
-  (ScanNet vertices ``(N, 6)``, SemanticKITTI ``(N, 3)`` scans with ``(N, 1)`` labels).
+  (ScanNet vertices ``(N, 6)``, SemanticKITTI ``(N, 3)`` scans with ``(N, 1)`` labels);
+* ``{type: folder, path: DIR}``: an RGB-D folder with ``labels/`` images (the layout of
+  ``concerto convert rgbd`` and of the demo generator,
+  :func:`concerto_ros.demo.scene.write_sequence`). Its frames go through the node's pipeline
+  one by one, exactly as for ``concerto train translator``
+  (:func:`concerto_ros.train.translator.collect_features`): every ``data.window_stride``-th
+  window (and the last) contributes its voxels, with the node's fused features and the
+  window's (majority) voxel labels as raw labels. Windows, not single scenes: the features
+  are those the node computes live (``window.num_frames`` frames, Cross4D included when the
+  pipeline runs it); ``features: raw`` is not available for these sources.
 
 With ``data.test`` empty the evaluation set is a spatial split of the training sources:
 the voxels in about ``heldout_fraction`` of the ``heldout_block``-metre cubes
@@ -58,8 +68,9 @@ DEFAULTS: dict[str, Any] = {
     "perception_overrides": {},  # dotted node settings, e.g. {window.voxel_size: 0.02}
     "features": "encoder",  # encoder (the node's frozen features) | raw (xyz + rgb baseline)
     "data": {
-        "train": [],  # sources: {type: pcd, path, limit} | {type: points, path, labels}
+        "train": [],  # sources: {type: pcd, path, limit} | {type: points, path, labels} | {type: folder, path}
         "test": [],  # same; empty = held-out cubes of the train sources
+        "window_stride": 1,  # folder sources: every n-th window of the node's pipeline (and the last)
         "classes": [],  # class names, in head output order
         "ignore_index": 0,  # raw label never trained on or scored
         "label_map": {},  # raw label (or range "a-b", "a+") -> class name or index; {} = identity
@@ -133,8 +144,12 @@ def _natural_key(p: Path):
 def list_scenes(sources: list[dict]) -> list[dict]:
     """Expand sources into one entry per scene: ``{"type", "path", "labels"?}``.
 
+    A ``folder`` source (an RGB-D sequence) stays one entry: its windows are made by the
+    node's pipeline (:func:`source_features`).
+
     Raises:
-        ValueError: unknown source type, or a folder with no ``.pcd`` file.
+        ValueError: unknown source type, a folder with no ``.pcd`` file, or an RGB-D folder
+            without ``labels/``.
         FileNotFoundError: a path that does not exist.
     """
     scenes = []
@@ -152,8 +167,12 @@ def list_scenes(sources: list[dict]) -> list[dict]:
             if "labels" not in src:
                 raise ValueError(f"points source {path} needs 'labels' (an (N,) or (N,1) .npy)")
             scenes.append({"type": "points", "path": path, "labels": Path(str(src["labels"])).expanduser()})
+        elif kind == "folder":
+            if not (path / "labels").is_dir():
+                raise ValueError(f"RGB-D folder {path} has no labels/ folder: the probe needs labelled frames")
+            scenes.append({"type": "folder", "path": path})
         else:
-            raise ValueError(f"probe source type must be 'pcd' or 'points', got {kind!r}")
+            raise ValueError(f"probe source type must be 'pcd', 'points' or 'folder', got {kind!r}")
     return scenes
 
 
@@ -223,6 +242,64 @@ def scene_features(scenes: list[dict], voxel_size: float, encode=None, progress:
         labels.append(raw[gs.index])
         coords.append(p)
     if not feats:
+        raise ValueError("no point in any source")
+    return np.concatenate(feats), np.concatenate(labels), np.concatenate(coords)
+
+
+def source_features(scenes: list[dict], pipeline, voxel_size: float, window_stride: int = 1,
+                    raw: bool = False, progress: bool = True, desc: str = "features",
+                    log: Callable[[str], Any] = print) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-voxel features, raw labels and coordinates of every entry of :func:`list_scenes`.
+
+    ``pcd`` and ``points`` scenes go through :func:`scene_features` (one grid-sampled scene,
+    encoded by ``pipeline.extractor.encode``, or the raw inputs with ``raw``); ``folder``
+    sequences through the node's pipeline window by window
+    (:func:`concerto_ros.train.translator.collect_features`, every ``window_stride``-th
+    window and the last; labels are the windows' voxel labels, ``-1`` where a voxel has none).
+
+    Args:
+        pipeline: the node's :class:`~concerto_ros.pipeline.PerceptionPipeline` (``None``
+            only with ``raw`` and no folder source).
+        voxel_size: grid-sampling voxel edge of single scenes, metres (the node's
+            ``window.voxel_size``).
+
+    Returns:
+        ``(features (M, D) float32, raw labels (M,) int64, coords (M, 3) float32 metres)``,
+        single scenes first, then the folders' windows, in source order within each.
+
+    Raises:
+        ValueError: ``raw`` with a folder source, single scenes without a Concerto encoder or
+            with a Cross4D encoder in the pipeline, or no point at all.
+    """
+    singles = [s for s in scenes if s["type"] != "folder"]
+    folders = [s for s in scenes if s["type"] == "folder"]
+    feats, labels, coords = [], [], []
+    if folders and raw:
+        raise ValueError("features: raw is not available for folder sources (their features come from the "
+                         "node's pipeline); use features: encoder")
+    if singles:
+        encode = None
+        if not raw:
+            if pipeline.extractor is None:
+                raise ValueError("the probe needs the Concerto encoder (model.enabled: true)")
+            if pipeline.cross4d is not None:
+                raise ValueError("single scenes (pcd / points sources) cannot feed the Cross4D encoder (needs "
+                                 "frames); set perception_overrides: {cross4d.enabled: false} or use folder sources")
+            encode = pipeline.extractor.encode
+        f, r, c = scene_features(singles, voxel_size, encode, progress, desc=desc)
+        feats.append(f)
+        labels.append(r)
+        coords.append(c)
+    if folders:
+        from concerto_ros.train.translator import collect_features
+
+        sub = {"data": {"sources": [{"type": "folder", "path": str(s["path"])} for s in folders],
+                        "window_stride": int(window_stride)}}
+        f, r, c, _, _ = collect_features(sub, pipeline, log=log, progress=progress)
+        feats.append(f)
+        labels.append(r)
+        coords.append(c)
+    if not feats or sum(len(f) for f in feats) == 0:
         raise ValueError("no point in any source")
     return np.concatenate(feats), np.concatenate(labels), np.concatenate(coords)
 
@@ -359,7 +436,8 @@ def train_probe(cfg: dict, progress: bool = True, log=print) -> dict:
     if not classes:
         raise ValueError("data.classes is empty: list the class names of the head")
     if not d["train"]:
-        raise ValueError("data.train is empty: give labelled PCD folders/files or point arrays")
+        raise ValueError("data.train is empty: give labelled PCD folders/files, point arrays or RGB-D folders "
+                         "with labels/")
     features = str(cfg.get("features", "encoder"))
     if features not in ("encoder", "raw"):
         raise ValueError(f"features must be 'encoder' or 'raw', got {features!r}")
@@ -371,22 +449,28 @@ def train_probe(cfg: dict, progress: bool = True, log=print) -> dict:
     voxel = float(pcfg.window.voxel_size)
     train_scenes = list_scenes(d["train"])
     test_scenes = list_scenes(d["test"]) if d["test"] else []
-    encode = None
-    if features == "encoder":
+    raw = features == "raw"
+    if raw and any(s["type"] == "folder" for s in train_scenes + test_scenes):
+        raise ValueError("features: raw is not available for folder sources (their features come from the "
+                         "node's pipeline); use features: encoder")
+    pipeline = None
+    if not raw:
         pipeline = PerceptionPipeline(pcfg, log=log)
-        if pipeline.extractor is None:
-            raise ValueError("the probe needs the Concerto encoder (model.enabled: true)")
-        if pipeline.cross4d is not None:
-            raise ValueError("single scenes cannot feed the Cross4D encoder (needs frames); "
-                             "set perception_overrides: {cross4d.enabled: false}")
-        encode = pipeline.extractor.encode
         feature_dims = dict(pipeline.feature_dims)
-    ftr, rtr, ctr = scene_features(train_scenes, voxel, encode, progress, desc="train features")
-    if features == "raw":
+    stride = int(d.get("window_stride", 1) or 1)
+    if stride < 1:
+        raise ValueError(f"data.window_stride must be >= 1, got {stride}")
+
+    def feats_of(scenes, desc):
+        return source_features(scenes, pipeline, voxel, window_stride=stride, raw=raw, progress=progress,
+                               desc=desc, log=log)
+
+    ftr, rtr, ctr = feats_of(train_scenes, "train features")
+    if raw:
         feature_dims = {"raw": int(ftr.shape[1])}
     ignore = d.get("ignore_index")
     if test_scenes:
-        fte, rte, _ = scene_features(test_scenes, voxel, encode, progress, desc="test features")
+        fte, rte, _ = feats_of(test_scenes, "test features")
         max_raw = int(max(rtr.max(initial=0), rte.max(initial=0)))
         lut = build_label_lut(d["label_map"] or {}, classes, ignore, max_raw)
         ytr, yte = map_labels(rtr, lut), map_labels(rte, lut)
@@ -437,7 +521,8 @@ def train_probe(cfg: dict, progress: bool = True, log=print) -> dict:
         metrics = {"test_miou": _f(te_scores["miou"]), "test_accuracy": _f(te_scores["oacc"]),
                    "train_miou": _f(tr_scores["miou"]), "train_accuracy": _f(tr_scores["oacc"])}
         bundle = bundle_from_pipeline(pipeline, head=head, metadata={
-            "description": f"linear probe head over {classes} on {pipeline.extractor.description}",
+            "description": f"linear probe head over {classes} on "
+                           f"{pipeline.extractor.description if pipeline.extractor else pipeline.feature_dims}",
             "command": "concerto train probe", "config": cfg,
             "metrics": {k: v for k, v in metrics.items() if v is not None}})
         bundle_path = save_bundle(bundle, out / "bundle.pt")

@@ -116,17 +116,19 @@ def collect_features(cfg: dict, pipeline, log=print, progress: bool = True, imag
                 frame = RGBDFrame(stamp_ns=i * 100_000_000, frame_id="camera", color=rgb,
                                   depth=depth, depth_scale=scale, intrinsics=intr,
                                   labels=_read_labels(f.labels[i]).astype(np.int32) if f.labels else None)
+                if (i + 1) % stride and i != len(f.stems) - 1:
+                    pipeline.push(frame, f.poses[i])  # into the window; this window is not used: no encoding
+                    continue
                 r = pipeline.process(frame, f.poses[i])
-                if (i + 1) % stride == 0 or i == len(f.stems) - 1:
-                    feats.append(r.features.float().cpu().numpy())
-                    win_labels = r.window.labels
-                    labels.append(np.asarray(win_labels, dtype=np.int64) if win_labels is not None
-                                  else np.full(len(r.coord), -1, dtype=np.int64))
-                    coords.append(r.coord)
-                    if image_model is not None:
-                        t, v = image_model(r.coord, rgb, intr, f.poses[i])
-                        targets.append(t)
-                        visible.append(v)
+                feats.append(r.features.float().cpu().numpy())
+                win_labels = r.window.labels
+                labels.append(np.asarray(win_labels, dtype=np.int64) if win_labels is not None
+                              else np.full(len(r.coord), -1, dtype=np.int64))
+                coords.append(r.coord)
+                if image_model is not None:
+                    t, v = image_model(r.coord, rgb, intr, f.poses[i])
+                    targets.append(t)
+                    visible.append(v)
         elif kind == "points":
             from concerto_ros.train.probe import scene_features
 
