@@ -394,7 +394,6 @@ def _build_encoder(mcfg: dict, device: torch.device, log):
     from concerto_ros.models.checkpoint import load_encoder
     from concerto_ros.models.presets import build_encoder
 
-    train_over = {"shuffle_orders": True, "enable_flash": False, "sparse_conv_backend": "auto"}
     if mcfg["checkpoint"]:
         path = Path(mcfg["checkpoint"]).expanduser()
         if not path.is_file():
@@ -407,7 +406,7 @@ def _build_encoder(mcfg: dict, device: torch.device, log):
     if enc.embedding.mask_token is None:  # released inference files may lack it
         enc.embedding.mask_token = nn.Parameter(torch.zeros(1, enc.config.enc_channels[0]))
         log("the checkpoint has no embedding.mask_token: a new zero mask token is trained")
-    enc.config = enc.config.replace(mask_token=True, shuffle_orders=train_over["shuffle_orders"])
+    enc.config = enc.config.replace(mask_token=True, shuffle_orders=True)  # re-drawn orders per forward
     for p in enc.parameters():
         p.requires_grad_(True)
     return enc.to(device).train(), desc
