@@ -28,6 +28,7 @@ setup(
         "console_scripts": [
             "concerto = concerto_ros.cli:main",
             "perception_node = concerto_ros.ros.node:main",
+            "perception_lifecycle_node = concerto_ros.ros.lifecycle:main",
         ],
     },
 )

@@ -58,8 +58,10 @@ class TfConfig:
 
 @dataclass
 class LiftConfig:
-    min_depth: float = _f(0.1, "Nearest valid depth (metres; range for PointCloud2 input); closer points are dropped.", lo=0.0, hi=100.0)
-    max_depth: float = _f(8.0, "Farthest valid depth (metres; range for PointCloud2 input); farther points are dropped.", lo=0.01, hi=200.0)
+    min_depth: float = _f(0.1, "Nearest valid depth of the depth camera (metres); closer pixels are dropped.", lo=0.0, hi=100.0)
+    max_depth: float = _f(8.0, "Farthest valid depth of the depth camera (metres); farther pixels are dropped.", lo=0.01, hi=200.0)
+    min_range: float = _f(0.3, "Nearest valid range of PointCloud2 (LiDAR) points (metres, distance from the sensor origin); closer points (the robot itself) are dropped.", lo=0.0, hi=100.0)
+    max_range: float = _f(100.0, "Farthest valid range of PointCloud2 (LiDAR) points (metres); farther points are dropped.", lo=0.01, hi=1000.0)
     pixel_stride: int = _f(1, "Use every n-th pixel in u and v (1 = all pixels).", lo=1, hi=16)
 
 
@@ -67,6 +69,14 @@ class LiftConfig:
 class WindowConfig:
     num_frames: int = _f(5, "Frames T in the sliding video point cloud.", lo=1, hi=64)
     voxel_size: float = _f(0.02, "Grid sampling voxel edge (metres); 0.02 indoor, 0.05 outdoor LiDAR.", lo=0.005, hi=1.0)
+    max_extent: float = _f(200.0, "Largest extent (metres, along any axis) of the window. When a new frame would make the window wider (a pose jump, a long drive), the oldest frames are dropped; a single frame wider than this is cropped around its sensor. Must stay below 65535 voxels (1310 m at 0.02 m), the serialization limit of the encoder.", lo=1.0, hi=100000.0)
+
+
+@dataclass
+class ValidationConfig:
+    max_translation: float = _f(100000.0, "Largest accepted distance (metres) of a sensor pose from the fixed frame's origin; farther poses are skipped as bad_pose (float32 points lose resolution beyond).", lo=1.0, hi=1.0e7)
+    max_stamp_jump: float = _f(60.0, "A message stamped more than this (seconds) after the newest stamp is held as a possible clock error; it is used only when validation.jump_confirm consecutive messages confirm the jump, else skipped as bad_stamp.", lo=0.1, hi=1.0e6)
+    jump_confirm: int = _f(3, "Consecutive messages that confirm a forward time jump (of the sensor stream, and per TF edge).", lo=1, hi=100)
 
 
 @dataclass
@@ -117,12 +127,20 @@ class QueryConfig:
     max_text_length: int = _f(200, "Longest accepted query text (characters).", lo=1, hi=10000)
     default_threshold: float = _f(0.5, "Relevance (0..1) from which a point counts as a match when a request gives threshold <= 0.", lo=0.0, hi=1.0)
     default_top_k: int = _f(20, "Best-matching points returned when a request gives top_k = 0.", lo=1, hi=100000)
+    max_top_k: int = _f(1000, "Largest top_k a request may ask for; larger requests are capped to it (said in the answer's message).", lo=1, hi=1000000)
+    max_negatives: int = _f(16, "Most negative texts a request may carry; empty ones are dropped, extra ones are refused with a message.", lo=0, hi=1000)
     negatives: list = _f(None, "Default negative texts the query is contrasted with (LERF-style relevance).", factory=lambda: ["object", "things", "stuff", "texture"])
 
 
 @dataclass
 class WorkerConfig:
     queue_depth: int = _f(1, "Synced frames waiting for the worker; when full the oldest is dropped (and counted).", lo=1, hi=16)
+
+
+@dataclass
+class DiagnosticsConfig:
+    window: float = _f(10.0, "Seconds of history the /diagnostics level is computed from: ERROR if an internal error happened in that window, WARN if a message was skipped, else OK.", lo=1.0, hi=3600.0)
+    period: float = _f(1.0, "Seconds between /diagnostics messages.", lo=0.1, hi=60.0)
 
 
 @dataclass
@@ -142,12 +160,14 @@ class PerceptionConfig:
     tf: TfConfig = field(default_factory=TfConfig)
     lift: LiftConfig = field(default_factory=LiftConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     cross4d: Cross4DConfig = field(default_factory=Cross4DConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
 
 
@@ -251,7 +271,26 @@ def from_flat(values: dict[str, Any], base: PerceptionConfig | None = None) -> P
     cfg = base if base is not None else PerceptionConfig()
     for k, v in values.items():
         set_value(cfg, k, v)
+    check_config(cfg)
     return cfg
+
+
+#: serialization codes of the encoder hold at most 16 bits per axis
+MAX_GRID_EXTENT = 65535
+
+
+def check_config(cfg: PerceptionConfig) -> None:
+    """Checks that involve several settings.
+
+    Raises:
+        ValueError: ``window.max_extent`` spans more than 65535 voxels of
+            ``window.voxel_size`` (the encoder's serialization limit).
+    """
+    w = cfg.window
+    if w.max_extent / w.voxel_size > MAX_GRID_EXTENT:
+        raise ValueError(f"window.max_extent = {w.max_extent:g} m spans more than {MAX_GRID_EXTENT} voxels of "
+                         f"window.voxel_size = {w.voxel_size:g} m (the encoder's serialization limit); set "
+                         f"window.max_extent <= {MAX_GRID_EXTENT * w.voxel_size:.0f}")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -4,97 +4,37 @@ This is the one object that the three shells drive (the ROS 2 node, the bag tool
 training scripts); it never imports rclpy. Messages are duck-typed: rclpy messages and the
 ``rosbags`` message classes both work, so live and offline paths share every step:
 
-1. :class:`RGBDFrameAssembler` pairs colour, depth and camera-info messages with the
-   approximate-time policy (:class:`~concerto_ros.sensors.sync.ApproximateTimeSync`) and
-   turns a synced set into an :class:`~concerto_ros.sensors.types.RGBDFrame`, raising
-   :class:`FrameSkipped` (with topic and reason) for bad input.
+1. :class:`~concerto_ros.sensors.stream.FrameStream` pairs, decodes, validates and poses
+   sensor messages into :class:`~concerto_ros.sensors.stream.SensorFrame` s, raising
+   :class:`~concerto_ros.sensors.skips.FrameSkipped` (with topic and reason) for bad input.
 2. :class:`PerceptionPipeline` lifts the frame into the fixed frame with its pose, pushes it
-   into the sliding :class:`~concerto_ros.cloud.window.VideoPointCloud`, grid-samples the
-   window, runs the encoder on the voxels and the heads on the per-voxel features.
+   into the sliding :class:`~concerto_ros.cloud.window.VideoPointCloud` (keeping the window
+   within ``window.max_extent``), grid-samples the window, runs the encoder on the voxels
+   and the heads on the per-voxel features.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from concerto_ros.cloud.extent import WindowExtent
 from concerto_ros.cloud.window import VideoPointCloud, WindowCloud
 from concerto_ros.config import PerceptionConfig
 from concerto_ros.models.extractor import FeatureExtractor, build_heads
 from concerto_ros.models.heads import SemanticPrediction, pca_colors
-from concerto_ros.msgs.camera_info import intrinsics_from_camera_info
-from concerto_ros.msgs.image import color_to_rgb, depth_from_msg
-from concerto_ros.msgs.transforms import stamp_to_ns
-from concerto_ros.msgs.pointcloud2 import xyz_from_pointcloud2
 from concerto_ros.sensors.lifting import lift_depth, lift_pointcloud
-from concerto_ros.sensors.sync import ApproximateTimeSync, SyncedSet
-from concerto_ros.sensors.types import CameraIntrinsics, PointFrame, RGBDFrame
+from concerto_ros.sensors.skips import FrameSkipped, SkipCounter  # noqa: F401  (re-exported)
+from concerto_ros.sensors.stream import CloudData, RGBDFrameAssembler, SensorFrame  # noqa: F401  (re-exported)
+from concerto_ros.sensors.validation import pose_problem
+from concerto_ros.timing import STAGES, StageTimer  # noqa: F401  (re-exported)
+from concerto_ros.sensors.types import PointFrame, RGBDFrame
 
-#: stage names reported by :class:`StageTimer`, in pipeline order
-STAGES = ("sync", "convert", "lift", "window", "encoder", "cross4d", "heads", "to_msg")
-
-
-class FrameSkipped(Exception):
-    """A message or synced frame that cannot be used; the caller logs and counts it.
-
-    Attributes:
-        topic: the topic (or stream name) at fault.
-        reason: short machine-friendly reason (``unknown_encoding``, ``size_mismatch``,
-            ``no_transform``, ``no_valid_depth``, ...).
-        detail: human-readable explanation.
-    """
-
-    def __init__(self, topic: str, reason: str, detail: str):
-        super().__init__(f"{topic}: {reason}: {detail}")
-        self.topic = topic
-        self.reason = reason
-        self.detail = detail
-
-
-class SkipCounter:
-    """Counts skipped messages per ``(topic, reason)`` and throttles their warnings.
-
-    Args:
-        warn: callable taking a message string (e.g. a ROS logger's ``warning``).
-        period_s: at most one warning per ``(topic, reason)`` per period (seconds).
-    """
-
-    def __init__(self, warn: Callable[[str], Any] | None = None, period_s: float = 5.0):
-        self._warn = warn
-        self.period_s = float(period_s)
-        self._last: dict[tuple[str, str], float] = {}
-        self.counts: dict[tuple[str, str], int] = defaultdict(int)
-        self._lock = threading.Lock()
-
-    def record(self, skip: FrameSkipped) -> None:
-        """Count ``skip`` and warn if this ``(topic, reason)`` was not warned recently."""
-        key = (skip.topic, skip.reason)
-        now = time.monotonic()
-        with self._lock:
-            self.counts[key] += 1
-            n = self.counts[key]
-            due = now - self._last.get(key, -np.inf) >= self.period_s
-            if due:
-                self._last[key] = now
-        if due and self._warn is not None:
-            self._warn(f"skipped message on '{skip.topic}' ({skip.reason}): {skip.detail} [{n} so far]")
-
-    @property
-    def total(self) -> int:
-        with self._lock:
-            return int(sum(self.counts.values()))
-
-    def as_dict(self) -> dict[str, int]:
-        """``{"topic:reason": count}`` for summaries and diagnostics."""
-        with self._lock:
-            return {f"{t}:{r}": c for (t, r), c in sorted(self.counts.items())}
 
 
 class QueryError(RuntimeError):
@@ -188,138 +128,6 @@ class LanguageModels:
         top = cos[np.arange(len(cos)), labels]
         conf = 1.0 / np.exp((cos - top[:, None]) / self.translator.temperature).sum(axis=1)
         return labels.astype(np.int32), conf.astype(np.float32)
-
-
-class StageTimer:
-    """Accumulates wall time per pipeline stage (milliseconds), thread-safe."""
-
-    def __init__(self):
-        self.samples: dict[str, list[float]] = defaultdict(list)
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def stage(self, name: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(name, (time.perf_counter() - t0) * 1e3)
-
-    def add(self, name: str, ms: float) -> None:
-        with self._lock:
-            self.samples[name].append(float(ms))
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        """``{stage: {"mean_ms", "median_ms", "count"}}`` in pipeline order."""
-        with self._lock:
-            names = [s for s in STAGES if s in self.samples] + [s for s in self.samples if s not in STAGES]
-            return {n: {"mean_ms": float(np.mean(self.samples[n])),
-                        "median_ms": float(np.median(self.samples[n])),
-                        "count": len(self.samples[n])} for n in names}
-
-
-class RGBDFrameAssembler:
-    """Approximate-time pairing of colour, depth and camera info into :class:`RGBDFrame`.
-
-    The same object is used by the live node (fed from subscription callbacks) and by
-    offline replay (fed in bag order), so both pair frames identically.
-
-    Args:
-        cfg: pipeline config (``sync.slop`` seconds, ``sync.queue_size``, ``topics.*`` for
-            naming topics in skip reasons).
-        note: callable for one-time informational notes (e.g. ignored distortion).
-        skips: where messages the policy drops unpaired are recorded (reason ``unpaired``:
-            no partner within ``slop`` on the other topics, e.g. missing camera info).
-    """
-
-    STREAMS = ("color", "depth", "camera_info")
-    #: a stamp this much older than the newest seen (1 s) counts as a jump back in time
-    TIME_JUMP_NS = 1_000_000_000
-    _DROPS = ("dropped_queue_full", "dropped_stale", "dropped_out_of_order", "dropped_duplicate")
-
-    def __init__(self, cfg: PerceptionConfig, note: Callable[[str], Any] | None = None,
-                 skips: SkipCounter | None = None):
-        self.cfg = cfg
-        self.sync = ApproximateTimeSync(self.STREAMS, slop_s=cfg.sync.slop, queue_size=cfg.sync.queue_size)
-        self._note = note
-        self._noted: set[str] = set()
-        self._skips = skips
-        self._dropped = {s: 0 for s in self.STREAMS}
-        self._newest_ns: int | None = None
-        self._lock = threading.Lock()
-        self.topics = {"color": cfg.topics.color, "depth": cfg.topics.depth,
-                       "camera_info": cfg.topics.camera_info}
-
-    def add(self, stream: str, msg: Any) -> list[SyncedSet]:
-        """Queue one message of ``stream`` (color, depth or camera_info); return completed sets.
-
-        Messages the policy had to drop unpaired are reported to ``skips``. A stamp more than
-        :attr:`TIME_JUMP_NS` older than the newest seen (a looping bag, a restarted driver)
-        resets the pairing queues instead of being dropped as out of order.
-        """
-        stamp = stamp_to_ns(msg.header.stamp)
-        with self._lock:
-            jumped = self._newest_ns is not None and stamp < self._newest_ns - self.TIME_JUMP_NS
-            self._newest_ns = stamp if jumped or self._newest_ns is None else max(self._newest_ns, stamp)
-        if jumped:  # a looping bag or a restarted driver: start pairing afresh
-            self.sync.reset()
-            if self._note is not None:
-                self._note(f"time jumped back on '{self.topics[stream]}' ({stamp * 1e-9:.3f} s): "
-                           "restarting synchronisation")
-        sets = self.sync.add(stream, stamp, msg)
-        if self._skips is not None:
-            self._report_drops()
-        return sets
-
-    def _report_drops(self) -> None:
-        stats = self.sync.stream_stats
-        with self._lock:
-            for s in self.STREAMS:
-                n = sum(stats[s][k] for k in self._DROPS)
-                new, self._dropped[s] = n - self._dropped[s], n
-                for _ in range(new):
-                    others = [self.topics[o] for o in self.STREAMS if o != s]
-                    self._skips.record(FrameSkipped(
-                        self.topics[s], "unpaired",
-                        f"no message within slop {self.cfg.sync.slop} s on {others} "
-                        "(missing camera info, or stamps too far apart?)"))
-
-    def to_frame(self, synced: SyncedSet) -> RGBDFrame:
-        """Decode a synced set into an :class:`RGBDFrame` (colour RGB uint8, raw depth).
-
-        Raises:
-            FrameSkipped: unknown encoding, unusable camera info, or colour/depth/camera
-                info image sizes that disagree.
-        """
-        color_msg = synced.items["color"]
-        depth_msg = synced.items["depth"]
-        info_msg = synced.items["camera_info"]
-        try:
-            color = color_to_rgb(color_msg)
-        except ValueError as exc:
-            raise FrameSkipped(self.topics["color"], "bad_image", str(exc)) from None
-        try:
-            depth, depth_scale = depth_from_msg(depth_msg)
-        except ValueError as exc:
-            raise FrameSkipped(self.topics["depth"], "bad_image", str(exc)) from None
-        try:
-            fx, fy, cx, cy, width, height, distorted = intrinsics_from_camera_info(info_msg)
-            intr = CameraIntrinsics(fx=fx, fy=fy, cx=cx, cy=cy, width=width, height=height)
-        except ValueError as exc:
-            raise FrameSkipped(self.topics["camera_info"], "bad_camera_info", str(exc)) from None
-        if distorted and "distortion" not in self._noted and self._note is not None:
-            self._noted.add("distortion")
-            self._note(f"'{self.topics['camera_info']}' has non-zero distortion coefficients; "
-                       "they are ignored (expecting rectified, registered images)")
-        if depth.shape[:2] != color.shape[:2]:
-            raise FrameSkipped(self.topics["depth"], "size_mismatch",
-                               f"depth is {depth.shape[1]}x{depth.shape[0]} but colour is "
-                               f"{color.shape[1]}x{color.shape[0]} (depth must be registered to colour)")
-        if (width, height) != (depth.shape[1], depth.shape[0]):
-            raise FrameSkipped(self.topics["camera_info"], "size_mismatch",
-                               f"camera info is {width}x{height} but images are {depth.shape[1]}x{depth.shape[0]}")
-        return RGBDFrame(stamp_ns=synced.stamp_ns, frame_id=depth_msg.header.frame_id or color_msg.header.frame_id,
-                         color=color, depth=depth, depth_scale=depth_scale, intrinsics=intr)
 
 
 @dataclass
@@ -484,6 +292,9 @@ class PerceptionPipeline:
             self._build_models_from_bundle(cfg)
         self.timer = StageTimer()
         self._pca_basis = None
+        self._extent = WindowExtent(cfg.window.max_extent)
+        #: times the window dropped old frames to stay within ``window.max_extent``
+        self.window_crops = 0
         self.frames_processed = 0
         self.latest: PipelineResult | None = None
         self._latest_lock = threading.Lock()
@@ -567,6 +378,13 @@ class PerceptionPipeline:
             return list(self.language.labeler.vocabulary)
         return list(self.head.class_names)
 
+    def _check_pose(self, T_world_sensor: np.ndarray, topic: str) -> np.ndarray:
+        T = np.asarray(T_world_sensor, dtype=np.float64)
+        problem = pose_problem(T, self.cfg.validation.max_translation)
+        if problem is not None:
+            raise FrameSkipped(topic, "bad_pose", problem)
+        return T
+
     def lift(self, frame: RGBDFrame, T_world_sensor: np.ndarray) -> PointFrame:
         """Lift an RGB-D frame to points in the fixed frame.
 
@@ -575,11 +393,11 @@ class PerceptionPipeline:
             T_world_sensor: ``(4, 4)`` pose of the frame's optical frame in ``fixed_frame``.
 
         Raises:
-            FrameSkipped: the pose is not finite, or no depth pixel is valid.
+            FrameSkipped: ``bad_pose`` (see :func:`~concerto_ros.sensors.validation.pose_problem`),
+                or ``no_valid_depth`` when no depth pixel is within ``lift.min_depth`` ..
+                ``lift.max_depth`` metres.
         """
-        T = np.asarray(T_world_sensor, dtype=np.float64)
-        if T.shape != (4, 4) or not np.isfinite(T).all():
-            raise FrameSkipped(frame.frame_id or "tf", "bad_pose", "camera pose is not a finite 4x4 transform")
+        T = self._check_pose(T_world_sensor, "/tf")
         c = self.cfg.lift
         with self.timer.stage("lift"):
             pf = lift_depth(frame, T, min_depth=c.min_depth, max_depth=c.max_depth, stride=c.pixel_stride,
@@ -589,32 +407,37 @@ class PerceptionPipeline:
                                f"no depth pixel within [{c.min_depth}, {c.max_depth}] m")
         return pf
 
-    def lift_cloud(self, msg: Any, T_world_sensor: np.ndarray, topic: str = "") -> PointFrame:
-        """Points of a ``PointCloud2`` (LiDAR or depth camera) in the fixed frame.
+    def lift_points(self, cloud: CloudData, T_world_sensor: np.ndarray, stamp_ns: int, frame_id: str,
+                    topic: str = "") -> PointFrame:
+        """A decoded point cloud (LiDAR or depth camera) in the fixed frame.
 
-        Uses ``x y z`` (metres, in ``msg.header.frame_id``), ``rgb``/``rgba`` when present,
-        else ``intensity`` as grey; points outside ``[lift.min_depth, lift.max_depth]`` metres
-        of range or non-finite are dropped.
+        Colours come from the cloud's ``rgb`` when present, else its ``intensity`` as grey;
+        points whose range is outside ``[lift.min_range, lift.max_range]`` metres are dropped
+        (LiDAR ranges, separate from the depth camera's ``lift.max_depth``).
 
         Raises:
-            FrameSkipped: malformed cloud, non-finite pose, or no valid point.
+            FrameSkipped: ``bad_pose``, or ``no_valid_points`` when no point is in range.
         """
         topic = topic or self.cfg.topics.points or "points"
-        T = np.asarray(T_world_sensor, dtype=np.float64)
-        if T.shape != (4, 4) or not np.isfinite(T).all():
-            raise FrameSkipped(topic, "bad_pose", "sensor pose is not a finite 4x4 transform")
-        try:
-            xyz, extra = xyz_from_pointcloud2(msg)
-        except ValueError as exc:
-            raise FrameSkipped(topic, "bad_pointcloud", str(exc)) from None
+        T = self._check_pose(T_world_sensor, "/tf")
         c = self.cfg.lift
         with self.timer.stage("lift"):
-            pf = lift_pointcloud(xyz, colors=extra.get("rgb"), intensity=extra.get("intensity"), T_world_sensor=T,
-                                 stamp_ns=stamp_to_ns(msg.header.stamp), sensor_frame_id=msg.header.frame_id,
-                                 fixed_frame=self.cfg.fixed_frame, min_range=c.min_depth, max_range=c.max_depth)
+            pf = lift_pointcloud(cloud.xyz, colors=cloud.colors, intensity=cloud.intensity, labels=cloud.labels,
+                                 T_world_sensor=T, stamp_ns=stamp_ns, sensor_frame_id=frame_id,
+                                 fixed_frame=self.cfg.fixed_frame, min_range=c.min_range, max_range=c.max_range)
         if len(pf.points) == 0:
-            raise FrameSkipped(topic, "no_valid_points", f"no finite point within [{c.min_depth}, {c.max_depth}] m")
+            raise FrameSkipped(topic, "no_valid_points", f"no finite point within [{c.min_range}, {c.max_range}] m")
         return pf
+
+    def lift_frame(self, frame: SensorFrame) -> PointFrame:
+        """Lift a frame of the frame stream (RGB-D or point cloud) into the fixed frame.
+
+        Raises:
+            FrameSkipped: see :meth:`lift` and :meth:`lift_points`.
+        """
+        if frame.rgbd is not None:
+            return self.lift(frame.rgbd, frame.T_world_sensor)
+        return self.lift_points(frame.cloud, frame.T_world_sensor, frame.stamp_ns, frame.frame_id, frame.topic)
 
     def process(self, frame: RGBDFrame, T_world_sensor: np.ndarray) -> PipelineResult:
         """Lift ``frame``, add it to the window and run the models on the window.
@@ -623,6 +446,10 @@ class PerceptionPipeline:
             FrameSkipped: see :meth:`lift`.
         """
         return self.process_points(self.lift(frame, T_world_sensor))
+
+    def process_frame(self, frame: SensorFrame) -> PipelineResult:
+        """:meth:`lift_frame`, then :meth:`process_points`."""
+        return self.process_points(self.lift_frame(frame))
 
     def push(self, frame: RGBDFrame, T_world_sensor: np.ndarray) -> None:
         """Lift ``frame`` and add it to the window without running the models: for callers that
@@ -636,21 +463,49 @@ class PerceptionPipeline:
         self._push_points(self.lift(frame, T_world_sensor))
 
     def _push_points(self, points: PointFrame) -> None:
+        """Add a lifted frame to the window, keeping the window within ``window.max_extent``."""
         frames = self.window.frames
         if frames and points.stamp_ns < frames[-1].stamp_ns:
             self.log(f"time jumped back ({points.stamp_ns * 1e-9:.3f} s < {frames[-1].stamp_ns * 1e-9:.3f} s, "
                      "a looping bag?): clearing the window")
             self.reset()
+            frames = ()
+        points = self._extent.crop_frame(points)
+        keep = self._extent.frames_to_keep(frames, points)
+        if keep < len(frames):
+            self.window_crops += 1
+            self.log(f"the window would exceed window.max_extent = {self.cfg.window.max_extent:g} m (the pose moved "
+                     f"far): dropped its {len(frames) - keep} oldest frame(s)")
+            self.window.clear()
+            for f in frames[len(frames) - keep:]:
+                self.window.push(f)
         self.window.push(points)
+        self._extent.forget_except(self.window.frames)
 
-    @torch.inference_mode()
     def process_points(self, points: PointFrame) -> PipelineResult:
-        """Add an already lifted frame (RGB-D or LiDAR) to the window and run the models."""
-        t = {}
+        """Add an already lifted frame (RGB-D or LiDAR) to the window and run the models.
+
+        If anything after the push fails (an internal error), the window is restored to what
+        it held before, so one bad frame never costs the next good ones.
+        """
+        before = self.window.frames
         t0 = time.perf_counter()
         self._push_points(points)
+        push_ms = (time.perf_counter() - t0) * 1e3
+        try:
+            return self._run_models(push_ms)
+        except Exception:
+            self.window.clear()
+            for f in before:
+                self.window.push(f)
+            raise
+
+    @torch.inference_mode()
+    def _run_models(self, push_ms: float = 0.0) -> PipelineResult:
+        t = {}
+        t0 = time.perf_counter()
         win = self.window.build()
-        t["window"] = (time.perf_counter() - t0) * 1e3
+        t["window"] = push_ms + (time.perf_counter() - t0) * 1e3
         parts = []
         if self.extractor is not None:
             t0 = time.perf_counter()

@@ -110,16 +110,18 @@ def test_lidar_pointcloud2_runs_through_the_same_pipeline(shared_dir):
     from concerto_ros.cloud.voxel import grid_sample
     from concerto_ros.msgs.pointcloud2 import fill_pointcloud2
     from concerto_ros.pipeline import FrameSkipped
+    from concerto_ros.sensors.stream import FrameStream, PointsSet
 
     xyz = np.load(shared_dir / "data" / "semantickitti" / "kitti_01_points_000000.npy").astype(np.float32)
     intensity = np.linspace(0, 1, len(xyz), dtype=np.float32)
     msg = fill_pointcloud2(PointCloud2(), PointField, 1_000_000_000, "velodyne", xyz, extra={"intensity": intensity})
-    cfg = load_config(default_config_path(), {"window.voxel_size": 0.05, "lift.max_depth": 40.0,
-                                              "lift.min_depth": 2.0, "topics.points": "/velodyne_points"})
+    cfg = load_config(default_config_path(), {"window.voxel_size": 0.05, "lift.max_range": 40.0,
+                                              "lift.min_range": 2.0, "topics.points": "/velodyne_points"})
     pipe = PerceptionPipeline(cfg, log=None)
     T = np.eye(4)
     T[:3, 3] = [10.0, -5.0, 1.5]  # sensor pose in odom
-    pf = pipe.lift_cloud(msg, T)
+    stream = FrameStream(cfg, lookup=lambda target, source, stamp: T)
+    pf = pipe.lift_frame(stream.decode(PointsSet(1_000_000_000, msg)))
     rng = np.linalg.norm(xyz, axis=1)
     keep = (rng >= 2.0) & (rng <= 40.0)
     assert len(pf.points) == keep.sum()
@@ -130,7 +132,7 @@ def test_lidar_pointcloud2_runs_through_the_same_pipeline(shared_dir):
     assert r.labels.shape == r.confidence.shape == (r.coord.shape[0],)
     empty = fill_pointcloud2(PointCloud2(), PointField, 2_000_000_000, "velodyne", np.full((5, 3), np.nan, np.float32))
     with pytest.raises(FrameSkipped, match="no_valid_points"):
-        pipe.lift_cloud(empty, T)
+        pipe.lift_frame(stream.decode(PointsSet(2_000_000_000, empty)))
 
 
 def test_cross4d_features_are_fused_after_concerto(slambook_bag):

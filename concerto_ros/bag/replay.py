@@ -3,8 +3,8 @@
 The bag is read with ``rosbags`` (MCAP or sqlite3). Poses come from the bag's ``/tf`` and
 ``/tf_static`` messages through the project's :class:`TransformBuffer` (time-interpolated,
 chained), loaded in a first pass so that a frame never waits for a transform recorded just
-after it. Colour, depth and camera info go through the same
-:class:`~concerto_ros.pipeline.RGBDFrameAssembler` as in the node, in bag (log-time) order.
+after it. Colour, depth and camera info (and/or a LiDAR PointCloud2) go through the same
+:class:`~concerto_ros.sensors.stream.FrameStream` as in the node, in bag (log-time) order.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 from concerto_ros.bag.reader import bag_summary, iter_messages
 from concerto_ros.config import PerceptionConfig
-from concerto_ros.msgs.transforms import stamp_to_ns
-from concerto_ros.pipeline import FrameSkipped, PerceptionPipeline, PipelineResult, RGBDFrameAssembler, SkipCounter
-from concerto_ros.sensors.tf_buffer import TransformBuffer, TransformUnavailable
+from concerto_ros.pipeline import PerceptionPipeline, PipelineResult
+from concerto_ros.sensors.skips import FrameSkipped, SkipCounter
+from concerto_ros.sensors.stream import FrameStream
+from concerto_ros.sensors.tf_buffer import TransformBuffer
 
 TF_TOPICS = ("/tf", "/tf_static")
 
@@ -46,30 +46,49 @@ class ReplayReport:
     sync_stats: dict[str, int] = field(default_factory=dict)
 
 
-def load_tf(bag: str | Path, cache_time_s: float = 1e9) -> TransformBuffer:
+def load_tf(bag: str | Path, cache_time_s: float = 1e9, skips: SkipCounter | None = None) -> TransformBuffer:
     """A :class:`TransformBuffer` holding every ``/tf`` and ``/tf_static`` transform of ``bag``.
 
-    Non-finite transforms are ignored (as tf2 does).
+    Bad transforms are ignored as tf2 does, and counted in ``skips`` (``bad_transform``).
     """
     buf = TransformBuffer(cache_time_s=cache_time_s)
     topics = [t for t in TF_TOPICS if t in bag_summary(bag)]
     if not topics:
         return buf
     for m in iter_messages(bag, topics=topics):
-        for t in m.msg.transforms:
-            tr, q = t.transform.translation, t.transform.rotation
-            vals = np.array([tr.x, tr.y, tr.z, q.x, q.y, q.z, q.w], dtype=np.float64)
-            if not np.isfinite(vals).all():
-                continue
-            buf.set_transform(t.header.frame_id, t.child_frame_id, stamp_to_ns(t.header.stamp),
-                              vals[:3], vals[3:], static=m.topic == "/tf_static")
+        for problem in buf.add_message(m.msg, static=m.topic == "/tf_static"):
+            if skips is not None:
+                skips.record(FrameSkipped(m.topic, "bad_transform", problem))
     return buf
+
+
+def bag_streams(summary: dict, cfg: PerceptionConfig) -> dict[str, str]:
+    """``{topic: stream}`` of the configured inputs present in a bag: the RGB-D topics when all
+    three are there, and ``topics.points`` when set and there.
+
+    Raises:
+        ValueError: neither complete RGB-D topics nor the points topic (message lists what the
+            bag has and the settings to change).
+    """
+    rgbd = {cfg.topics.color: "color", cfg.topics.depth: "depth", cfg.topics.camera_info: "camera_info"}
+    out = dict(rgbd) if all(t in summary for t in rgbd) else {}
+    if cfg.topics.points and cfg.topics.points in summary:
+        out[cfg.topics.points] = "points"
+    if not out:
+        wanted = list(rgbd) + ([cfg.topics.points] if cfg.topics.points else [])
+        raise ValueError(f"bag has none of the configured inputs {wanted}; it has {sorted(summary)} "
+                         "(set topics.color/depth/camera_info for RGB-D, or topics.points for a PointCloud2, "
+                         "e.g. --set topics.points=/os1_cloud_node/points)")
+    return out
 
 
 def replay_bag(bag: str | Path, cfg: PerceptionConfig, pipeline: PerceptionPipeline | None = None,
                max_frames: int | None = None, on_result: Callable[[PipelineResult], Any] | None = None,
                log: Callable[[str], Any] | None = print, progress: bool = True) -> ReplayReport:
-    """Run ``bag`` through the pipeline offline.
+    """Run ``bag`` through the pipeline offline, with the node's frame stream.
+
+    RGB-D topics (``topics.color/depth/camera_info``) and a PointCloud2 topic
+    (``topics.points``) are used when present, alone or together.
 
     Args:
         bag: rosbag2 directory or ``.mcap``/``.db3`` file.
@@ -86,66 +105,39 @@ def replay_bag(bag: str | Path, cfg: PerceptionConfig, pipeline: PerceptionPipel
     """
     t_start = time.perf_counter()
     summary = bag_summary(bag)
-    topics = {"color": cfg.topics.color, "depth": cfg.topics.depth, "camera_info": cfg.topics.camera_info}
-    missing = [t for t in topics.values() if t not in summary]
-    if missing:
-        raise ValueError(f"bag {bag} lacks topics {missing}; it has {sorted(summary)} "
-                         "(set topics.* with --set topics.color=... to match)")
-    stream_of = {v: k for k, v in topics.items()}
+    streams = bag_streams(summary, cfg)
     pipeline = pipeline or PerceptionPipeline(cfg, log=log)
-    tf = load_tf(bag)
     skips = SkipCounter(log, period_s=cfg.skip_log_period)
-    assembler = RGBDFrameAssembler(cfg, note=log, skips=skips)
-    result = None
-    n_expected = min(summary[cfg.topics.color][1], summary[cfg.topics.depth][1])
+    tf = load_tf(bag, skips=skips)
+    stream = FrameStream(cfg, lookup=tf.lookup, skips=skips, note=log, timer=pipeline.timer)
+    ref_topic = cfg.topics.color if cfg.topics.color in streams else cfg.topics.points
+    n_expected = summary[ref_topic][1]
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=n_expected if max_frames is None else min(n_expected, max_frames),
                    desc="replay", unit="frame")
-    state = {"processed": 0, "result": None}
-
-    def handle(sets) -> bool:
-        """Process synced sets; False once ``max_frames`` is reached."""
-        for synced in sets:
-            if max_frames is not None and state["processed"] >= max_frames:
-                return False
+    processed, result = 0, None
+    messages = iter_messages(bag, topics=list(streams))
+    try:
+        for frame in stream.frames((streams[m.topic], m.msg) for m in messages):
             try:
-                with pipeline.timer.stage("convert"):
-                    frame = assembler.to_frame(synced)
-                try:
-                    T = tf.lookup(cfg.fixed_frame, frame.frame_id, frame.stamp_ns)
-                except TransformUnavailable as exc:
-                    raise FrameSkipped("/tf", "no_transform", f"{cfg.fixed_frame} <- '{frame.frame_id}': {exc}") from None
-                res = pipeline.process(frame, T)
+                res = pipeline.process_frame(frame)
             except FrameSkipped as skip:
                 skips.record(skip)
                 continue
-            state["processed"] += 1
-            state["result"] = res
+            processed, result = processed + 1, res
             if on_result is not None:
                 on_result(res)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(voxels=len(res.coord), ms=f"{sum(res.timings_ms.values()):.0f}")
-        return max_frames is None or state["processed"] < max_frames
-
-    messages = iter_messages(bag, topics=list(topics.values()))
-    try:
-        going = True
-        for m in messages:
-            with pipeline.timer.stage("sync"):
-                sets = assembler.add(stream_of[m.topic], m.msg)
-            if not handle(sets):
-                going = False
+            if max_frames is not None and processed >= max_frames:
                 break
-        if going:
-            handle(assembler.sync.flush())
     finally:
         messages.close()
         if bar is not None:
             bar.close()
-    processed, result = state["processed"], state["result"]
     return ReplayReport(result=result, frames_processed=processed, skipped=skips.as_dict(),
                         timings=pipeline.timer.summary(), wall_s=time.perf_counter() - t_start,
-                        sync_stats=dict(assembler.sync.stats))
+                        sync_stats=dict(stream.assembler.sync.stats))

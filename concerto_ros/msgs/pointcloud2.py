@@ -37,6 +37,8 @@ __all__ = [
     "FLOAT64",
     "DATATYPE_TO_DTYPE",
     "FieldSpec",
+    "FieldError",
+    "cloud_field_problem",
     "pack_rgb",
     "unpack_rgb",
     "pointcloud2_dtype",
@@ -71,6 +73,51 @@ class FieldSpec(NamedTuple):
     offset: int
     datatype: int
     count: int
+
+
+class FieldError(ValueError):
+    """A PointCloud2 field the decoder cannot use (wrong datatype or count for its name)."""
+
+
+#: fields whose meaning fixes their layout: name -> (allowed datatypes, description)
+_FIELD_RULES = {
+    "x": (set(DATATYPE_TO_DTYPE), "a number"),
+    "y": (set(DATATYPE_TO_DTYPE), "a number"),
+    "z": (set(DATATYPE_TO_DTYPE), "a number"),
+    "rgb": ({FLOAT32, UINT32, INT32}, "4 packed bytes (FLOAT32 or UINT32)"),
+    "rgba": ({FLOAT32, UINT32, INT32}, "4 packed bytes (FLOAT32 or UINT32)"),
+    "intensity": (set(DATATYPE_TO_DTYPE), "a number"),
+    "label": ({INT8, UINT8, INT16, UINT16, INT32, UINT32}, "an integer"),
+}
+
+
+def cloud_field_problem(fields: Sequence[Any]) -> str | None:
+    """Why a PointField list cannot be decoded as a point cloud, or ``None``.
+
+    Checks every datatype code (1..8), the presence of ``x y z``, and for the fields whose
+    name fixes their meaning (``x y z rgb rgba intensity label``) a count of 1 (0 is read
+    as 1) and a datatype that fits (``rgb`` must be 4 packed bytes, ``label`` an integer).
+    Other fields may have any layout.
+    """
+    specs = [_field_values(f) for f in fields]
+    for spec in specs:
+        if spec.datatype not in DATATYPE_TO_DTYPE:
+            return f"field {spec.name!r} has unknown datatype {spec.datatype} (expected 1..8)"
+        if spec.count < 0 or spec.offset < 0:
+            return f"field {spec.name!r} has offset {spec.offset} and count {spec.count}"
+        rule = _FIELD_RULES.get(spec.name)
+        if rule is None:
+            continue
+        allowed, what = rule
+        if spec.count > 1:
+            return f"field {spec.name!r} has count {spec.count}; expected 1 ({what})"
+        if spec.datatype not in allowed:
+            return (f"field {spec.name!r} has datatype {spec.datatype} "
+                    f"({DATATYPE_TO_DTYPE[spec.datatype]}); expected {what}")
+    missing = [c for c in "xyz" if c not in {s.name for s in specs}]
+    if missing:
+        return f"no field(s) {missing}; fields are {[s.name for s in specs]}"
+    return None
 
 
 # --------------------------------------------------------------------------- rgb packing
@@ -250,9 +297,13 @@ def xyz_from_pointcloud2(
         * every other field keeps its own dtype (native byte order).
 
     Raises:
-        ValueError: no ``x``/``y``/``z`` field, or a malformed layout (see
-            :func:`pointcloud2_to_array`).
+        FieldError: a field that cannot mean what its name says (see
+            :func:`cloud_field_problem`), or no ``x``/``y``/``z`` field.
+        ValueError: a malformed layout (see :func:`pointcloud2_to_array`).
     """
+    problem = cloud_field_problem(msg.fields)
+    if problem is not None:
+        raise FieldError(f"PointCloud2 {problem}")
     arr = pointcloud2_to_array(msg)
     names = arr.dtype.names or ()
     missing = [c for c in "xyz" if c not in names]

@@ -15,7 +15,8 @@ from concerto_ros.config import SPECS, PerceptionConfig, ParamSpec, from_flat
 
 #: settings that may change while the node runs (applied to the next frame)
 RUNTIME_PARAMETERS = {"skip_log_period", "publish.features", "tf.timeout", "language.vocabulary",
-                      "query.default_threshold", "query.default_top_k", "query.negatives"}
+                      "query.default_threshold", "query.default_top_k", "query.negatives", "query.max_top_k",
+                      "query.max_negatives"}
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
           float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
@@ -42,17 +43,26 @@ def declare_config(node: Node) -> PerceptionConfig:
     """Declare every setting as a parameter (values from the params file/overrides) and
     return the validated config.
 
+    Every parameter gets a value, so ``GetParameters`` over all names (``ros2 param dump``)
+    answers each one: an empty list has no ROS type of its own (rclpy would make ``[]`` a
+    byte array), so such a parameter is declared by type and then given an empty string
+    array when neither the params file nor the command line set it.
+
     Raises:
         ValueError / KeyError: a value is outside its range or choices.
     """
     values = {}
     for name, spec in SPECS.items():
-        default = spec.default
-        if spec.type is list and not default:
-            # [] has no ROS type of its own (rclpy would make it a byte array): declare the
-            # parameter by type so that `ros2 param set ... "[a, b]"` is accepted later
-            default = Parameter.Type.STRING_ARRAY
-        p = node.declare_parameter(name, default, descriptor(spec))
-        # an empty list has no ROS type of its own: it is declared unset, which means []
+        desc = descriptor(spec)
+        if spec.type is list and not spec.default:
+            writable = descriptor(spec)
+            writable.read_only = False
+            p = node.declare_parameter(name, Parameter.Type.STRING_ARRAY, writable)
+            if p.value is None:
+                node.set_parameters([Parameter(name, Parameter.Type.STRING_ARRAY, [])])
+            node.set_descriptor(name, desc)
+            p = node.get_parameter(name)
+        else:
+            p = node.declare_parameter(name, spec.default, desc)
         values[name] = [] if p.value is None and spec.type is list else p.value
     return from_flat(values)

@@ -1,21 +1,27 @@
 """Camera poses for the node: tf2_ros on a ROS 2 install, else the project's buffer.
 
-On a full ROS 2 installation ``tf2_ros`` is used (``Buffer`` + ``TransformListener``).
-Where ROS 2 comes from PyPI wheels there is no ``tf2_ros``; the node then subscribes
-``/tf`` and ``/tf_static`` itself (``tf2_msgs/TFMessage``; the set-up builds that one type)
-and fills :class:`concerto_ros.sensors.tf_buffer.TransformBuffer`, the same buffer the
-offline bag tools use. Both answer :meth:`lookup` identically.
+On a full ROS 2 installation ``tf2_ros`` is used (``Buffer`` + ``TransformListener``; tf2
+itself rejects bad transforms there). Where ROS 2 comes from PyPI wheels there is no
+``tf2_ros``; the node then subscribes ``/tf`` and ``/tf_static`` itself
+(``tf2_msgs/TFMessage``; the set-up builds that one type) and fills
+:class:`concerto_ros.sensors.tf_buffer.TransformBuffer`, the same buffer the offline bag
+tools use. Bad entries (zero quaternion, empty or equal frame names, a loop, non-finite
+values) are ignored as tf2 does, counted as ``bad_transform`` and warned about (throttled,
+naming the frames and the reason); a transform far in the future is held until confirmed
+(the buffer's jump detection). Both backends answer :meth:`TfSource.lookup` identically.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any, Callable
 
 import numpy as np
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from concerto_ros.msgs.transforms import stamp_to_ns, transform_to_matrix
+from concerto_ros.msgs.transforms import transform_to_matrix
+from concerto_ros.sensors.skips import FrameSkipped, SkipCounter
 from concerto_ros.sensors.tf_buffer import TransformBuffer, TransformUnavailable
 
 
@@ -26,14 +32,24 @@ class TfSource:
         node: the node that owns the subscriptions.
         cache_time_s: transform history kept (seconds).
         prefer_tf2_ros: use tf2_ros when importable (default).
+        skips: where rejected transforms are counted (``bad_transform``).
+        callback_group: callback group of the /tf subscriptions.
+        guard: wraps a callback so that no exception leaves it (see
+            :meth:`concerto_ros.ros.perception.PerceptionShell.guard`).
+        note: callable for one-line notes (accepted time jumps).
 
     Attributes:
         backend: ``"tf2_ros"`` or ``"concerto"`` (the project's buffer fed from /tf).
     """
 
-    def __init__(self, node: Node, cache_time_s: float = 30.0, prefer_tf2_ros: bool = True):
+    def __init__(self, node: Node, cache_time_s: float = 30.0, prefer_tf2_ros: bool = True,
+                 skips: SkipCounter | None = None, callback_group=None,
+                 guard: Callable[[str, Callable], Callable] | None = None,
+                 note: Callable[[str], Any] | None = None):
         self._node = node
         self._tf2 = None
+        self._subs: list = []
+        self.skips = skips if skips is not None else SkipCounter()
         if prefer_tf2_ros:
             try:
                 import tf2_ros  # noqa: F401
@@ -53,21 +69,27 @@ class TfSource:
                 "neither tf2_ros nor tf2_msgs is importable: source a ROS 2 installation, or "
                 "run scripts/setup.sh, which builds tf2_msgs for PyPI-wheel ROS 2") from exc
         self.backend = "concerto"
-        self.buffer = TransformBuffer(cache_time_s=cache_time_s)
+        self.buffer = TransformBuffer(cache_time_s=cache_time_s, on_note=note)
         dyn = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
         static = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                             durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
-        node.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), dyn)
-        node.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True), static)
+        wrap = guard or (lambda topic, fn: fn)
+        for topic, qos, is_static in (("/tf", dyn, False), ("/tf_static", static, True)):
+            cb = wrap(topic, lambda m, t=topic, s=is_static: self._on_tf(m, t, s))
+            self._subs.append(node.create_subscription(TFMessage, topic, cb, qos, callback_group=callback_group))
 
-    def _on_tf(self, msg, static: bool) -> None:
-        for t in msg.transforms:
-            tr, q = t.transform.translation, t.transform.rotation
-            vals = (tr.x, tr.y, tr.z, q.x, q.y, q.z, q.w)
-            if not np.isfinite(vals).all():
-                continue  # a NaN transform would poison interpolation; tf2 rejects it too
-            self.buffer.set_transform(t.header.frame_id, t.child_frame_id, stamp_to_ns(t.header.stamp),
-                                      np.array(vals[:3]), np.array(vals[3:]), static=static)
+    def _on_tf(self, msg, topic: str, static: bool) -> None:
+        for problem in self.buffer.add_message(msg, static=static):
+            self.skips.record(FrameSkipped(topic, "bad_transform", f"ignored {problem}"))
+
+    def destroy(self) -> None:
+        """Remove the /tf subscriptions (the tf2_ros listener stays with its node)."""
+        for sub in self._subs:
+            try:
+                self._node.destroy_subscription(sub)
+            except Exception:  # noqa: BLE001 - the node may be gone already
+                pass
+        self._subs = []
 
     def lookup(self, target: str, source: str, stamp_ns: int, timeout_s: float = 0.0) -> np.ndarray:
         """``(4, 4) float64`` transform mapping points in ``source`` to ``target`` at ``stamp_ns``.

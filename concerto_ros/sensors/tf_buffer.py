@@ -15,6 +15,11 @@ points expressed in ``source`` to ``target`` (``p_target = T @ p_source``), like
   edge and the available range, unless within ``max_extrapolation_s`` (then the nearest
   sample is used, no real extrapolation).
 - Each dynamic edge keeps samples no older than ``cache_time_s`` before its newest one.
+- Time jumps: a sample more than ``max_jump_s`` after (or before) the newest sample of its
+  edge is held, not stored, so one transform stamped far in the future cannot prune the
+  history and make every later lookup fail. Like tf2's jump detection, ``confirm``
+  consecutive samples that agree on the new time base accept the jump: the edge restarts
+  from them and ``on_note`` says so.
 """
 
 from __future__ import annotations
@@ -25,8 +30,12 @@ import numbers
 import threading
 from dataclasses import dataclass, field
 
+from typing import Any, Callable
+
 import numpy as np
 import transforms3d.quaternions as tq
+
+from concerto_ros.sensors.validation import StampGuard, StampVerdict
 
 __all__ = ["TransformBuffer", "TransformUnavailable"]
 
@@ -78,6 +87,7 @@ class _Edge:
     stamps: list = field(default_factory=list)  # sorted int ns
     translations: list = field(default_factory=list)  # (3,) float64
     quats: list = field(default_factory=list)  # (4,) float64, w x y z, unit
+    guard: StampGuard | None = None  # forward-jump detection (dynamic edges)
 
 
 class TransformBuffer:
@@ -87,12 +97,21 @@ class TransformBuffer:
         cache_time_s: history kept per dynamic edge, seconds, relative to its newest sample.
         max_extrapolation_s: how far outside an edge's buffered range a lookup may be and
             still be answered (with the nearest sample), seconds. 0 = exact tf2 behaviour.
+        max_jump_s: largest forward step of an edge's stamps accepted without confirmation
+            (seconds); ``None`` disables the check.
+        confirm: consecutive far-ahead samples that confirm a forward jump.
+        on_note: callable receiving a one-line note when a jump is accepted.
+
+    Attributes:
+        held: samples held as far-ahead (unconfirmed jumps) since construction.
 
     Raises:
         ValueError: negative or non-finite durations.
     """
 
-    def __init__(self, cache_time_s: float = 10.0, max_extrapolation_s: float = 0.0) -> None:
+    def __init__(self, cache_time_s: float = 10.0, max_extrapolation_s: float = 0.0,
+                 max_jump_s: float | None = 60.0, confirm: int = 3,
+                 on_note: Callable[[str], Any] | None = None) -> None:
         cache_time_s = float(cache_time_s)
         max_extrapolation_s = float(max_extrapolation_s)
         if not (math.isfinite(cache_time_s) and cache_time_s > 0.0):
@@ -103,6 +122,10 @@ class TransformBuffer:
         self._tol_ns = int(round(max_extrapolation_s * 1e9))
         self._edges: dict[str, _Edge] = {}  # keyed by child frame
         self._lock = threading.RLock()
+        self._max_jump_s = None if max_jump_s is None else float(max_jump_s)
+        self._confirm = int(confirm)
+        self._on_note = on_note
+        self.held = 0
 
     # ------------------------------------------------------------------ writing
     def set_transform(
@@ -127,9 +150,13 @@ class TransformBuffer:
         between static and dynamic, replaces its previous history. Samples at an existing
         stamp replace the old sample.
 
+        A dynamic sample far ahead of its edge's newest sample is held (see the module
+        docstring) and counted in :attr:`held`.
+
         Raises:
-            ValueError: bad names, non-integer stamp, non-finite values, zero quaternion, or a
-                parent that would create a loop.
+            ValueError: bad names, non-integer stamp, a negative dynamic stamp, non-finite
+                values, zero quaternion, or a parent that would create a loop. Nothing is
+                stored then.
         """
         if not isinstance(parent, str) or not isinstance(child, str) or not parent or not child:
             raise ValueError(f"set_transform: frame names must be non-empty strings, got {parent!r}, {child!r}")
@@ -144,10 +171,12 @@ class TransformBuffer:
             raise ValueError(f"set_transform: translation must be (3,) and quaternion (4,), got {t.shape}, {q.shape}")
         if not (np.all(np.isfinite(t)) and np.all(np.isfinite(q))):
             raise ValueError(f"set_transform: non-finite transform {parent!r} -> {child!r}")
-        norm = float(np.linalg.norm(q))
+        scale = float(np.abs(q).max())
+        norm = scale * float(np.linalg.norm(q / scale)) if scale > 0.0 else 0.0  # no overflow for huge q
         if norm < 1e-9:
-            raise ValueError(f"set_transform: zero quaternion for {parent!r} -> {child!r}")
-        q_wxyz = np.array([q[3], q[0], q[1], q[2]]) / norm
+            raise ValueError(f"set_transform: zero quaternion (norm {norm:.3g}) for {parent!r} -> {child!r}")
+        q_wxyz = np.array([q[3], q[0], q[1], q[2]]) / scale
+        q_wxyz /= np.linalg.norm(q_wxyz)
 
         with self._lock:
             # loop check: walking up from parent must not reach child
@@ -156,29 +185,80 @@ class TransformBuffer:
                 node = self._edges[node].parent
                 if node == child:
                     raise ValueError(f"set_transform: {parent!r} -> {child!r} would create a loop in the frame tree")
+            if not static and stamp_ns < 0:
+                raise ValueError(f"set_transform: dynamic transform {parent!r} -> {child!r} has a negative stamp "
+                                 f"({stamp_ns} ns)")
             edge = self._edges.get(child)
             if edge is None or edge.parent != parent or edge.static != bool(static) or static:
                 edge = _Edge(parent=parent, static=bool(static))
+                if not static and self._max_jump_s is not None:
+                    edge.guard = StampGuard(max_jump_s=self._max_jump_s, confirm=self._confirm,
+                                            symmetric=True, allow_zero=True)
                 self._edges[child] = edge
             if static:
                 edge.stamps[:] = [0]
                 edge.translations[:] = [t]
                 edge.quats[:] = [q_wxyz]
                 return
-            pos = bisect.bisect_left(edge.stamps, stamp_ns)
-            if pos < len(edge.stamps) and edge.stamps[pos] == stamp_ns:
-                edge.translations[pos] = t
-                edge.quats[pos] = q_wxyz
-            else:
-                edge.stamps.insert(pos, stamp_ns)
-                edge.translations.insert(pos, t)
-                edge.quats.insert(pos, q_wxyz)
-            oldest_kept = edge.stamps[-1] - self._cache_ns
-            cut = bisect.bisect_left(edge.stamps, oldest_kept)
-            if cut:
-                del edge.stamps[:cut]
-                del edge.translations[:cut]
-                del edge.quats[:cut]
+            if edge.guard is None:
+                self._insert(edge, stamp_ns, t, q_wxyz)
+                return
+            verdict, released = edge.guard.check(stamp_ns, (t, q_wxyz))
+            if verdict == StampVerdict.ACCEPT:
+                self._insert(edge, stamp_ns, t, q_wxyz)
+            elif verdict == StampVerdict.HELD:
+                self.held += 1
+            elif verdict == StampVerdict.JUMP:
+                old = edge.stamps[-1] if edge.stamps else None
+                edge.stamps.clear()
+                edge.translations.clear()
+                edge.quats.clear()
+                for s_ns, (tt, qq) in released:
+                    self._insert(edge, s_ns, tt, qq)
+                if self._on_note is not None:
+                    self._on_note(f"transform {parent!r} -> {child!r} jumped in time "
+                                  f"({_fmt_s(old) if old is not None else '?'} -> {_fmt_s(stamp_ns)}), confirmed by "
+                                  f"{len(released)} samples: its history restarts there")
+
+    def _insert(self, edge: _Edge, stamp_ns: int, t: np.ndarray, q_wxyz: np.ndarray) -> None:
+        """Insert one sample into a dynamic edge (sorted) and prune beyond the cache time."""
+        pos = bisect.bisect_left(edge.stamps, stamp_ns)
+        if pos < len(edge.stamps) and edge.stamps[pos] == stamp_ns:
+            edge.translations[pos] = t
+            edge.quats[pos] = q_wxyz
+        else:
+            edge.stamps.insert(pos, stamp_ns)
+            edge.translations.insert(pos, t)
+            edge.quats.insert(pos, q_wxyz)
+        oldest_kept = edge.stamps[-1] - self._cache_ns
+        cut = bisect.bisect_left(edge.stamps, oldest_kept)
+        if cut:
+            del edge.stamps[:cut]
+            del edge.translations[:cut]
+            del edge.quats[:cut]
+
+    def add_message(self, msg: Any, static: bool = False) -> list[str]:
+        """Store every transform of a ``tf2_msgs/TFMessage`` (rclpy or rosbags, duck-typed).
+
+        A bad entry (empty or equal frame names, zero or non-finite quaternion, non-finite
+        translation, a negative stamp, a loop in the tree) is ignored, as tf2 does; the
+        others are stored.
+
+        Returns:
+            One line per rejected entry, naming the frames and the reason (empty when all
+            were stored).
+        """
+        problems = []
+        for t in getattr(msg, "transforms", ()):
+            try:
+                parent, child = str(t.header.frame_id), str(t.child_frame_id)
+                stamp = int(t.header.stamp.sec) * 1_000_000_000 + int(t.header.stamp.nanosec)
+                tr, q = t.transform.translation, t.transform.rotation
+                self.set_transform(parent, child, stamp, (tr.x, tr.y, tr.z), (q.x, q.y, q.z, q.w), static=static)
+            except (AttributeError, TypeError, ValueError) as exc:
+                problems.append(f"{getattr(getattr(t, 'header', None), 'frame_id', '?')!r} -> "
+                                f"{getattr(t, 'child_frame_id', '?')!r}: {exc}")
+        return problems
 
     def set_transform_matrix(self, parent: str, child: str, stamp_ns: int, T, static: bool = False) -> None:
         """Like :meth:`set_transform` with a ``(4, 4)`` rigid matrix ``T_parent_child``.

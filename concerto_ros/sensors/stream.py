@@ -1,0 +1,369 @@
+"""The frame stream: sensor messages in, decoded, validated and posed frames out (no ROS).
+
+One object, used identically by the live node (fed from subscription callbacks), offline
+replay and evaluation (fed in bag order) and training, so that pairing, decoding,
+validation, pose look-up and skip accounting are the same everywhere:
+
+1. :meth:`FrameStream.add` (cheap, safe in a subscription callback): reads the header,
+   rejects stamps ``<= 0`` and holds stamps far ahead of the newest until confirmed
+   (:class:`~concerto_ros.sensors.validation.StampGuard`), restarts pairing when time jumps
+   back, and pairs colour, depth and camera info with the approximate-time policy
+   (:class:`~concerto_ros.sensors.sync.ApproximateTimeSync`, ``sync.slop``). A LiDAR
+   ``PointCloud2`` is a set of its own.
+2. :meth:`FrameStream.decode` (on a worker): decodes the messages, checks intrinsics
+   (``bad_intrinsics``) and PointCloud2 fields (``bad_field``), looks up the sensor pose in
+   ``fixed_frame`` and checks it (``bad_pose``), and returns a :class:`SensorFrame`; every
+   problem raises :class:`~concerto_ros.sensors.skips.FrameSkipped` with its own reason.
+
+Messages are duck-typed: rclpy messages and ``rosbags`` dataclasses both work.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import numpy as np
+
+from concerto_ros.msgs.camera_info import intrinsics_from_camera_info
+from concerto_ros.msgs.image import color_to_rgb, depth_from_msg
+from concerto_ros.msgs.pointcloud2 import FieldError, xyz_from_pointcloud2
+from concerto_ros.msgs.transforms import stamp_to_ns
+from concerto_ros.sensors.skips import FrameSkipped, SkipCounter
+from concerto_ros.sensors.sync import ApproximateTimeSync, SyncedSet
+from concerto_ros.sensors.tf_buffer import TransformUnavailable
+from concerto_ros.sensors.types import CameraIntrinsics, RGBDFrame
+from concerto_ros.sensors.validation import StampGuard, StampVerdict, intrinsics_problem, pose_problem
+from concerto_ros.timing import StageTimer
+
+__all__ = ["CloudData", "SensorFrame", "PointsSet", "RGBDFrameAssembler", "FrameStream", "Lookup"]
+
+#: ``lookup(target_frame, source_frame, stamp_ns) -> (4, 4) float64``; raises TransformUnavailable
+Lookup = Callable[[str, str, int], np.ndarray]
+
+RGBD_STREAMS = ("color", "depth", "camera_info")
+
+
+@dataclass
+class CloudData:
+    """A decoded point cloud in its sensor frame.
+
+    Attributes:
+        xyz: ``(N, 3) float32`` metres, sensor frame, finite.
+        colors: ``(N, 3) uint8`` RGB from an ``rgb``/``rgba`` field, or ``None``.
+        intensity: ``(N,) float32`` from an ``intensity`` field, or ``None``.
+        labels: ``(N,) int32`` from a ``label`` field, or ``None``.
+    """
+
+    xyz: np.ndarray
+    colors: Optional[np.ndarray] = None
+    intensity: Optional[np.ndarray] = None
+    labels: Optional[np.ndarray] = None
+
+
+@dataclass
+class SensorFrame:
+    """One decoded, validated and posed sensor frame: exactly one of ``rgbd`` and ``cloud``.
+
+    Attributes:
+        stamp_ns: acquisition time, integer nanoseconds (> 0).
+        frame_id: the sensor frame (the camera's optical frame for RGB-D).
+        T_world_sensor: ``(4, 4) float64`` pose of ``frame_id`` in ``fixed_frame``.
+        topic: the topic that names the frame in skips (depth for RGB-D, points for LiDAR).
+        rgbd: the RGB-D frame, or ``None``.
+        cloud: the point cloud, or ``None``.
+    """
+
+    stamp_ns: int
+    frame_id: str
+    T_world_sensor: np.ndarray
+    topic: str
+    rgbd: Optional[RGBDFrame] = None
+    cloud: Optional[CloudData] = None
+
+
+@dataclass(frozen=True)
+class PointsSet:
+    """A LiDAR ``PointCloud2`` waiting for :meth:`FrameStream.decode` (a set of its own)."""
+
+    stamp_ns: int
+    msg: Any
+
+
+class RGBDFrameAssembler:
+    """Approximate-time pairing of colour, depth and camera info into :class:`RGBDFrame`.
+
+    Args:
+        cfg: pipeline config (``sync.slop`` seconds, ``sync.queue_size``, ``topics.*`` for
+            naming topics in skip reasons).
+        note: callable for one-time informational notes (e.g. ignored distortion).
+        skips: where messages the policy drops unpaired are recorded (reason ``unpaired``:
+            no partner within ``slop`` on the other topics, e.g. missing camera info).
+    """
+
+    STREAMS = RGBD_STREAMS
+    #: a stamp this much older than the newest seen (1 s) counts as a jump back in time
+    TIME_JUMP_NS = 1_000_000_000
+    _DROPS = ("dropped_queue_full", "dropped_stale", "dropped_out_of_order", "dropped_duplicate")
+
+    def __init__(self, cfg, note: Callable[[str], Any] | None = None, skips: SkipCounter | None = None):
+        self.cfg = cfg
+        self.sync = ApproximateTimeSync(self.STREAMS, slop_s=cfg.sync.slop, queue_size=cfg.sync.queue_size)
+        self._note = note
+        self._noted: set[str] = set()
+        self._skips = skips
+        self._dropped = {s: 0 for s in self.STREAMS}
+        self._newest_ns: int | None = None
+        self._lock = threading.Lock()
+        self.topics = {"color": cfg.topics.color, "depth": cfg.topics.depth,
+                       "camera_info": cfg.topics.camera_info}
+
+    def jumped_back(self, stamp_ns: int) -> bool:
+        """True when ``stamp_ns`` is more than :attr:`TIME_JUMP_NS` older than the newest seen."""
+        with self._lock:
+            return self._newest_ns is not None and stamp_ns < self._newest_ns - self.TIME_JUMP_NS
+
+    def add(self, stream: str, msg: Any, stamp_ns: int | None = None) -> list[SyncedSet]:
+        """Queue one message of ``stream`` (color, depth or camera_info); return completed sets.
+
+        Messages the policy had to drop unpaired are reported to ``skips``. A stamp more than
+        :attr:`TIME_JUMP_NS` older than the newest seen (a looping bag, a restarted driver)
+        resets the pairing queues instead of being dropped as out of order.
+        """
+        stamp = stamp_to_ns(msg.header.stamp) if stamp_ns is None else int(stamp_ns)
+        jumped = self.jumped_back(stamp)
+        with self._lock:
+            self._newest_ns = stamp if jumped or self._newest_ns is None else max(self._newest_ns, stamp)
+        if jumped:  # a looping bag or a restarted driver: start pairing afresh
+            self.sync.reset()
+            if self._note is not None:
+                self._note(f"time jumped back on '{self.topics[stream]}' ({stamp * 1e-9:.3f} s): "
+                           "restarting synchronisation")
+        sets = self.sync.add(stream, stamp, msg)
+        if self._skips is not None:
+            self._report_drops()
+        return sets
+
+    def _report_drops(self) -> None:
+        stats = self.sync.stream_stats
+        with self._lock:
+            for s in self.STREAMS:
+                n = sum(stats[s][k] for k in self._DROPS)
+                new, self._dropped[s] = n - self._dropped[s], n
+                for _ in range(new):
+                    others = [self.topics[o] for o in self.STREAMS if o != s]
+                    self._skips.record(FrameSkipped(
+                        self.topics[s], "unpaired",
+                        f"no message within slop {self.cfg.sync.slop} s on {others} "
+                        "(missing camera info, or stamps too far apart?)"))
+
+    def to_frame(self, synced: SyncedSet) -> RGBDFrame:
+        """Decode a synced set into an :class:`RGBDFrame` (colour RGB uint8, raw depth).
+
+        Raises:
+            FrameSkipped: unknown encoding (``bad_image``), unusable camera info
+                (``bad_camera_info``), implausible intrinsics (``bad_intrinsics``), or
+                colour/depth/camera info image sizes that disagree (``size_mismatch``).
+        """
+        color_msg, depth_msg, info_msg = (synced.items[s] for s in self.STREAMS)
+        try:
+            color = color_to_rgb(color_msg)
+        except ValueError as exc:
+            raise FrameSkipped(self.topics["color"], "bad_image", str(exc)) from None
+        try:
+            depth, depth_scale = depth_from_msg(depth_msg)
+        except ValueError as exc:
+            raise FrameSkipped(self.topics["depth"], "bad_image", str(exc)) from None
+        try:
+            fx, fy, cx, cy, width, height, distorted = intrinsics_from_camera_info(info_msg)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise FrameSkipped(self.topics["camera_info"], "bad_camera_info", str(exc)) from None
+        problem = intrinsics_problem(fx, fy, cx, cy, width, height)
+        if problem is not None:
+            raise FrameSkipped(self.topics["camera_info"], "bad_intrinsics", problem)
+        if distorted and "distortion" not in self._noted and self._note is not None:
+            self._noted.add("distortion")
+            self._note(f"'{self.topics['camera_info']}' has non-zero distortion coefficients; "
+                       "they are ignored (expecting rectified, registered images)")
+        if depth.shape[:2] != color.shape[:2]:
+            raise FrameSkipped(self.topics["depth"], "size_mismatch",
+                               f"depth is {depth.shape[1]}x{depth.shape[0]} but colour is "
+                               f"{color.shape[1]}x{color.shape[0]} (depth must be registered to colour)")
+        if (width, height) != (depth.shape[1], depth.shape[0]):
+            raise FrameSkipped(self.topics["camera_info"], "size_mismatch",
+                               f"camera info is {width}x{height} but images are {depth.shape[1]}x{depth.shape[0]}")
+        intr = CameraIntrinsics(fx=fx, fy=fy, cx=cx, cy=cy, width=width, height=height)
+        frame_id = str(depth_msg.header.frame_id or color_msg.header.frame_id)
+        return RGBDFrame(stamp_ns=synced.stamp_ns, frame_id=frame_id, color=color, depth=depth,
+                         depth_scale=depth_scale, intrinsics=intr)
+
+
+class FrameStream:
+    """Pairing, decoding, validation and pose look-up of sensor messages (see module docstring).
+
+    Args:
+        cfg: the pipeline config (``topics.*``, ``sync.*``, ``fixed_frame``,
+            ``validation.*``).
+        lookup: pose source ``lookup(target, source, stamp_ns)`` (the node's TF, or a
+            :class:`~concerto_ros.sensors.tf_buffer.TransformBuffer` ``.lookup`` offline).
+        skips: where skipped messages are counted (a new counter when ``None``).
+        note: callable for one-line informational notes (time jumps, distortion).
+        timer: where the ``sync`` (intake) and ``convert`` (decode + pose) stages are timed.
+
+    Thread-safe: :meth:`add` may be called from several callback threads while a worker
+    calls :meth:`decode`.
+    """
+
+    def __init__(self, cfg, lookup: Lookup | None = None, skips: SkipCounter | None = None,
+                 note: Callable[[str], Any] | None = None, timer: StageTimer | None = None):
+        self.cfg = cfg
+        self.timer = timer if timer is not None else StageTimer()
+        self.lookup = lookup
+        self.skips = skips if skips is not None else SkipCounter()
+        self._note = note
+        self.assembler = RGBDFrameAssembler(cfg, note=note, skips=self.skips)
+        v = cfg.validation
+        self.guard = StampGuard(max_jump_s=v.max_stamp_jump, confirm=v.jump_confirm)
+        self._lock = threading.Lock()
+        #: topic name of every stream
+        self.topics = dict(self.assembler.topics, points=cfg.topics.points or "points")
+
+    @property
+    def stream_of(self) -> dict[str, str]:
+        """``{topic: stream}`` for the configured topics (points only when set)."""
+        out = {t: s for s, t in self.topics.items() if s != "points"}
+        if self.cfg.topics.points:
+            out[self.cfg.topics.points] = "points"
+        return out
+
+    # -- intake (cheap) ------------------------------------------------------------------------
+    def add(self, stream: str, msg: Any) -> list:
+        """Take one message of ``stream`` (``color``, ``depth``, ``camera_info`` or ``points``).
+
+        Returns:
+            The sets it completed (usually 0 or 1): ``SyncedSet`` for RGB-D,
+            :class:`PointsSet` for points; hand each to :meth:`decode`. Bad headers and
+            stamps are counted (``bad_header``, ``bad_stamp``) and give ``[]``.
+
+        Raises:
+            KeyError: unknown ``stream``.
+        """
+        if stream not in self.topics:
+            raise KeyError(f"FrameStream: unknown stream {stream!r}; expected one of {list(self.topics)}")
+        with self.timer.stage("sync"):
+            return self._add(stream, msg)
+
+    def _add(self, stream: str, msg: Any) -> list:
+        topic = self.topics[stream]
+        try:
+            stamp = stamp_to_ns(msg.header.stamp)
+        except (AttributeError, TypeError, ValueError, OverflowError) as exc:
+            self.skips.record(FrameSkipped(topic, "bad_header", f"cannot read header.stamp: {exc}"))
+            return []
+        with self._lock:
+            if stamp > 0 and self.assembler.jumped_back(stamp):
+                self.guard.reset()  # a loop or a restarted driver: the assembler restarts pairing
+            verdict, released = self.guard.check(stamp, (stream, msg), key=stream)
+            refuted = self.guard.take_refuted()
+            for s_ns, (s, m) in refuted:
+                self.skips.record(FrameSkipped(self.topics[s], "bad_stamp",
+                                               f"stamp {s_ns * 1e-9:.3f} s is more than validation.max_stamp_jump = "
+                                               f"{self.guard.max_jump_s:g} s ahead of the stream, and later messages "
+                                               "did not confirm the jump"))
+            if verdict == StampVerdict.INVALID:
+                self.skips.record(FrameSkipped(topic, "bad_stamp", f"stamp {stamp * 1e-9:.9f} s is not positive"))
+                return []
+            if verdict == StampVerdict.HELD:
+                return []
+            if verdict == StampVerdict.JUMP and self._note is not None:
+                self._note(f"time jumped forward to {stamp * 1e-9:.3f} s on '{topic}', confirmed by "
+                           f"{len(released)} messages")
+            items = released if verdict == StampVerdict.JUMP else [(stamp, (stream, msg))]
+            out = []
+            for s_ns, (s, m) in items:
+                if s == "points":
+                    out.append(PointsSet(s_ns, m))
+                else:
+                    out += self.assembler.add(s, m, stamp_ns=s_ns)
+            return out
+
+    def flush(self) -> list:
+        """Sets still formable at the end of a recording (see ``ApproximateTimeSync.flush``)."""
+        with self._lock:
+            return self.assembler.sync.flush()
+
+    # -- decoding (worker) ---------------------------------------------------------------------
+    def decode(self, pending) -> SensorFrame:
+        """Decode, validate and pose one set returned by :meth:`add`.
+
+        Raises:
+            FrameSkipped: see the reasons in :mod:`concerto_ros.sensors.skips`.
+        """
+        with self.timer.stage("convert"):
+            return self._decode(pending)
+
+    def _decode(self, pending) -> SensorFrame:
+        if isinstance(pending, PointsSet):
+            topic = self.topics["points"]
+            frame_id = str(pending.msg.header.frame_id)
+            cloud = self._decode_cloud(pending.msg, topic)
+            T = self.pose(frame_id, pending.stamp_ns, topic)
+            return SensorFrame(pending.stamp_ns, frame_id, T, topic, cloud=cloud)
+        frame = self.assembler.to_frame(pending)
+        T = self.pose(frame.frame_id, frame.stamp_ns, self.topics["depth"])
+        return SensorFrame(frame.stamp_ns, frame.frame_id, T, self.topics["depth"], rgbd=frame)
+
+    def _decode_cloud(self, msg: Any, topic: str) -> CloudData:
+        try:
+            xyz, extra = xyz_from_pointcloud2(msg)
+        except FieldError as exc:
+            raise FrameSkipped(topic, "bad_field", str(exc)) from None
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise FrameSkipped(topic, "bad_pointcloud", str(exc)) from None
+        labels = extra.get("label")
+        return CloudData(xyz=xyz, colors=extra.get("rgb"), intensity=extra.get("intensity"),
+                         labels=None if labels is None else labels.astype(np.int32, copy=False))
+
+    def pose(self, frame_id: str, stamp_ns: int, topic: str) -> np.ndarray:
+        """``T_fixed_sensor`` at ``stamp_ns``, validated.
+
+        Raises:
+            FrameSkipped: ``no_transform`` (no lookup, unknown frame, no sample for the
+                stamp) or ``bad_pose`` (see :func:`~concerto_ros.sensors.validation.pose_problem`).
+        """
+        fixed = self.cfg.fixed_frame
+        if self.lookup is None:
+            raise FrameSkipped("/tf", "no_transform", f"no pose source for {fixed} <- '{frame_id}'")
+        if not frame_id:
+            raise FrameSkipped(topic, "no_transform", "the message has an empty header.frame_id")
+        try:
+            T = self.lookup(fixed, frame_id, int(stamp_ns))
+        except TransformUnavailable as exc:
+            raise FrameSkipped("/tf", "no_transform",
+                               f"{fixed} <- '{frame_id}' at {stamp_ns * 1e-9:.3f} s: {exc}") from None
+        problem = pose_problem(T, self.cfg.validation.max_translation)
+        if problem is not None:
+            raise FrameSkipped("/tf", "bad_pose", f"{fixed} <- '{frame_id}' at {stamp_ns * 1e-9:.3f} s: {problem}")
+        return np.asarray(T, dtype=np.float64)
+
+    def frames(self, messages: Iterable[tuple[str, Any]], flush: bool = True) -> Iterator[SensorFrame]:
+        """Offline driver: ``(stream, msg)`` pairs in arrival order in, good frames out; skips
+        are recorded in :attr:`skips` (not raised). Flushes the pairing at the end."""
+        for stream, msg in messages:
+            for pending in self.add(stream, msg):
+                frame = self._try_decode(pending)
+                if frame is not None:
+                    yield frame
+        if flush:
+            for pending in self.flush():
+                frame = self._try_decode(pending)
+                if frame is not None:
+                    yield frame
+
+    def _try_decode(self, pending) -> SensorFrame | None:
+        try:
+            return self.decode(pending)
+        except FrameSkipped as skip:
+            self.skips.record(skip)
+            return None
