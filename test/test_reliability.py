@@ -208,11 +208,21 @@ def test_frame_stream_skips_bad_stamps_and_intrinsics_and_keeps_good_frames():
     assert stream.add("depth", _rgbd_msgs(0.0)[1][1]) == []                # stamp 0
     assert stream.add("depth", _rgbd_msgs(-3.0)[1][1]) == []               # negative
     assert skips.counts[("/camera/depth/image_raw", "bad_stamp")] == 3  # with the refuted one at 10^6 s
-    bad = [stream.add(s, m) for s, m in _rgbd_msgs(1.2, fx=1e-30)][-1]
-    with pytest.raises(FrameSkipped) as err:
-        stream.decode(bad[0])
-    assert err.value.reason == "bad_intrinsics"
+    # header-level problems are counted at the door: the set never reaches the worker's queue
+    assert [stream.add(s, m) for s, m in _rgbd_msgs(1.2, fx=1e-30)] == [[], [], []]
+    assert skips.counts[("/camera/color/camera_info", "bad_intrinsics")] == 1
     assert good(1.3) == [int(1.3 * S)]
+
+
+def test_the_worker_queue_keeps_the_newest_frames():
+    pytest.importorskip("rclpy")
+    from concerto_ros.ros.perception import DropOldestQueue
+
+    q = DropOldestQueue(1)
+    q.put(NS(stamp_ns=20))
+    q.put(NS(stamp_ns=10))   # a late, older item does not push out the newer one
+    q.put(NS(stamp_ns=30))   # a newer one does
+    assert q.dropped == 2 and q.get(0.01).stamp_ns == 30 and q.get(0.01) is None
 
 
 def test_skip_counter_rolls_and_diagnostic_levels_name_the_dominant_reason():

@@ -206,4 +206,5 @@ def test_frame_stream_add_never_raises_and_decode_raises_only_frameskipped(msgs,
                 continue
             assert frame.stamp_ns > 0 and frame.T_world_sensor.shape == (4, 4)
             assert isinstance(pending, PointsSet) == (frame.cloud is not None)
-    assert all(r in {"bad_header", "bad_stamp", "unpaired"} for _, r in skips.counts)
+    assert all(r in {"bad_header", "bad_stamp", "unpaired", "bad_image", "bad_camera_info", "bad_intrinsics",
+                     "size_mismatch", "bad_field", "bad_pointcloud"} for _, r in skips.counts)

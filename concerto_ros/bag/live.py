@@ -70,11 +70,13 @@ class NodeProcess:
         overrides: ``{dotted name: value}`` passed as ``-p name:=value``.
         namespace: node namespace ("" for none).
         log_path: file receiving the node's stdout/stderr.
+        lifecycle: start ``perception_lifecycle_node`` (unconfigured) instead.
     """
 
     def __init__(self, params_file: str | Path, overrides: dict[str, Any] | None = None,
-                 namespace: str = "", log_path: str | Path | None = None):
-        cmd = [sys.executable, "-m", "concerto_ros.ros.node", "--ros-args", "--params-file", str(params_file)]
+                 namespace: str = "", log_path: str | Path | None = None, lifecycle: bool = False):
+        module = "concerto_ros.ros.lifecycle" if lifecycle else "concerto_ros.ros.node"
+        cmd = [sys.executable, "-m", module, "--ros-args", "--params-file", str(params_file)]
         for k, v in (overrides or {}).items():
             if isinstance(v, (list, tuple)):
                 v = "[" + ",".join(f"'{x}'" for x in v) + "]"
@@ -191,6 +193,8 @@ def replay_live(bag: str | Path, cfg: PerceptionConfig, node_name: str = "/perce
         else:
             raise RuntimeError(f"no subscriber on {image_topics} after {startup_timeout:.0f} s: is "
                                f"{node_name} running with the same topic names and ROS_DOMAIN_ID?")
+        for line in qos_report(node, image_topics):
+            log(line)
         time.sleep(0.5)  # let the reverse (output) match settle
 
         tf_queue: list[tuple[int, str, bytes]] = []
@@ -259,6 +263,25 @@ def replay_live(bag: str | Path, cfg: PerceptionConfig, node_name: str = "/perce
     return report
 
 
+def qos_report(node, topics: list[str]) -> list[str]:
+    """Lines for the start of a live replay: the subscribers' reliability on each topic, and a
+    warning when one is best effort (large images lose DDS fragments on a busy machine, so a
+    lockstep replay would wait for clouds that never come)."""
+    from rclpy.qos import ReliabilityPolicy
+
+    lines = []
+    for topic in topics:
+        subs = node.get_subscriptions_info_by_topic(topic)
+        kinds = sorted({"reliable" if s.qos_profile.reliability == ReliabilityPolicy.RELIABLE else "best effort"
+                        for s in subs})
+        lines.append(f"{topic}: {len(subs)} subscriber(s), {' and '.join(kinds) or 'none'}")
+        if "best effort" in kinds:
+            lines.append(f"warning: a subscriber of {topic} is best effort: on a busy machine large images lose DDS "
+                         "fragments and never arrive; start the node with qos.input: reliable (the default), or use "
+                         "--start-node")
+    return lines
+
+
 def _spin(executor, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
@@ -315,6 +338,8 @@ def run_live(bag: str | Path, cfg: PerceptionConfig, cfg_path: str | Path, overr
     output.mkdir(parents=True, exist_ok=True)
     proc = None
     if start_node:
+        # reliable input: a best-effort subscriber loses large images on a busy machine
+        overrides = {**overrides, "qos.input": "reliable"}
         proc = NodeProcess(cfg_path, overrides, log_path=output / "perception_node.log")
     try:
         report = replay_live(bag, cfg, node_name=node_name, rate=rate, lockstep=lockstep,
@@ -325,8 +350,8 @@ def run_live(bag: str | Path, cfg: PerceptionConfig, cfg_path: str | Path, overr
             proc.stop()
     if report.timeouts:
         print(f"{report.timeouts} of {report.frames_sent} frames produced no cloud. If the node subscribes with "
-              "sensor-data (best-effort) QoS, large images can lose DDS fragments on a busy machine; "
-              "try --set qos.input=reliable, and see the node's /diagnostics for skipped messages.")
+              "sensor-data (best-effort) QoS, large images can lose DDS fragments on a busy machine "
+              "(qos.input: reliable is the default); see the node's /diagnostics for skipped messages.")
     if not report.clouds:
         print(f"the node published no cloud for {report.frames_sent} frames sent; diagnostics: {report.diagnostics}")
         if proc is not None:

@@ -34,6 +34,7 @@ __all__ = [
     "DEPTH_ENCODINGS",
     "encoding_info",
     "image_to_numpy",
+    "image_problem",
     "numpy_to_image_fields",
     "fill_image",
     "color_to_rgb",
@@ -144,6 +145,38 @@ def set_uint8_data(msg: Any, data: bytes | bytearray | memoryview | np.ndarray) 
 
 
 # --------------------------------------------------------------------------- reading
+def image_problem(msg: Any, encodings: Any = None) -> str | None:
+    """Why an ``Image`` cannot be decoded, or ``None``; reads the header fields only.
+
+    Args:
+        msg: rclpy or rosbags ``Image``.
+        encodings: accepted encodings (e.g. :data:`COLOR_ENCODINGS`); ``None``: any
+            encoding :func:`encoding_info` knows.
+
+    Checks the encoding, ``step >= width * bytes_per_pixel`` and ``len(data) ==
+    height * step`` (the checks :func:`image_to_numpy` raises on), without touching pixels.
+    """
+    encoding = str(msg.encoding)
+    if encodings is not None and encoding not in encodings:
+        return f"unsupported encoding {encoding!r}; expected one of {', '.join(encodings)}"
+    try:
+        dtype, channels = encoding_info(encoding)
+    except UnsupportedEncoding as exc:
+        return str(exc)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height < 0 or width < 0:
+        return f"image {encoding!r} has size {width}x{height}"
+    row_bytes = width * channels * dtype.itemsize
+    if step < row_bytes:
+        return (f"image {encoding!r} {width}x{height}: step {step} bytes is smaller than "
+                f"width*bytes_per_pixel = {row_bytes}")
+    size = len(msg.data)
+    if size != height * step:
+        return (f"image {encoding!r} {width}x{height}: data has {size} bytes, "
+                f"expected height*step = {height}*{step} = {height * step}")
+    return None
+
+
 def image_to_numpy(msg: Any) -> np.ndarray:
     """Convert a ``sensor_msgs/Image`` to a numpy array.
 
@@ -161,23 +194,16 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     Raises:
         UnsupportedEncoding: unknown encoding.
         ValueError: ``step`` smaller than ``width * bytes_per_pixel``, or
-            ``len(data) != height * step``.
+            ``len(data) != height * step`` (see :func:`image_problem`).
     """
     encoding = str(msg.encoding)
     dtype, channels = encoding_info(encoding)
+    problem = image_problem(msg)
+    if problem is not None:
+        raise ValueError(problem)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     row_bytes = width * channels * dtype.itemsize
     buf = uint8_bytes(msg.data)
-    if step < row_bytes:
-        raise ValueError(
-            f"image {encoding!r} {width}x{height}: step {step} bytes is smaller than "
-            f"width*bytes_per_pixel = {row_bytes}"
-        )
-    if buf.size != height * step:
-        raise ValueError(
-            f"image {encoding!r} {width}x{height}: data has {buf.size} bytes, "
-            f"expected height*step = {height}*{step} = {height * step}"
-        )
     if height == 0 or width == 0:
         shape = (height, width) if channels == 1 else (height, width, channels)
         return np.zeros(shape, dtype=dtype)

@@ -39,6 +39,7 @@ __all__ = [
     "FieldSpec",
     "FieldError",
     "cloud_field_problem",
+    "cloud_layout_problem",
     "pack_rgb",
     "unpack_rgb",
     "pointcloud2_dtype",
@@ -217,6 +218,38 @@ def pointcloud2_dtype(
     )
 
 
+def _size_problem(msg: Any) -> str | None:
+    height, width = int(msg.height), int(msg.width)
+    point_step, row_step = int(msg.point_step), int(msg.row_step)
+    if height < 0 or width < 0 or point_step < 0:
+        return f"PointCloud2 has height {height}, width {width}, point_step {point_step}"
+    if row_step < width * point_step:
+        return f"PointCloud2 row_step {row_step} < width*point_step = {width}*{point_step}"
+    if len(msg.data) < height * row_step:
+        return (f"PointCloud2 data has {len(msg.data)} bytes, expected height*row_step = "
+                f"{height}*{row_step} = {height * row_step}")
+    return None
+
+
+def cloud_layout_problem(msg: Any) -> tuple[str, str] | None:
+    """Why a ``PointCloud2`` cannot be decoded, as ``(kind, description)``, or ``None``.
+
+    ``kind`` is ``"field"`` for a field that cannot mean what its name says (see
+    :func:`cloud_field_problem`) and ``"layout"`` for offsets past ``point_step``,
+    ``row_step`` or a data size that disagree. Reads the header fields only (cheap enough
+    for a subscription callback).
+    """
+    problem = cloud_field_problem(msg.fields)
+    if problem is not None:
+        return "field", f"PointCloud2 {problem}"
+    try:
+        pointcloud2_dtype(msg.fields, int(msg.point_step), bool(msg.is_bigendian))
+    except ValueError as exc:
+        return "layout", str(exc)
+    problem = _size_problem(msg)
+    return None if problem is None else ("layout", problem)
+
+
 def pointcloud2_to_array(msg: Any, organized: bool = False) -> np.ndarray:
     """Decode a ``PointCloud2`` to a structured array (a copy, native byte order).
 
@@ -236,17 +269,11 @@ def pointcloud2_to_array(msg: Any, organized: bool = False) -> np.ndarray:
     point_step, row_step = int(msg.point_step), int(msg.row_step)
     big = bool(msg.is_bigendian)
     dtype = pointcloud2_dtype(msg.fields, point_step, big)
+    problem = _size_problem(msg)
+    if problem is not None:
+        raise ValueError(problem)
     buf = uint8_bytes(msg.data)
     n = height * width
-    if row_step < width * point_step:
-        raise ValueError(
-            f"PointCloud2 row_step {row_step} < width*point_step = {width}*{point_step}"
-        )
-    if buf.size < height * row_step:
-        raise ValueError(
-            f"PointCloud2 data has {buf.size} bytes, expected height*row_step = "
-            f"{height}*{row_step} = {height * row_step}"
-        )
     if n == 0:
         flat = np.zeros(0, dtype=dtype)
     elif row_step == width * point_step:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import threading
 import traceback
-from collections import deque
 from typing import Any, Callable
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -49,32 +48,43 @@ __all__ = ["DropOldestQueue", "PerceptionShell", "diagnostic_level"]
 
 
 class DropOldestQueue:
-    """A bounded hand-off queue that discards the oldest item when full (thread-safe).
+    """A bounded hand-off queue that keeps the newest items (thread-safe).
+
+    When full, the item with the oldest stamp goes, which is the incoming one when it is
+    older than everything queued (a late message must not push out a newer frame).
 
     Attributes:
         dropped: number of items discarded because the worker was busy.
     """
 
     def __init__(self, maxlen: int):
-        self._items: deque = deque()
+        self._items: list = []
         self._maxlen = int(maxlen)
         self._cond = threading.Condition()
         self.dropped = 0
 
     def put(self, item) -> None:
+        """Queue ``item`` (ordered by its ``stamp_ns`` attribute when it has one)."""
+        stamp = getattr(item, "stamp_ns", None)
         with self._cond:
             if len(self._items) >= self._maxlen:
-                self._items.popleft()
                 self.dropped += 1
+                oldest = min(range(len(self._items)), key=lambda i: getattr(self._items[i], "stamp_ns", 0))
+                if stamp is not None and stamp < getattr(self._items[oldest], "stamp_ns", 0):
+                    return
+                del self._items[oldest]
             self._items.append(item)
             self._cond.notify()
 
     def get(self, timeout: float):
-        """Next item, or ``None`` after ``timeout`` seconds."""
+        """Next item (oldest stamp first), or ``None`` after ``timeout`` seconds."""
         with self._cond:
             if not self._items:
                 self._cond.wait(timeout)
-            return self._items.popleft() if self._items else None
+            if not self._items:
+                return None
+            first = min(range(len(self._items)), key=lambda i: getattr(self._items[i], "stamp_ns", 0))
+            return self._items.pop(first)
 
     def clear(self) -> None:
         with self._cond:
@@ -200,13 +210,27 @@ class PerceptionShell:
         self._worker = None
         self.queue.clear()
         for entity in self._entities:
-            try:
-                entity.destroy()
-            except Exception:  # noqa: BLE001 - the context may already be gone at shutdown
-                pass
+            self._destroy(entity)
         self._entities = []
         self.pub_semantic = self.pub_features = self.pub_diag = None
         self.pub_relevance = self.pub_markers = None
+
+    def _destroy(self, entity) -> None:
+        """Remove an entity through its node (so the executor forgets it too)."""
+        from rclpy.publisher import Publisher
+        from rclpy.service import Service
+        from rclpy.subscription import Subscription
+        from rclpy.timer import Timer
+
+        destroy = {Subscription: self.node.destroy_subscription, Publisher: self.node.destroy_publisher,
+                   Timer: self.node.destroy_timer, Service: self.node.destroy_service}
+        for kind, fn in destroy.items():
+            if isinstance(entity, kind):
+                try:
+                    fn(entity)
+                except Exception:  # noqa: BLE001 - the context may already be gone at shutdown
+                    pass
+                return
 
     def cleanup(self) -> None:
         """Release the models and the TF subscriptions (after :meth:`deactivate`)."""

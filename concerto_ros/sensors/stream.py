@@ -9,11 +9,15 @@ validation, pose look-up and skip accounting are the same everywhere:
    (:class:`~concerto_ros.sensors.validation.StampGuard`), restarts pairing when time jumps
    back, and pairs colour, depth and camera info with the approximate-time policy
    (:class:`~concerto_ros.sensors.sync.ApproximateTimeSync`, ``sync.slop``). A LiDAR
-   ``PointCloud2`` is a set of its own.
-2. :meth:`FrameStream.decode` (on a worker): decodes the messages, checks intrinsics
-   (``bad_intrinsics``) and PointCloud2 fields (``bad_field``), looks up the sensor pose in
-   ``fixed_frame`` and checks it (``bad_pose``), and returns a :class:`SensorFrame`; every
-   problem raises :class:`~concerto_ros.sensors.skips.FrameSkipped` with its own reason.
+   ``PointCloud2`` is a set of its own. Every header-level check is done here, so that a
+   malformed set never enters the worker's queue: image encodings and layouts
+   (``bad_image``), camera info and plausible intrinsics (``bad_camera_info``,
+   ``bad_intrinsics``), sizes (``size_mismatch``), PointCloud2 fields and layout
+   (``bad_field``, ``bad_pointcloud``).
+2. :meth:`FrameStream.decode` (on a worker): decodes the pixels or points, looks up the
+   sensor pose in ``fixed_frame`` and checks it (``bad_pose``, ``no_transform``), and
+   returns a :class:`SensorFrame`; every problem raises
+   :class:`~concerto_ros.sensors.skips.FrameSkipped` with its own reason.
 
 Messages are duck-typed: rclpy messages and ``rosbags`` dataclasses both work.
 """
@@ -27,8 +31,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from concerto_ros.msgs.camera_info import intrinsics_from_camera_info
-from concerto_ros.msgs.image import color_to_rgb, depth_from_msg
-from concerto_ros.msgs.pointcloud2 import FieldError, xyz_from_pointcloud2
+from concerto_ros.msgs.image import COLOR_ENCODINGS, DEPTH_ENCODINGS, color_to_rgb, depth_from_msg, image_problem
+from concerto_ros.msgs.pointcloud2 import FieldError, cloud_layout_problem, xyz_from_pointcloud2
 from concerto_ros.msgs.transforms import stamp_to_ns
 from concerto_ros.sensors.skips import FrameSkipped, SkipCounter
 from concerto_ros.sensors.sync import ApproximateTimeSync, SyncedSet
@@ -158,23 +162,21 @@ class RGBDFrameAssembler:
                         f"no message within slop {self.cfg.sync.slop} s on {others} "
                         "(missing camera info, or stamps too far apart?)"))
 
-    def to_frame(self, synced: SyncedSet) -> RGBDFrame:
-        """Decode a synced set into an :class:`RGBDFrame` (colour RGB uint8, raw depth).
+    def check(self, synced: SyncedSet) -> CameraIntrinsics:
+        """Header-level checks of a synced set (no pixel is touched: cheap enough for a
+        callback); returns the intrinsics.
 
         Raises:
-            FrameSkipped: unknown encoding (``bad_image``), unusable camera info
-                (``bad_camera_info``), implausible intrinsics (``bad_intrinsics``), or
-                colour/depth/camera info image sizes that disagree (``size_mismatch``).
+            FrameSkipped: unknown encoding or inconsistent image layout (``bad_image``),
+                unusable camera info (``bad_camera_info``), implausible intrinsics
+                (``bad_intrinsics``), or colour/depth/camera info sizes that disagree
+                (``size_mismatch``).
         """
         color_msg, depth_msg, info_msg = (synced.items[s] for s in self.STREAMS)
-        try:
-            color = color_to_rgb(color_msg)
-        except ValueError as exc:
-            raise FrameSkipped(self.topics["color"], "bad_image", str(exc)) from None
-        try:
-            depth, depth_scale = depth_from_msg(depth_msg)
-        except ValueError as exc:
-            raise FrameSkipped(self.topics["depth"], "bad_image", str(exc)) from None
+        for stream, msg, encodings in (("color", color_msg, COLOR_ENCODINGS), ("depth", depth_msg, DEPTH_ENCODINGS)):
+            problem = image_problem(msg, encodings)
+            if problem is not None:
+                raise FrameSkipped(self.topics[stream], "bad_image", problem)
         try:
             fx, fy, cx, cy, width, height, distorted = intrinsics_from_camera_info(info_msg)
         except (ValueError, TypeError, OverflowError) as exc:
@@ -186,14 +188,28 @@ class RGBDFrameAssembler:
             self._noted.add("distortion")
             self._note(f"'{self.topics['camera_info']}' has non-zero distortion coefficients; "
                        "they are ignored (expecting rectified, registered images)")
-        if depth.shape[:2] != color.shape[:2]:
+        cw, ch, dw, dh = int(color_msg.width), int(color_msg.height), int(depth_msg.width), int(depth_msg.height)
+        if (dw, dh) != (cw, ch):
             raise FrameSkipped(self.topics["depth"], "size_mismatch",
-                               f"depth is {depth.shape[1]}x{depth.shape[0]} but colour is "
-                               f"{color.shape[1]}x{color.shape[0]} (depth must be registered to colour)")
-        if (width, height) != (depth.shape[1], depth.shape[0]):
+                               f"depth is {dw}x{dh} but colour is {cw}x{ch} (depth must be registered to colour)")
+        if (width, height) != (dw, dh):
             raise FrameSkipped(self.topics["camera_info"], "size_mismatch",
-                               f"camera info is {width}x{height} but images are {depth.shape[1]}x{depth.shape[0]}")
-        intr = CameraIntrinsics(fx=fx, fy=fy, cx=cx, cy=cy, width=width, height=height)
+                               f"camera info is {width}x{height} but images are {dw}x{dh}")
+        return CameraIntrinsics(fx=fx, fy=fy, cx=cx, cy=cy, width=width, height=height)
+
+    def to_frame(self, synced: SyncedSet) -> RGBDFrame:
+        """Decode a synced set into an :class:`RGBDFrame` (colour RGB uint8, raw depth).
+
+        Raises:
+            FrameSkipped: see :meth:`check`.
+        """
+        intr = self.check(synced)
+        color_msg, depth_msg = synced.items["color"], synced.items["depth"]
+        try:
+            color = color_to_rgb(color_msg)
+            depth, depth_scale = depth_from_msg(depth_msg)
+        except ValueError as exc:  # not reached after check(); kept for safety
+            raise FrameSkipped(self.topics["depth"], "bad_image", str(exc)) from None
         frame_id = str(depth_msg.header.frame_id or color_msg.header.frame_id)
         return RGBDFrame(stamp_ns=synced.stamp_ns, frame_id=frame_id, color=color, depth=depth,
                          depth_scale=depth_scale, intrinsics=intr)
@@ -283,10 +299,33 @@ class FrameStream:
             out = []
             for s_ns, (s, m) in items:
                 if s == "points":
-                    out.append(PointsSet(s_ns, m))
+                    out += self._admit_points(s_ns, m)
                 else:
-                    out += self.assembler.add(s, m, stamp_ns=s_ns)
+                    out += self._admit_sets(self.assembler.add(s, m, stamp_ns=s_ns))
             return out
+
+    def _admit_points(self, stamp_ns: int, msg: Any) -> list:
+        """A cloud with a bad field or layout never enters the queue (where it could push out a
+        good frame): it is counted here."""
+        problem = cloud_layout_problem(msg)
+        if problem is not None:
+            kind, detail = problem
+            self.skips.record(FrameSkipped(self.topics["points"], "bad_field" if kind == "field" else "bad_pointcloud",
+                                           detail))
+            return []
+        return [PointsSet(stamp_ns, msg)]
+
+    def _admit_sets(self, sets: list[SyncedSet]) -> list[SyncedSet]:
+        """Synced sets that pass the header-level checks (:meth:`RGBDFrameAssembler.check`)."""
+        out = []
+        for synced in sets:
+            try:
+                self.assembler.check(synced)
+            except FrameSkipped as skip:
+                self.skips.record(skip)
+                continue
+            out.append(synced)
+        return out
 
     def flush(self) -> list:
         """Sets still formable at the end of a recording (see ``ApproximateTimeSync.flush``)."""

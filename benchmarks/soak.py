@@ -1,0 +1,222 @@
+"""Soak: perception_node under a steady 640x480 RGB-D stream (and malformed input) for minutes.
+
+Starts ``perception_node`` as its own process and publishes, at ``--rate`` Hz for
+``--minutes``, the five real Kinect frames of ``../shared/data/rgbd_slambook`` in a loop
+(640x480, stamps advancing in real time, each frame's pose on ``/tf``), exactly as a camera
+driver and a localiser would. With ``--fuzz K`` it also sends K malformed cases per second
+from :mod:`concerto_ros.testing.fuzz` (bad ``/tf``, ``/tf_static``, camera info, images,
+stamps, PointCloud2), the same families as the live fuzz test.
+
+Prints, and writes to ``benchmarks/results/soak.json`` (and ``soak_rss.png``):
+
+* the node's RSS every ``--sample`` seconds (from /proc), and its spread after minute 2;
+* latency from publishing a frame to receiving the cloud that includes it: p50, p99, max;
+* frames sent, clouds received, frames dropped by the worker queue (by design: the newest
+  frame wins while the encoder runs), messages dropped by the sync, skips by reason,
+  internal errors, malformed messages sent;
+* whether the node stayed alive and its log is free of exceptions.
+
+    scripts/env.sh python benchmarks/soak.py --minutes 10 --rate 10            # the reference run
+    scripts/env.sh python benchmarks/soak.py --minutes 2 --rate 10 --fuzz 5 --qos sensor_data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "rgbd_slambook"
+S = 1_000_000_000
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of process ``pid`` in MiB (``VmRSS`` of /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def load_frames():
+    """The 5 slambook frames as rclpy Image/CameraInfo templates and camera-to-world poses."""
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from concerto_ros.msgs.camera_info import fill_camera_info
+    from concerto_ros.msgs.image import fill_image
+    from concerto_ros.recordings import open_recording
+
+    rec = open_recording({"type": "rgbd_folder", "path": str(DATA), "fx": 518.0, "fy": 519.0, "cx": 325.5,
+                          "cy": 253.5, "depth_scale": 1000.0})
+    out = []
+    for f in rec.frames():
+        k = f.rgbd.intrinsics
+        out.append((fill_image(Image(), f.rgbd.color, "rgb8", 1, "cam"),
+                    fill_image(Image(), f.rgbd.depth, "16UC1", 1, "cam"),
+                    fill_camera_info(CameraInfo(), k.fx, k.fy, k.cx, k.cy, k.width, k.height, 1, "cam"),
+                    f.T_world_sensor))
+    return out
+
+
+def stamped(msg, stamp_ns: int):
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), S)
+    return msg
+
+
+def percentile(values, q):
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def run(args) -> dict:
+    import rclpy
+    from tf2_msgs.msg import TFMessage
+
+    from concerto_ros.bag.live import NodeProcess
+    from concerto_ros.config import default_config_path
+    from concerto_ros.msgs.transforms import fill_transform_stamped
+    from concerto_ros.testing import fuzz
+    from concerto_ros.testing.harness import Harness
+    from geometry_msgs.msg import TransformStamped
+
+    frames = load_frames()
+    overrides = {"qos.input": args.qos, "publish.features": False, "topics.points": "/points"}
+    for item in args.overrides:
+        k, v = item.split("=", 1)
+        overrides[k] = v
+    log_path = Path(tempfile.mkdtemp(prefix="soak_")) / "node.log"
+    node = NodeProcess(args.config or default_config_path(), overrides, log_path=log_path)
+    rclpy.init()
+    h = Harness(depth=10)
+    rng = random.Random(0)
+    sent_at: dict[int, float] = {}
+    rss, latencies = [], []
+    n_sent = n_malformed = 0
+    try:
+        if not h.wait_for_node(["/camera/color/image_raw", "/camera/depth/image_raw", "/camera/color/camera_info"],
+                               timeout=180, alive=node.alive):
+            raise RuntimeError(f"the node did not come up:\n{node.tail()}")
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        stamp0 = time.time_ns()
+        next_sample = 0.0
+        end = t0 + args.minutes * 60.0
+        period = 1.0 / args.rate
+        i = 0
+        while time.monotonic() < end:
+            now = time.monotonic() - t0
+            if now >= next_sample:
+                rss.append((now, rss_mib(node.proc.pid)))
+                next_sample += args.sample
+                print(f"[{now:6.0f} s] RSS {rss[-1][1]:7.1f} MiB, sent {n_sent}, clouds {len(h.clouds)}, "
+                      f"malformed {n_malformed}, alive {node.alive()}", flush=True)
+            stamp = stamp0 + int(now * S)
+            color, depth, info, T = frames[i % len(frames)]
+            ts = TransformStamped()
+            fill_transform_stamped(ts, T, "odom", "cam", stamp)
+            h.publish([("/tf", TFMessage(transforms=[ts])),
+                       ("/camera/color/image_raw", stamped(color, stamp)),
+                       ("/camera/depth/image_raw", stamped(depth, stamp)),
+                       ("/camera/color/camera_info", stamped(info, stamp))])
+            sent_at[stamp] = time.monotonic()
+            n_sent += 1
+            for _ in range(args.fuzz_per_frame(i)):
+                case = rng.choice(fuzz.cases(stamp - S // 100))
+                h.publish(fuzz.fix_topics(case, fuzz.Topics()))
+                n_malformed += len(case.messages)
+            i += 1
+            if not node.alive():
+                break
+            time.sleep(max(0.0, t0 + i * period - time.monotonic()))
+        time.sleep(3.0)
+        for arrived, msg in list(h.clouds):
+            st = msg.header.stamp.sec * S + msg.header.stamp.nanosec
+            if st in sent_at:
+                latencies.append(arrived - sent_at[st])
+        diag = dict(h.diag)
+    finally:
+        alive = node.alive()
+        h.close()
+        rclpy.shutdown()
+        rc = node.stop()
+    log = log_path.read_text(errors="replace")
+    after2 = [r for t, r in rss if t >= 120.0] or [r for _, r in rss]
+    return {
+        "minutes": args.minutes, "rate_hz": args.rate, "qos": args.qos, "fuzz_per_s": args.fuzz,
+        "frames_sent": n_sent, "clouds_received": len(h.clouds), "malformed_sent": n_malformed,
+        "latency_p50_s": percentile(latencies, 50), "latency_p99_s": percentile(latencies, 99),
+        "latency_max_s": max(latencies) if latencies else float("nan"),
+        "rss_mib": [[round(t, 1), round(r, 1)] for t, r in rss],
+        "rss_after_2min_min": min(after2), "rss_after_2min_max": max(after2),
+        "rss_after_2min_spread": (max(after2) - min(after2)) / max(np.mean(after2), 1e-9),
+        "frames_processed": int(diag.get("frames_processed", 0)),
+        "frames_dropped_queue": int(diag.get("frames_dropped_queue", 0)),
+        "sync_dropped_stale": int(diag.get("sync:dropped_stale", 0)),
+        "internal_errors": int(diag.get("internal_errors", 0)),
+        "skipped": {k[len("skipped:"):]: int(v) for k, v in diag.items() if k.startswith("skipped:")},
+        "alive_at_end": alive, "exit_code": rc,
+        "exceptions_in_log": sum(log.count(w) for w in ("Traceback", "RCLError", "Exception")),
+        "loadavg": os.getloadavg(), "node_log": str(log_path),
+    }
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t, r = zip(*result["rss_mib"]) if result["rss_mib"] else ((), ())
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot(np.array(t) / 60.0, r, marker=".")
+    ax.axvline(2.0, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("node RSS (MiB)")
+    ax.set_title(f"perception_node soak: {result['rate_hz']} Hz 640x480, {result['qos']} QoS, "
+                 f"{result['malformed_sent']} malformed messages")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=10.0, help="duration in minutes (default 10)")
+    ap.add_argument("--rate", type=float, default=10.0, help="frames per second (default 10)")
+    ap.add_argument("--qos", choices=["reliable", "sensor_data"], default="reliable", help="the node's qos.input")
+    ap.add_argument("--fuzz", type=float, default=0.0, help="malformed cases per second (default 0)")
+    ap.add_argument("--sample", type=float, default=10.0, help="seconds between RSS samples (default 10)")
+    ap.add_argument("--config", type=Path, default=None, help="parameters YAML (default config/perception.yaml)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                    help="node parameter override (repeatable)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "soak.json")
+    args = ap.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"{DATA} not found: the soak plays the real Kinect recording from ../shared/data")
+        return 2
+    per_frame = args.fuzz / args.rate
+    args.fuzz_per_frame = lambda i: int((i + 1) * per_frame) - int(i * per_frame)
+    os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    plot(result, args.out.with_name(args.out.stem + "_rss.png"))
+    print(json.dumps({k: v for k, v in result.items() if k != "rss_mib"}, indent=2))
+    ok = result["alive_at_end"] and result["internal_errors"] == 0 and result["exceptions_in_log"] == 0
+    print(f"RSS after minute 2: {result['rss_after_2min_min']:.0f}-{result['rss_after_2min_max']:.0f} MiB "
+          f"(spread {100 * result['rss_after_2min_spread']:.1f} %); latency p50 {result['latency_p50_s']:.2f} s, "
+          f"p99 {result['latency_p99_s']:.2f} s; {'OK' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
