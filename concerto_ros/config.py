@@ -61,6 +61,7 @@ class LiftConfig:
     min_depth: float = _f(0.1, "Nearest valid depth (metres; range for PointCloud2 input); closer points are dropped.", lo=0.0, hi=100.0)
     max_depth: float = _f(8.0, "Farthest valid depth (metres; range for PointCloud2 input); farther points are dropped.", lo=0.01, hi=200.0)
     pixel_stride: int = _f(1, "Use every n-th pixel in u and v (1 = all pixels).", lo=1, hi=16)
+    max_range: float = _f(100.0, "Farthest valid LiDAR return (metres, Euclidean range from the sensor origin) for PointCloud2 input; separate from the depth camera's max_depth. 64-beam sensors (Ouster OS1-64, Velodyne HDL-64E) are rated to about 120 m.", lo=0.1, hi=1000.0)
 
 
 @dataclass

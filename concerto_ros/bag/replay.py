@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from concerto_ros.bag.reader import bag_summary, iter_messages
+from concerto_ros.recordings.bags import bag_summary, iter_messages
 from concerto_ros.config import PerceptionConfig
 from concerto_ros.msgs.transforms import stamp_to_ns
 from concerto_ros.pipeline import FrameSkipped, PerceptionPipeline, PipelineResult, RGBDFrameAssembler, SkipCounter
