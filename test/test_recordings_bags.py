@@ -59,17 +59,22 @@ def _messages(store) -> list[tuple[str, str, int, object]]:
             ("/tf_static", TF, S0 - 5, static), ("/tf", TF, S0, dyn0), ("/tf", TF, S1, dyn1)]
 
 
+def _write_all(writer, store, serialize) -> None:
+    """Write :func:`_messages` with a rosbags writer (rosbag2 or rosbag1)."""
+    conns = {}
+    for topic, msgtype, stamp, msg in _messages(store):
+        if topic not in conns:
+            conns[topic] = writer.add_connection(topic, msgtype, typestore=store)
+        writer.write(conns[topic], stamp, serialize(msg, msgtype))
+
+
 def _write_rosbag2(path: Path, storage: str) -> Path:
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     ts = ros2_typestore()
     plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
     with Writer(path, version=Writer.VERSION_LATEST, storage_plugin=plugin) as w:
-        conns = {}
-        for topic, msgtype, stamp, msg in _messages(ts):
-            if topic not in conns:
-                conns[topic] = w.add_connection(topic, msgtype, typestore=ts)
-            w.write(conns[topic], stamp, ts.serialize_cdr(msg, msgtype))
+        _write_all(w, ts, ts.serialize_cdr)
     return path
 
 
@@ -78,11 +83,7 @@ def _write_ros1_bag(path: Path) -> Path:
 
     ts = _ros1_store()
     with Writer(path) as w:
-        conns = {}
-        for topic, msgtype, stamp, msg in _messages(ts):
-            if topic not in conns:
-                conns[topic] = w.add_connection(topic, msgtype, typestore=ts)
-            w.write(conns[topic], stamp, ts.serialize_ros1(msg, msgtype))
+        _write_all(w, ts, ts.serialize_ros1)
     return path
 
 
