@@ -15,6 +15,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/config/labels", glob("config/labels/*.yaml")),
     ],
     package_data={PACKAGE: ["config/*.yaml", "assets/*.pt"]},
     install_requires=["setuptools"],

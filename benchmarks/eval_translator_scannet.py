@@ -95,7 +95,7 @@ def evaluate(args) -> dict:
 
     from concerto_ros.language import (SentenceTransformerTextEncoder, TextQueryScorer, cosine_to_vocabulary,
                                        fit_translator_labels)
-    from concerto_ros.language.nyu40 import NYU40_CLASS_NAMES, SYNONYMS
+    from concerto_ros.recordings.labels import NYU40_CLASS_NAMES, SYNONYMS
 
     torch.set_num_threads(max(1, int(args.threads)))
     t0 = time.perf_counter()

@@ -60,9 +60,9 @@ class TfConfig:
 class LiftConfig:
     min_depth: float = _f(0.1, "Nearest valid depth of the depth camera (metres); closer pixels are dropped.", lo=0.0, hi=100.0)
     max_depth: float = _f(8.0, "Farthest valid depth of the depth camera (metres); farther pixels are dropped.", lo=0.01, hi=200.0)
-    min_range: float = _f(0.3, "Nearest valid range of PointCloud2 (LiDAR) points (metres, distance from the sensor origin); closer points (the robot itself) are dropped.", lo=0.0, hi=100.0)
-    max_range: float = _f(100.0, "Farthest valid range of PointCloud2 (LiDAR) points (metres); farther points are dropped.", lo=0.01, hi=1000.0)
+    min_range: float = _f(0.3, "Nearest valid LiDAR return (metres, Euclidean range from the sensor origin) for PointCloud2 input; closer points (the robot itself, and no-return pixels that drivers such as Ouster's report as zeros) are dropped.", lo=0.0, hi=100.0)
     pixel_stride: int = _f(1, "Use every n-th pixel in u and v (1 = all pixels).", lo=1, hi=16)
+    max_range: float = _f(100.0, "Farthest valid LiDAR return (metres, Euclidean range from the sensor origin) for PointCloud2 input; separate from the depth camera's max_depth. 64-beam sensors (Ouster OS1-64, Velodyne HDL-64E) are rated to about 120 m.", lo=0.1, hi=1000.0)
 
 
 @dataclass
@@ -152,7 +152,7 @@ class PublishConfig:
 class PerceptionConfig:
     """All settings of the perception pipeline and node (see module docstring)."""
 
-    fixed_frame: str = _f("odom", "Fixed frame (REP-105) the video point cloud and outputs live in.")
+    fixed_frame: str = _f("odom", "Fixed frame (REP-105) the video point cloud and outputs live in. Empty: the sensor's own frame with identity poses (a sensor without localisation; frames of a moving sensor then do not align). Offline replay falls back to that, with a note, when the recording's TF has no such frame.")
     skip_log_period: float = _f(5.0, "Throttle period (seconds) of the warnings about skipped messages.", lo=0.0, hi=3600.0)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     qos: QosConfig = field(default_factory=QosConfig)

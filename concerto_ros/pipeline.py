@@ -30,7 +30,8 @@ from concerto_ros.models.extractor import FeatureExtractor, build_heads
 from concerto_ros.models.heads import SemanticPrediction, pca_colors
 from concerto_ros.sensors.lifting import lift_depth, lift_pointcloud
 from concerto_ros.sensors.skips import FrameSkipped, SkipCounter  # noqa: F401  (re-exported)
-from concerto_ros.sensors.stream import CloudData, RGBDFrameAssembler, SensorFrame  # noqa: F401  (re-exported)
+from concerto_ros.recordings.frame import SensorCloud, SensorFrame
+from concerto_ros.sensors.stream import RGBDFrameAssembler  # noqa: F401  (re-exported)
 from concerto_ros.sensors.validation import pose_problem
 from concerto_ros.timing import STAGES, StageTimer  # noqa: F401  (re-exported)
 from concerto_ros.sensors.types import PointFrame, RGBDFrame
@@ -401,19 +402,26 @@ class PerceptionPipeline:
         c = self.cfg.lift
         with self.timer.stage("lift"):
             pf = lift_depth(frame, T, min_depth=c.min_depth, max_depth=c.max_depth, stride=c.pixel_stride,
-                            fixed_frame=self.cfg.fixed_frame)
+                            fixed_frame=self.cfg.fixed_frame or frame.frame_id)
         if len(pf.points) == 0:
             raise FrameSkipped(self.cfg.topics.depth, "no_valid_depth",
                                f"no depth pixel within [{c.min_depth}, {c.max_depth}] m")
         return pf
 
-    def lift_points(self, cloud: CloudData, T_world_sensor: np.ndarray, stamp_ns: int, frame_id: str,
-                    topic: str = "") -> PointFrame:
-        """A decoded point cloud (LiDAR or depth camera) in the fixed frame.
+    def lift_points(self, cloud: SensorCloud, T_world_sensor: np.ndarray, stamp_ns: int,
+                    labels: np.ndarray | None = None, topic: str = "") -> PointFrame:
+        """A decoded point cloud (LiDAR, depth camera, PCD) in the fixed frame.
 
         Colours come from the cloud's ``rgb`` when present, else its ``intensity`` as grey;
         points whose range is outside ``[lift.min_range, lift.max_range]`` metres are dropped
         (LiDAR ranges, separate from the depth camera's ``lift.max_depth``).
+
+        Args:
+            cloud: points in the sensor frame ``cloud.frame_id``.
+            T_world_sensor: ``(4, 4)`` sensor pose in ``fixed_frame``.
+            stamp_ns: acquisition time, int nanoseconds.
+            labels: ``(N,) int32`` per-point labels, or ``None``.
+            topic: names the source in skips (default ``topics.points``).
 
         Raises:
             FrameSkipped: ``bad_pose``, or ``no_valid_points`` when no point is in range.
@@ -422,22 +430,25 @@ class PerceptionPipeline:
         T = self._check_pose(T_world_sensor, "/tf")
         c = self.cfg.lift
         with self.timer.stage("lift"):
-            pf = lift_pointcloud(cloud.xyz, colors=cloud.colors, intensity=cloud.intensity, labels=cloud.labels,
-                                 T_world_sensor=T, stamp_ns=stamp_ns, sensor_frame_id=frame_id,
-                                 fixed_frame=self.cfg.fixed_frame, min_range=c.min_range, max_range=c.max_range)
+            pf = lift_pointcloud(cloud.xyz, colors=cloud.colors, intensity=cloud.intensity, labels=labels,
+                                 T_world_sensor=T, stamp_ns=stamp_ns, sensor_frame_id=cloud.frame_id,
+                                 fixed_frame=self.cfg.fixed_frame or cloud.frame_id, min_range=c.min_range,
+                                 max_range=c.max_range)
         if len(pf.points) == 0:
             raise FrameSkipped(topic, "no_valid_points", f"no finite point within [{c.min_range}, {c.max_range}] m")
         return pf
 
     def lift_frame(self, frame: SensorFrame) -> PointFrame:
-        """Lift a frame of the frame stream (RGB-D or point cloud) into the fixed frame.
+        """Lift a frame of the frame stream or of a recording into the fixed frame: its exact
+        points when it has a cloud, else its depth image.
 
         Raises:
             FrameSkipped: see :meth:`lift` and :meth:`lift_points`.
         """
-        if frame.rgbd is not None:
-            return self.lift(frame.rgbd, frame.T_world_sensor)
-        return self.lift_points(frame.cloud, frame.T_world_sensor, frame.stamp_ns, frame.frame_id, frame.topic)
+        if frame.cloud is not None:
+            labels = frame.labels if frame.labels is not None and frame.labels.ndim == 1 else None
+            return self.lift_points(frame.cloud, frame.T_world_sensor, frame.stamp_ns, labels)
+        return self.lift(frame.rgbd, frame.T_world_sensor)
 
     def process(self, frame: RGBDFrame, T_world_sensor: np.ndarray) -> PipelineResult:
         """Lift ``frame``, add it to the window and run the models on the window.
@@ -538,7 +549,7 @@ class PerceptionPipeline:
             self.timer.add(k, v)
         self.frames_processed += 1
         result = PipelineResult(
-            stamp_ns=int(win.stamps_ns[-1]), fixed_frame=self.cfg.fixed_frame, window=win,
+            stamp_ns=int(win.stamps_ns[-1]), fixed_frame=win.frame_id, window=win,
             coord=win.coord, color=win.color, labels=pred.labels, confidence=pred.confidence,
             feature_colors=fcolors, features=feats, class_names=self.class_names,
             text_embeddings=emb, timings_ms=t)

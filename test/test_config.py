@@ -19,6 +19,18 @@ def test_shipped_yaml_sets_every_parameter_to_its_default():
     assert default_config_path() == ROOT / "config" / "perception.yaml"
 
 
+def test_lidar_yaml_has_the_same_keys_with_lidar_values():
+    text = (ROOT / "config" / "perception_lidar.yaml").read_text()
+    cfg = load_config(ROOT / "config" / "perception_lidar.yaml")
+    for name in SPECS:
+        assert name.split(".")[-1] + ":" in text, name
+    changed = {k for k, v in to_flat(cfg).items() if v != to_flat(PerceptionConfig())[k]}
+    assert changed == {"topics.color", "topics.depth", "topics.camera_info", "topics.points", "lift.min_range",
+                       "window.num_frames", "window.voxel_size", "window.max_extent", "head.class_names"}
+    assert cfg.window.voxel_size == 0.05 and cfg.topics.points and cfg.lift.max_range > 60 > cfg.lift.max_depth
+    assert len(cfg.head.class_names) == 1  # [semantickitti]: expanded to the 19 classes by the head
+
+
 def test_every_parameter_is_described_and_numeric_ones_have_ranges():
     for spec in SPECS.values():
         assert len(spec.description) > 15, spec.name

@@ -1,4 +1,4 @@
-"""RGB-D folder -> rosbag2 (MCAP and sqlite3), read back with concerto_ros.bag.reader."""
+"""RGB-D folder -> rosbag2 (MCAP and sqlite3), read back with concerto_ros.recordings."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from concerto_ros.bag.convert_rgbd import (
     depth_to_millimetres,
     read_poses,
 )
-from concerto_ros.bag.reader import bag_summary, iter_messages, iter_raw
+from concerto_ros.recordings import RecordingError, bag_summary, iter_messages, iter_raw
 from concerto_ros.msgs.camera_info import intrinsics_from_camera_info
 from concerto_ros.msgs.image import color_to_rgb, depth_from_msg, image_to_numpy
 from concerto_ros.msgs.transforms import (
@@ -325,13 +325,13 @@ def test_depth_to_millimetres_out_of_range():
 
 
 def test_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="RGB-D folder not found"):
+    with pytest.raises(RecordingError, match="RGB-D folder not found"):
         convert_rgbd_folder(tmp_path / "missing", tmp_path / "b1", intrinsics=INTRINSICS)
 
     root = tmp_path / "in"
     write_synthetic(root)
     (root / "depth" / "2.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"depth.2"):
+    with pytest.raises(RecordingError, match=r"depth.2"):
         convert_rgbd_folder(root, tmp_path / "b2", progress=False)
 
     root = tmp_path / "in3"

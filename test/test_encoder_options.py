@@ -9,7 +9,7 @@ from concerto_ros.config import HeadConfig
 from concerto_ros.models.extractor import (FeatureExtractor, build_heads, check_amp, feature_channels,
                                            inference_overrides)
 from concerto_ros.models.presets import build_encoder
-from concerto_ros.models.scannet20 import SCANNET20_CLASS_NAMES, resolve_class_names
+from concerto_ros.recordings.labels import SCANNET20_CLASS_NAMES, resolve_class_names
 
 
 def _model_cfg(**kw):

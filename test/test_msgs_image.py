@@ -8,8 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from concerto_ros.bag.convert_rgbd import make_message
-from concerto_ros.bag.reader import default_typestore
+from concerto_ros.recordings.typestore import make_message, ros2_typestore
 from concerto_ros.msgs.camera_info import fill_camera_info, intrinsics_from_camera_info
 from concerto_ros.msgs.image import (
     UnsupportedEncoding,
@@ -23,7 +22,7 @@ from concerto_ros.msgs.image import (
 rclpy_msgs = pytest.importorskip("sensor_msgs.msg", reason="rclpy sensor_msgs wheels not installed")
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 
-TS = default_typestore()
+TS = ros2_typestore()
 IMAGE = "sensor_msgs/msg/Image"
 STAMP = 1_700_000_000_123_456_789
 

@@ -7,8 +7,7 @@ import array
 import numpy as np
 import pytest
 
-from concerto_ros.bag.convert_rgbd import make_message
-from concerto_ros.bag.reader import default_typestore
+from concerto_ros.recordings.typestore import make_message, ros2_typestore
 from concerto_ros.msgs.pointcloud2 import (
     FLOAT32,
     FLOAT64,
@@ -30,7 +29,7 @@ from concerto_ros.msgs.pointcloud2 import (
 rclpy_msgs = pytest.importorskip("sensor_msgs.msg", reason="rclpy sensor_msgs wheels not installed")
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 
-TS = default_typestore()
+TS = ros2_typestore()
 PC2 = "sensor_msgs/msg/PointCloud2"
 STAMP = 1_700_000_001_000_000_007
 

@@ -51,7 +51,7 @@ def test_translator_labels_transfer_to_held_out_squares_and_synonyms(scene):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from concerto_ros.language import (SentenceTransformerTextEncoder, TextQueryScorer, cosine_to_vocabulary,
                                        fit_translator_labels)
-    from concerto_ros.language.nyu40 import NYU40_CLASS_NAMES
+    from concerto_ros.recordings.labels import NYU40_CLASS_NAMES
 
     feats, nyu, train = scene
     ids = [int(i) for i in np.unique(nyu) if i > 0]

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from concerto_ros.bag.reader import bag_summary, iter_messages, iter_raw
+from concerto_ros.recordings.bags import bag_summary, iter_messages, iter_raw
 from concerto_ros.config import PerceptionConfig
 from concerto_ros.msgs.transforms import stamp_to_ns
 from concerto_ros.pipeline import RGBDFrameAssembler
@@ -311,7 +311,7 @@ def label_names(cfg: PerceptionConfig) -> list[str]:
     """Names of the labels a node started with ``cfg`` publishes (its bundle's or head file's
     classes, or its open vocabulary: :func:`concerto_ros.pipeline.models_in_use`); the
     configured ``head.class_names`` when the models cannot be read here (a node elsewhere)."""
-    from concerto_ros.models.scannet20 import resolve_class_names
+    from concerto_ros.recordings.labels import resolve_class_names
     from concerto_ros.pipeline import models_in_use
 
     try:

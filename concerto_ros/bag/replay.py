@@ -1,6 +1,7 @@
 """Offline replay: run a rosbag2 recording through the perception pipeline without ROS.
 
-The bag is read with ``rosbags`` (MCAP or sqlite3). Poses come from the bag's ``/tf`` and
+The recording is read through :mod:`concerto_ros.recordings` (rosbag2 MCAP or sqlite3, ROS 1
+``.bag``, ROS 1 MCAP). Poses come from the bag's ``/tf`` and
 ``/tf_static`` messages through the project's :class:`TransformBuffer` (time-interpolated,
 chained), loaded in a first pass so that a frame never waits for a transform recorded just
 after it. Colour, depth and camera info (and/or a LiDAR PointCloud2) go through the same
@@ -9,20 +10,19 @@ after it. Colour, depth and camera info (and/or a LiDAR PointCloud2) go through 
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 
-from concerto_ros.bag.reader import bag_summary, iter_messages
 from concerto_ros.config import PerceptionConfig
 from concerto_ros.pipeline import PerceptionPipeline, PipelineResult
 from concerto_ros.sensors.skips import FrameSkipped, SkipCounter
 from concerto_ros.sensors.stream import FrameStream
-from concerto_ros.sensors.tf_buffer import TransformBuffer
-
-TF_TOPICS = ("/tf", "/tf_static")
+from concerto_ros.recordings import open_recording
+from concerto_ros.recordings.bags import TF_TOPICS  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -46,20 +46,10 @@ class ReplayReport:
     sync_stats: dict[str, int] = field(default_factory=dict)
 
 
-def load_tf(bag: str | Path, cache_time_s: float = 1e9, skips: SkipCounter | None = None) -> TransformBuffer:
-    """A :class:`TransformBuffer` holding every ``/tf`` and ``/tf_static`` transform of ``bag``.
-
-    Bad transforms are ignored as tf2 does, and counted in ``skips`` (``bad_transform``).
-    """
-    buf = TransformBuffer(cache_time_s=cache_time_s)
-    topics = [t for t in TF_TOPICS if t in bag_summary(bag)]
-    if not topics:
-        return buf
-    for m in iter_messages(bag, topics=topics):
-        for problem in buf.add_message(m.msg, static=m.topic == "/tf_static"):
-            if skips is not None:
-                skips.record(FrameSkipped(m.topic, "bad_transform", problem))
-    return buf
+def load_tf(bag: str | Path, cache_time_s: float = 1e9):
+    """Every ``/tf`` and ``/tf_static`` transform of ``bag`` in a ``TransformBuffer`` (bad ones
+    ignored): :meth:`concerto_ros.recordings.BagRecording.transforms`."""
+    return open_recording({"type": "bag", "path": str(bag)}).transforms(cache_time_s)
 
 
 def bag_streams(summary: dict, cfg: PerceptionConfig) -> dict[str, str]:
@@ -91,7 +81,7 @@ def replay_bag(bag: str | Path, cfg: PerceptionConfig, pipeline: PerceptionPipel
     (``topics.points``) are used when present, alone or together.
 
     Args:
-        bag: rosbag2 directory or ``.mcap``/``.db3`` file.
+        bag: rosbag2 directory or ``.mcap``/``.db3`` file, ROS 1 ``.bag`` or ROS 1 MCAP.
         cfg: pipeline config (topics, sync, lifting, window, model).
         pipeline: an existing pipeline to reuse (its window is kept); built from ``cfg``
             when ``None``.
@@ -101,14 +91,24 @@ def replay_bag(bag: str | Path, cfg: PerceptionConfig, pipeline: PerceptionPipel
         progress: show a tqdm progress bar over the synced frames.
 
     Raises:
-        FileNotFoundError / ValueError: missing bag, or none of the configured topics in it.
+        concerto_ros.recordings.RecordingError: the file cannot be read (one line).
+        ValueError: none of the configured topics is in the bag.
     """
     t_start = time.perf_counter()
-    summary = bag_summary(bag)
+    rec = open_recording({"type": "bag", "path": str(bag)})
+    summary = rec.summary()
     streams = bag_streams(summary, cfg)
-    pipeline = pipeline or PerceptionPipeline(cfg, log=log)
     skips = SkipCounter(log, period_s=cfg.skip_log_period)
-    tf = load_tf(bag, skips=skips)
+    tf = rec.transforms(on_problem=lambda topic, line: skips.record(FrameSkipped(topic, "bad_transform", line)))
+    if cfg.fixed_frame and cfg.fixed_frame not in tf.frames():
+        if log is not None:
+            log(f"the recording's TF has no frame '{cfg.fixed_frame}' (frames: {tf.frames() or 'none'}): using each "
+                "sensor's own frame with identity poses (set fixed_frame to one of those frames to change this)")
+        cfg = copy.deepcopy(cfg)
+        cfg.fixed_frame = ""
+        if pipeline is not None:
+            pipeline.cfg.fixed_frame = ""
+    pipeline = pipeline or PerceptionPipeline(cfg, log=log)
     stream = FrameStream(cfg, lookup=tf.lookup, skips=skips, note=log, timer=pipeline.timer)
     ref_topic = cfg.topics.color if cfg.topics.color in streams else cfg.topics.points
     n_expected = summary[ref_topic][1]
@@ -118,7 +118,7 @@ def replay_bag(bag: str | Path, cfg: PerceptionConfig, pipeline: PerceptionPipel
         bar = tqdm(total=n_expected if max_frames is None else min(n_expected, max_frames),
                    desc="replay", unit="frame")
     processed, result = 0, None
-    messages = iter_messages(bag, topics=list(streams))
+    messages = rec.messages(list(streams))
     try:
         for frame in stream.frames((streams[m.topic], m.msg) for m in messages):
             try:

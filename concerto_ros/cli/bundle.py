@@ -68,7 +68,7 @@ def _load_head(path: str, class_names: list[str]) -> dict:
 
     import torch
 
-    from concerto_ros.models.scannet20 import SCANNET20_CLASS_NAMES
+    from concerto_ros.recordings.labels import SCANNET20_CLASS_NAMES
 
     p = Path(path).expanduser()
     if not p.is_file():

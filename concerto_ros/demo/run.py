@@ -37,23 +37,15 @@ def ground_truth_lookup(sequence_dir: Path, voxel_size: float, last: int):
     """A function mapping points ``(N, 3)`` (fixed frame, metres) to the ground-truth label of
     their voxel, built by lifting the label images of the last ``last`` frames of the sequence
     with the same lifting as the pipeline (0 = unlabeled where no labelled point fell)."""
-    import cv2
-
-    from concerto_ros.bag.convert_rgbd import scan_rgbd_folder
+    from concerto_ros.recordings.rgbd_folder import RgbdFolderRecording
     from concerto_ros.sensors.lifting import lift_depth
-    from concerto_ros.sensors.types import CameraIntrinsics, RGBDFrame
 
-    folder = scan_rgbd_folder(sequence_dir)
-    cam = folder.camera
-    intr = CameraIntrinsics(fx=cam["fx"], fy=cam["fy"], cx=cam["cx"], cy=cam["cy"],
-                            width=cam["width"], height=cam["height"])
+    rec = RgbdFolderRecording(sequence_dir)  # label values unchanged (no label set)
+    n = len(rec)
     keys, labels = [], []
-    for i in range(max(0, len(folder.stems) - last), len(folder.stems)):
-        depth = cv2.imread(str(folder.depth[i]), cv2.IMREAD_UNCHANGED)
-        lab = cv2.imread(str(folder.labels[i]), cv2.IMREAD_UNCHANGED).astype(np.int32)
-        frame = RGBDFrame(stamp_ns=i, frame_id="camera", color=None, depth=depth,
-                          depth_scale=float(cam.get("depth_scale", 1000)), intrinsics=intr, labels=lab)
-        pf = lift_depth(frame, folder.poses[i])
+    for i in range(max(0, n - last), n):
+        frame = rec.read(i)
+        pf = lift_depth(frame.rgbd, frame.T_world_sensor)
         keys.append(voxel_keys(pf.points, voxel_size))
         labels.append(pf.labels)
     k = np.concatenate(keys)

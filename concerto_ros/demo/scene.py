@@ -32,7 +32,6 @@ RGB-D folder format written by :func:`write_sequence`::
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
@@ -1023,10 +1022,9 @@ def camera_trajectory(
 def depth_to_mm(depth: np.ndarray) -> np.ndarray:
     """(H, W) float metres -> (H, W) uint16 millimetres (rounded; 0 = invalid,
     non-finite, non-positive or beyond 65.535 m)."""
-    d = np.asarray(depth, dtype=np.float64)
-    mm = np.rint(np.where(np.isfinite(d) & (d > 0), d, 0.0) * 1000.0)
-    mm[(mm > 65535) | (mm < 0)] = 0
-    return mm.astype(np.uint16)
+    from concerto_ros.recordings.rgbd_folder import depth_to_units
+
+    return depth_to_units(depth, 1000.0)
 
 
 def colorize_labels(labels: np.ndarray) -> np.ndarray:
@@ -1056,19 +1054,6 @@ def generate_sequence(
         yield Frame(color, depth, labels, T)
 
 
-def _pose_line(T: np.ndarray) -> str:
-    import transforms3d
-
-    w, x, y, z = transforms3d.quaternions.mat2quat(T[:3, :3])
-    if w < 0:
-        w, x, y, z = -w, -x, -y, -z
-    vals = [*T[:3, 3], x, y, z, w]
-    return " ".join(f"{v + 0.0:.9f}" for v in vals)
-
-
-_FRAME_RE = re.compile(r"^\d{6}\.png$")
-
-
 def write_sequence(
     output_dir: str | Path,
     seed: int = 0,
@@ -1080,54 +1065,28 @@ def write_sequence(
     fy: float | None = None,
     rate_hz: float = 5.0,
 ) -> Path:
-    """Render a demo sequence and write it in the RGB-D folder format.
+    """Render a demo sequence and write it in the RGB-D folder format
+    (:class:`~concerto_ros.recordings.rgbd_folder.RgbdFolderWriter`).
 
-    Writes under ``output_dir``: ``color/%06d.png`` (8-bit, BGR on disk via
-    cv2.imwrite), ``depth/%06d.png`` (uint16 mm, 0 = invalid),
-    ``labels/%06d.png`` (uint16 class ids), ``poses.txt`` (``tx ty tz qx qy qz
-    qw`` camera-to-world, optical frame, metres) and ``camera.yaml`` (fx, fy,
-    cx, cy, width, height, depth_scale=1000, rate_hz, class_names, palette,
-    seed, num_frames, generator). ``fx`` defaults to ``525 * width / 640``.
-    Stale ``NNNNNN.png`` frames from a longer earlier run are removed. Output
-    is byte-identical for identical arguments.
+    Writes under ``output_dir``: ``color/%06d.png`` (8-bit, BGR on disk),
+    ``depth/%06d.png`` (uint16 mm, 0 = invalid), ``labels/%06d.png`` (uint16 class
+    ids), ``poses.txt`` (``tx ty tz qx qy qz qw`` camera-to-world, optical frame,
+    metres) and ``camera.yaml`` (fx, fy, cx, cy, width, height, depth_scale=1000,
+    rate_hz, class_names, palette, seed, num_frames, generator). ``fx`` defaults to
+    ``525 * width / 640``. Frames of an earlier run that this one does not write
+    again are removed. Output is byte-identical for identical arguments.
 
     Returns:
         The output directory as a Path.
     """
-    import cv2
-    import yaml
+    from concerto_ros.recordings.rgbd_folder import RgbdFolderWriter
+    from concerto_ros.sensors.types import CameraIntrinsics
 
-    out = Path(output_dir)
-    dirs = {k: out / k for k in ("color", "depth", "labels")}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
-        for f in d.iterdir():
-            if _FRAME_RE.match(f.name) and int(f.name[:6]) >= num_frames:
-                f.unlink()
     K = default_intrinsics(width, height, fx, fy)
-    lines = []
-    for i, fr in enumerate(generate_sequence(seed, num_frames, width, height, fx, fy, noise)):
-        name = f"{i:06d}.png"
-        if not cv2.imwrite(str(dirs["color"] / name), np.ascontiguousarray(fr.color[..., ::-1])):
-            raise OSError(f"cannot write {dirs['color'] / name}")
-        cv2.imwrite(str(dirs["depth"] / name), depth_to_mm(fr.depth))
-        cv2.imwrite(str(dirs["labels"] / name), fr.labels)
-        lines.append(_pose_line(fr.T_world_camera))
-    (out / "poses.txt").write_text("\n".join(lines) + "\n")
-    cam = {
-        "fx": float(K.fx),
-        "fy": float(K.fy),
-        "cx": float(K.cx),
-        "cy": float(K.cy),
-        "width": int(K.width),
-        "height": int(K.height),
-        "depth_scale": 1000,
-        "rate_hz": float(rate_hz),
-        "class_names": list(CLASS_NAMES),
-        "palette": [[int(c) for c in row] for row in PALETTE],
-        "seed": int(seed),
-        "num_frames": int(num_frames),
-        "generator": "concerto_ros.demo.scene",
-    }
-    (out / "camera.yaml").write_text(yaml.safe_dump(cam, sort_keys=False, default_flow_style=None))
-    return out
+    extra = {"class_names": list(CLASS_NAMES), "palette": [[int(c) for c in row] for row in PALETTE],
+             "seed": int(seed), "num_frames": int(num_frames), "generator": "concerto_ros.demo.scene"}
+    intr = CameraIntrinsics(fx=K.fx, fy=K.fy, cx=K.cx, cy=K.cy, width=K.width, height=K.height)
+    with RgbdFolderWriter(output_dir, intr, depth_scale=1000, rate_hz=rate_hz, extra=extra, overwrite=True) as out:
+        for fr in generate_sequence(seed, num_frames, width, height, fx, fy, noise):
+            out.write(fr.color, fr.depth, fr.T_world_camera, labels=fr.labels)
+    return out.root

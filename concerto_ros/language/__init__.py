@@ -6,7 +6,7 @@
   labels (cosine softmax) or label-free (cosine regression of per-point targets).
 * :mod:`.query`: LERF-style relevance of points to a text, top-k, centroid, and
   open-vocabulary labels (OpenScene-style argmax over class names).
-* :mod:`.nyu40`: NYU40 class names and synonyms for evaluation.
+* NYU40 class names and evaluation synonyms: :mod:`concerto_ros.recordings.labels` (``config/labels/nyu40.yaml``).
 
 Importing this package does not import torch-heavy text backends; they load on first use.
 """

@@ -17,7 +17,7 @@ import torch
 from concerto_ros.models.checkpoint import encoder_from_dict, load_encoder
 from concerto_ros.models.config import INFERENCE_OVERRIDES
 from concerto_ros.models.heads import LinearSemanticHead
-from concerto_ros.models.scannet20 import SCANNET20_CLASS_NAMES, resolve_class_names
+from concerto_ros.recordings.labels import SCANNET20_CLASS_NAMES, resolve_class_names
 from concerto_ros.models.sparse_conv import resolve_backend
 from concerto_ros.models.presets import build_encoder
 from concerto_ros.models.ptv3 import (PointTransformerV3Encoder, all_levels_feature, concerto_point_feature,
@@ -273,7 +273,7 @@ def build_heads(head_cfg, in_channels: int, device: torch.device | str = "cpu",
 
     Class names, first match wins: the checkpoint's ``config.class_names``; the configured
     ``head.class_names`` when it has ``K`` entries (the shorthand ``[scannet20]`` expands to
-    :data:`~concerto_ros.models.scannet20.SCANNET20_CLASS_NAMES`); for a 20-class
+    :data:`~concerto_ros.recordings.labels.SCANNET20_CLASS_NAMES`); for a 20-class
     checkpoint, the ScanNet-20 names (the released
     ``concerto_large_linear_prob_head_sc.pth``: 1728-d all-levels feature of
     ``concerto_large``, ScanNet-20 labels), with a log line saying so.

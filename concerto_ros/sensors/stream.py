@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from concerto_ros.msgs.camera_info import intrinsics_from_camera_info
 from concerto_ros.msgs.image import COLOR_ENCODINGS, DEPTH_ENCODINGS, color_to_rgb, depth_from_msg, image_problem
 from concerto_ros.msgs.pointcloud2 import FieldError, cloud_layout_problem, xyz_from_pointcloud2
 from concerto_ros.msgs.transforms import stamp_to_ns
+from concerto_ros.recordings.frame import SensorCloud, SensorFrame
 from concerto_ros.sensors.skips import FrameSkipped, SkipCounter
 from concerto_ros.sensors.sync import ApproximateTimeSync, SyncedSet
 from concerto_ros.sensors.tf_buffer import TransformUnavailable
@@ -41,50 +42,12 @@ from concerto_ros.sensors.types import CameraIntrinsics, RGBDFrame
 from concerto_ros.sensors.validation import StampGuard, StampVerdict, intrinsics_problem, pose_problem
 from concerto_ros.timing import StageTimer
 
-__all__ = ["CloudData", "SensorFrame", "PointsSet", "RGBDFrameAssembler", "FrameStream", "Lookup"]
+__all__ = ["SensorCloud", "SensorFrame", "PointsSet", "RGBDFrameAssembler", "FrameStream", "Lookup"]
 
 #: ``lookup(target_frame, source_frame, stamp_ns) -> (4, 4) float64``; raises TransformUnavailable
 Lookup = Callable[[str, str, int], np.ndarray]
 
 RGBD_STREAMS = ("color", "depth", "camera_info")
-
-
-@dataclass
-class CloudData:
-    """A decoded point cloud in its sensor frame.
-
-    Attributes:
-        xyz: ``(N, 3) float32`` metres, sensor frame, finite.
-        colors: ``(N, 3) uint8`` RGB from an ``rgb``/``rgba`` field, or ``None``.
-        intensity: ``(N,) float32`` from an ``intensity`` field, or ``None``.
-        labels: ``(N,) int32`` from a ``label`` field, or ``None``.
-    """
-
-    xyz: np.ndarray
-    colors: Optional[np.ndarray] = None
-    intensity: Optional[np.ndarray] = None
-    labels: Optional[np.ndarray] = None
-
-
-@dataclass
-class SensorFrame:
-    """One decoded, validated and posed sensor frame: exactly one of ``rgbd`` and ``cloud``.
-
-    Attributes:
-        stamp_ns: acquisition time, integer nanoseconds (> 0).
-        frame_id: the sensor frame (the camera's optical frame for RGB-D).
-        T_world_sensor: ``(4, 4) float64`` pose of ``frame_id`` in ``fixed_frame``.
-        topic: the topic that names the frame in skips (depth for RGB-D, points for LiDAR).
-        rgbd: the RGB-D frame, or ``None``.
-        cloud: the point cloud, or ``None``.
-    """
-
-    stamp_ns: int
-    frame_id: str
-    T_world_sensor: np.ndarray
-    topic: str
-    rgbd: Optional[RGBDFrame] = None
-    cloud: Optional[CloudData] = None
 
 
 @dataclass(frozen=True)
@@ -346,14 +309,14 @@ class FrameStream:
         if isinstance(pending, PointsSet):
             topic = self.topics["points"]
             frame_id = str(pending.msg.header.frame_id)
-            cloud = self._decode_cloud(pending.msg, topic)
+            cloud, labels = self._decode_cloud(pending.msg, topic, frame_id)
             T = self.pose(frame_id, pending.stamp_ns, topic)
-            return SensorFrame(pending.stamp_ns, frame_id, T, topic, cloud=cloud)
+            return SensorFrame(pending.stamp_ns, str(pending.stamp_ns), T, cloud=cloud, labels=labels)
         frame = self.assembler.to_frame(pending)
         T = self.pose(frame.frame_id, frame.stamp_ns, self.topics["depth"])
-        return SensorFrame(frame.stamp_ns, frame.frame_id, T, self.topics["depth"], rgbd=frame)
+        return SensorFrame(frame.stamp_ns, str(frame.stamp_ns), T, rgbd=frame, image=frame.color)
 
-    def _decode_cloud(self, msg: Any, topic: str) -> CloudData:
+    def _decode_cloud(self, msg: Any, topic: str, frame_id: str) -> tuple[SensorCloud, np.ndarray | None]:
         try:
             xyz, extra = xyz_from_pointcloud2(msg)
         except FieldError as exc:
@@ -361,17 +324,21 @@ class FrameStream:
         except (ValueError, TypeError, OverflowError) as exc:
             raise FrameSkipped(topic, "bad_pointcloud", str(exc)) from None
         labels = extra.get("label")
-        return CloudData(xyz=xyz, colors=extra.get("rgb"), intensity=extra.get("intensity"),
-                         labels=None if labels is None else labels.astype(np.int32, copy=False))
+        intensity = extra.get("intensity")
+        cloud = SensorCloud(xyz=xyz, colors=extra.get("rgb"), frame_id=frame_id,
+                            intensity=None if intensity is None else intensity.astype(np.float32, copy=False))
+        return cloud, None if labels is None else labels.astype(np.int32, copy=False)
 
     def pose(self, frame_id: str, stamp_ns: int, topic: str) -> np.ndarray:
-        """``T_fixed_sensor`` at ``stamp_ns``, validated.
+        """``T_fixed_sensor`` at ``stamp_ns``, validated (identity when ``fixed_frame`` is empty).
 
         Raises:
             FrameSkipped: ``no_transform`` (no lookup, unknown frame, no sample for the
                 stamp) or ``bad_pose`` (see :func:`~concerto_ros.sensors.validation.pose_problem`).
         """
         fixed = self.cfg.fixed_frame
+        if not fixed:  # no fixed frame: the sensor's own frame, identity pose
+            return np.eye(4)
         if self.lookup is None:
             raise FrameSkipped("/tf", "no_transform", f"no pose source for {fixed} <- '{frame_id}'")
         if not frame_id:
