@@ -14,10 +14,15 @@ Prints, and writes to ``benchmarks/results/soak.json`` (and ``soak_rss.png``):
 * frames sent, clouds received, frames dropped by the worker queue (by design: the newest
   frame wins while the encoder runs), messages dropped by the sync, skips by reason,
   internal errors, malformed messages sent;
-* whether the node stayed alive and its log is free of exceptions.
+* whether the node stayed alive and its log is free of exceptions;
+* with ``--query-rate Q`` (needs a translator, e.g. ``--set model.bundle=default``): text
+  queries on ``~/query`` at Q Hz from another thread, every fifth a hostile one (500 negative
+  texts, ``top_k = 2^32 - 1``): round-trip p50/p99/max, failures, and the clouds the node
+  published while queries were in flight (intake goes on during a query).
 
     scripts/env.sh python benchmarks/soak.py --minutes 10 --rate 10            # the reference run
     scripts/env.sh python benchmarks/soak.py --minutes 2 --rate 10 --fuzz 5 --qos sensor_data
+    scripts/env.sh python benchmarks/soak.py --minutes 2 --rate 10 --query-rate 1 --set model.bundle=default
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import os
 import random
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -75,6 +81,48 @@ def percentile(values, q):
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
+class QueryLoad:
+    """Text queries at a fixed rate from a thread, timed (see the module docstring)."""
+
+    TEXTS = ["floor", "red chair", "table", "wall", "sofa", "a place to sit"]
+
+    def __init__(self, harness, rate_hz: float):
+        from concerto_ros_interfaces.srv import QueryText
+
+        self.h, self.period = harness, 1.0 / rate_hz
+        self.client = harness.node.create_client(QueryText, "/perception_node/query")
+        self.request = QueryText.Request
+        self.times, self.hostile_times, self.failures, self.clouds_during = [], [], [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self):
+        i = 0
+        while not self._stop.is_set():
+            hostile = i % 5 == 4
+            req = self.request(text=self.TEXTS[i % len(self.TEXTS)], top_k=2 ** 32 - 1 if hostile else 10,
+                               negative_texts=[f"thing {k}" for k in range(500)] if hostile else [])
+            n0, t0 = len(self.h.clouds), time.monotonic()
+            fut = self.client.call_async(req)
+            if not self.h.wait(lambda: fut.done(), 60):
+                self.failures.append("timeout")
+            else:
+                dt = time.monotonic() - t0
+                (self.hostile_times if hostile else self.times).append(dt)
+                if not fut.result().success:
+                    self.failures.append(fut.result().message)
+            self.clouds_during += len(self.h.clouds) - n0
+            i += 1
+            self._stop.wait(self.period)
+
+
 def run(args) -> dict:
     import rclpy
     from tf2_msgs.msg import TFMessage
@@ -104,6 +152,7 @@ def run(args) -> dict:
                                timeout=180, alive=node.alive):
             raise RuntimeError(f"the node did not come up:\n{node.tail()}")
         time.sleep(1.0)
+        queries = QueryLoad(h, args.query_rate) if args.query_rate > 0 else None
         t0 = time.monotonic()
         stamp0 = time.time_ns()
         next_sample = 0.0
@@ -132,9 +181,13 @@ def run(args) -> dict:
                 h.publish(fuzz.fix_topics(case, fuzz.Topics()))
                 n_malformed += len(case.messages)
             i += 1
+            if queries is not None and i == int(args.rate * 5):  # start once the window has filled
+                queries.start()
             if not node.alive():
                 break
             time.sleep(max(0.0, t0 + i * period - time.monotonic()))
+        if queries is not None:
+            queries.stop()
         time.sleep(3.0)
         for arrived, msg in list(h.clouds):
             st = msg.header.stamp.sec * S + msg.header.stamp.nanosec
@@ -162,6 +215,14 @@ def run(args) -> dict:
         "internal_errors": int(diag.get("internal_errors", 0)),
         "skipped": {k[len("skipped:"):]: int(v) for k, v in diag.items() if k.startswith("skipped:")},
         "alive_at_end": alive, "exit_code": rc,
+        "queries": None if queries is None else {
+            "rate_hz": args.query_rate, "count": len(queries.times), "hostile_count": len(queries.hostile_times),
+            "round_trip_p50_s": percentile(queries.times, 50), "round_trip_p99_s": percentile(queries.times, 99),
+            "round_trip_max_s": max(queries.times) if queries.times else float("nan"),
+            "hostile_round_trip_p50_s": percentile(queries.hostile_times, 50),
+            "hostile_round_trip_max_s": max(queries.hostile_times) if queries.hostile_times else float("nan"),
+            "failures": queries.failures[:5], "num_failures": len(queries.failures),
+            "clouds_published_while_querying": queries.clouds_during},
         "exceptions_in_log": sum(log.count(w) for w in ("Traceback", "RCLError", "Exception")),
         "loadavg": os.getloadavg(), "node_log": str(log_path),
     }
@@ -193,6 +254,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=10.0, help="frames per second (default 10)")
     ap.add_argument("--qos", choices=["reliable", "sensor_data"], default="reliable", help="the node's qos.input")
     ap.add_argument("--fuzz", type=float, default=0.0, help="malformed cases per second (default 0)")
+    ap.add_argument("--query-rate", type=float, default=0.0,
+                    help="text queries per second during the soak (default 0; needs a translator)")
     ap.add_argument("--sample", type=float, default=10.0, help="seconds between RSS samples (default 10)")
     ap.add_argument("--config", type=Path, default=None, help="parameters YAML (default config/perception.yaml)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",

@@ -48,10 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``concerto`` console script."""
+    """Entry point of the ``concerto`` console script.
+
+    A recording that cannot be read or a missing file ends the command with one line on
+    stderr and exit code 2 (no traceback).
+    """
+    from concerto_ros.recordings.errors import RecordingError
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (RecordingError, FileNotFoundError) as exc:
+        print(f"concerto {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
