@@ -11,7 +11,7 @@ export VENV
 
 setup: $(VENV)/.setup-done
 
-$(VENV)/.setup-done: scripts/setup.sh requirements/*.txt setup.py package.xml concerto_ros_interfaces/srv/* ros_deps/tf2_msgs/msg/*
+$(VENV)/.setup-done: scripts/setup.sh requirements/*.txt setup.py package.xml concerto_ros_interfaces/srv/* concerto_ros_interfaces/msg/* ros_deps/tf2_msgs/msg/*
 	scripts/setup.sh
 	touch $@
 

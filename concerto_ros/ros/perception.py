@@ -36,6 +36,7 @@ from rcl_interfaces.msg import SetParametersResult
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
 from concerto_ros.config import SPECS, coerce
+from concerto_ros.memory import release_free_memory
 from concerto_ros.msgs.pointcloud2 import fill_pointcloud2
 from concerto_ros.pipeline import PerceptionPipeline, QueryError
 from concerto_ros.ros.params import RUNTIME_PARAMETERS, declare_config
@@ -283,6 +284,7 @@ class PerceptionShell:
             except Exception:  # noqa: BLE001 - never let one frame kill the worker
                 if self._running.is_set():
                     self.skips.record(FrameSkipped("pipeline", INTERNAL_ERROR, traceback.format_exc(limit=4)))
+            release_free_memory()
 
     def _process(self, pending) -> None:
         p = self.pipeline
