@@ -259,7 +259,7 @@ def plot(result: dict, path: Path) -> None:
     ax.axvline(2.0, color="grey", ls="--", lw=0.8)
     ax.set_xlabel("minutes")
     ax.set_ylabel("node RSS (MiB)")
-    ax.set_title(f"perception_node soak: {result['rate_hz']} Hz 640x480, {result['qos']} QoS, "
+    ax.set_title(f"soak: {result['rate_hz']:g} Hz 640x480, {result['qos']} QoS, "
                  f"{result['malformed_sent']} malformed messages")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -82,7 +82,7 @@ class ValidationConfig:
 @dataclass
 class ModelConfig:
     enabled: bool = _f(True, "Run the Concerto PTv3 encoder (its features come first in the fused feature).")
-    bundle: str = _f("", "Model bundle: a file from `concerto train ...` / `concerto bundle pack`, or 'default' (the bundle embedded in the package). When set it supplies the encoder(s), feature layout, semantic head, translator, text encoder and vocabulary; model.checkpoint, cross4d.checkpoint, head.checkpoint and language.translator must then be empty ('default' steps aside when any of them is set). Empty: models from those separate settings.")
+    bundle: str = _f("default", "Model bundle: 'default' (the bundle embedded in the package, trained on generated indoor rooms at 0.02 m), or a file from `concerto train ...` / `concerto bundle pack`. It supplies the encoder(s), feature layout, semantic head, translator, text encoder and vocabulary; with a file, model.checkpoint, cross4d.checkpoint, head.checkpoint and language.translator must be empty ('default' steps aside when any of them is set). Empty: models from those separate settings, seeded random where they are empty (said at WARN: labels and features then mean nothing).")
     preset: str = _f("tiny", "Encoder preset when the checkpoint has no config: tiny, small, base, large, concerto_large_video.")
     checkpoint: str = _f("", "Encoder checkpoint path ({'config','state_dict'} or a Pointcept training checkpoint). Empty: seeded random weights of the preset (demo only).")
     seed: int = _f(0, "Seed of the random weights used when no checkpoint is given.", lo=0, hi=2**31 - 1)

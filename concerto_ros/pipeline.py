@@ -267,6 +267,7 @@ class PerceptionPipeline:
     Args:
         cfg: the pipeline configuration.
         log: callable for informational messages (start-up summary).
+        warn: callable for warnings (seeded random models in use); ``log`` when ``None``.
 
     Raises:
         RuntimeError / FileNotFoundError / ValueError: the model or head cannot be built
@@ -275,11 +276,13 @@ class PerceptionPipeline:
             contradicts the settings (see :func:`~concerto_ros.models.bundle.select_bundle`).
     """
 
-    def __init__(self, cfg: PerceptionConfig, log: Callable[[str], Any] | None = print):
+    def __init__(self, cfg: PerceptionConfig, log: Callable[[str], Any] | None = print,
+                 warn: Callable[[str], Any] | None = None):
         from concerto_ros.models.bundle import select_bundle
 
         self.cfg = cfg
         self.log = log or (lambda _msg: None)
+        self.warn = warn or self.log
         if cfg.model.num_threads > 0:
             torch.set_num_threads(cfg.model.num_threads)
         self.device = resolve_device(cfg.model.device)
@@ -289,6 +292,7 @@ class PerceptionPipeline:
         self.bundle, self.bundle_path = chosen if chosen is not None else (None, None)
         if self.bundle is None:
             self._build_models_from_config(cfg)
+            self._warn_if_random(cfg)
         else:
             self._build_models_from_bundle(cfg)
         self.timer = StageTimer()
@@ -299,6 +303,14 @@ class PerceptionPipeline:
         self.frames_processed = 0
         self.latest: PipelineResult | None = None
         self._latest_lock = threading.Lock()
+
+    def _warn_if_random(self, cfg: PerceptionConfig) -> None:
+        random = [name for name, on in (("Concerto encoder", cfg.model.enabled and not cfg.model.checkpoint),
+                                        ("Cross4D encoder", cfg.cross4d.enabled and not cfg.cross4d.checkpoint),
+                                        ("semantic head", not cfg.head.checkpoint)) if on]
+        if random:
+            self.warn(f"running SEEDED RANDOM {', '.join(random)} (model.bundle is empty and no checkpoint is set): "
+                      "labels and features mean nothing; use model.bundle: default or trained checkpoints")
 
     def _set_feature_dims(self) -> None:
         if self.extractor is None and self.cross4d is None:

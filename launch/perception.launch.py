@@ -6,8 +6,10 @@
 
 Arguments:
     config        parameters YAML (default: the package's config/perception.yaml)
-    bundle        model bundle file (or 'default'); sets model.bundle over the YAML (default: empty,
-                  the YAML's model.bundle is kept)
+    bundle        model bundle file, 'default' (the embedded one), or 'none' (the YAML's separate
+                  model settings: seeded random models unless checkpoints are set); sets
+                  model.bundle over the YAML (default: empty, the YAML's model.bundle is kept,
+                  which is 'default' in the shipped config/perception.yaml)
     namespace     namespace of the node and its topics (default: none)
     use_sim_time  take time from /clock, e.g. while replaying a bag with --clock (default: false)
     log_level     logger level of the node (default: info)
@@ -31,7 +33,7 @@ def _perception_node(context):
     overrides = {"use_sim_time": ParameterValue(use_sim_time, value_type=bool)}
     bundle = LaunchConfiguration("bundle").perform(context).strip()
     if bundle:
-        overrides["model.bundle"] = bundle
+        overrides["model.bundle"] = "" if bundle == "none" else bundle
     return [Node(
         package="concerto_ros",
         executable="perception_node",
@@ -50,7 +52,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("config", default_value=default_config,
                               description="Parameters YAML of the perception node."),
         DeclareLaunchArgument("bundle", default_value="",
-                              description="Model bundle file or 'default' (sets model.bundle; empty keeps the "
+                              description="Model bundle file, 'default' or 'none' (sets model.bundle; empty keeps the "
                                           "YAML's value)."),
         DeclareLaunchArgument("namespace", default_value="",
                               description="Namespace of the node and its topics."),

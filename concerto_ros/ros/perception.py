@@ -163,7 +163,7 @@ class PerceptionShell:
         cfg = self.cfg
         self.skips.period_s = cfg.skip_log_period
         self.skips.history_s = max(60.0, cfg.diagnostics.window)
-        self.pipeline = PerceptionPipeline(cfg, log=self.log.info)
+        self.pipeline = PerceptionPipeline(cfg, log=self.log.info, warn=self.log.warning)
         self.tf = TfSource(self.node, cache_time_s=cfg.tf.cache_time, skips=self.skips,
                            callback_group=self.intake_group, guard=self.guard, note=self.log.info)
         self.stream = FrameStream(cfg, lookup=self._lookup, skips=self.skips, note=self.log.info,

@@ -285,6 +285,11 @@ class TransformBuffer:
             names.update(e.parent for e in self._edges.values())
             return sorted(names)
 
+    def dynamic_edges(self) -> list[tuple[str, str]]:
+        """``(parent, child)`` of every edge fed by ``/tf`` (time-stamped), sorted."""
+        with self._lock:
+            return sorted((e.parent, c) for c, e in self._edges.items() if not e.static)
+
     def can_transform(self, target_frame: str, source_frame: str, stamp_ns: int = 0) -> bool:
         """True when :meth:`lookup` with the same arguments would succeed."""
         try:
