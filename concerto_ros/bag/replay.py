@@ -136,18 +136,20 @@ class BagSession:
             messages.close()
 
 
-def process_frames(pipeline: PerceptionPipeline, frames: Iterable[SensorFrame],
-                   skips: SkipCounter) -> Iterator[tuple[SensorFrame, PipelineResult]]:
-    """The replay loop: every frame through ``pipeline.process_frame``; frames the pipeline
-    skips (no valid depth or points, a bad pose) are counted in ``skips``.
+def process_frames(pipeline: PerceptionPipeline, frames: Iterable[SensorFrame], skips: SkipCounter,
+                   step: Callable[[SensorFrame], Any] | None = None) -> Iterator[tuple[SensorFrame, Any]]:
+    """The replay loop: every frame through ``pipeline.process_frame`` (or ``step``, e.g.
+    ``pipeline.lift_frame`` to lift only); frames the pipeline skips (no valid depth or
+    points, a bad pose) are counted in ``skips``.
 
     Yields:
-        ``(frame, result)`` of every processed frame; the newest frame of
-        ``result.window`` is ``frame`` lifted.
+        ``(frame, result)`` of every processed frame: a :class:`PipelineResult` (the
+        newest frame of ``result.window`` is ``frame`` lifted), or what ``step`` returns.
     """
+    step = step or pipeline.process_frame
     for frame in frames:
         try:
-            res = pipeline.process_frame(frame)
+            res = step(frame)
         except FrameSkipped as skip:
             skips.record(skip)
             continue

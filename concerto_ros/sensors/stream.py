@@ -8,8 +8,9 @@ validation, pose look-up and skip accounting are the same everywhere:
    rejects stamps ``<= 0`` and holds stamps far ahead of the newest until confirmed
    (:class:`~concerto_ros.sensors.validation.StampGuard`), restarts pairing when time jumps
    back, and pairs colour, depth and camera info with the approximate-time policy
-   (:class:`~concerto_ros.sensors.sync.ApproximateTimeSync`, ``sync.slop``). A LiDAR
-   ``PointCloud2`` is a set of its own. Every header-level check is done here, so that a
+   (:class:`~concerto_ros.sensors.sync.ApproximateTimeSync`, ``sync.slop``); offline, a
+   label-image topic (ground truth, ``label_topic``) can be paired as a fourth stream. A
+   LiDAR ``PointCloud2`` is a set of its own (a ``label`` field is its ground truth). Every header-level check is done here, so that a
    malformed set never enters the worker's queue: image encodings and layouts
    (``bad_image``), camera info and plausible intrinsics (``bad_camera_info``,
    ``bad_intrinsics``), sizes (``size_mismatch``), PointCloud2 fields and layout
