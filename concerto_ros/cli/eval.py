@@ -76,7 +76,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="parameters YAML (default: the package's config/perception.yaml)")
     p.add_argument("--set", dest="overrides", action="append", metavar="NAME=VALUE", default=s,
                    help="override a setting, e.g. --set window.num_frames=1 --set model.device=cuda (repeatable)")
-    p.add_argument("-o", "--output", type=Path, default=s, help="output folder")
+    p.add_argument("-o", "--output", type=Path, default=s,
+                   help="output folder (default: outputs/eval, outputs/eval_probe or outputs/eval_queries)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=s, help="no progress bars")
 
 

@@ -177,7 +177,9 @@ def write_compare_report(out: Path, runs: Mapping[str, Mapping[str, Any]], specs
     for name, m in runs.items():
         lat = m.get("latency_ms", {})
         enc, frame = lat.get("encoder", {}), lat.get("frame", {})
-        lines.append(f"| {name} | {specs.get(name, '')} | {fmt(m['miou'])} | {fmt(m['miou_all'])} | "
+        spec = specs.get(name, "")
+        spec = spec if len(spec) <= 90 else spec[:89] + "…"  # the full line is in metrics.json
+        lines.append(f"| {name} | {spec} | {fmt(m['miou'])} | {fmt(m['miou_all'])} | "
                      f"{fmt(m['accuracy'])} | {fmt(m['macc'])} | {fmt(enc.get('p50_ms'), 0)} / "
                      f"{fmt(enc.get('p99_ms'), 0)} | {fmt(frame.get('p50_ms'), 0)} / {fmt(frame.get('p99_ms'), 0)} "
                      f"| [{name}]({name}/report.md) |")
