@@ -14,14 +14,13 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
+from typing import Any, Callable, Iterable, Iterator
 
 from concerto_ros.config import PerceptionConfig
 from concerto_ros.pipeline import PerceptionPipeline, PipelineResult
+from concerto_ros.recordings import BagRecording, SensorFrame, open_recording
 from concerto_ros.sensors.skips import FrameSkipped, SkipCounter
 from concerto_ros.sensors.stream import FrameStream
-from concerto_ros.recordings import open_recording
 from concerto_ros.recordings.bags import TF_TOPICS  # noqa: F401  (re-exported)
 
 
@@ -72,6 +71,91 @@ def bag_streams(summary: dict, cfg: PerceptionConfig) -> dict[str, str]:
     return out
 
 
+class BagSession:
+    """A bag opened for the pipeline: the configured inputs it has, its TF and the node's
+    :class:`~concerto_ros.sensors.stream.FrameStream` over them (shared by replay and
+    evaluation).
+
+    RGB-D topics (``topics.color/depth/camera_info``) and a PointCloud2 topic
+    (``topics.points``) are used when present, alone or together (:func:`bag_streams`).
+    When the recording's TF lacks ``fixed_frame``, each sensor's own frame is used with
+    identity poses (a note is logged, and :attr:`cfg` is a copy with ``fixed_frame = ""``).
+
+    Args:
+        bag: rosbag2 directory or ``.mcap``/``.db3`` file, ROS 1 ``.bag`` or ROS 1 MCAP, or an
+            opened :class:`~concerto_ros.recordings.BagRecording`.
+        cfg: pipeline config (topics, sync, validation, fixed frame).
+        log: callable for warnings and notes.
+        label_topic: a label-image topic paired with the RGB-D set (ground truth), or ``""``.
+        skips: where skipped messages are counted (a new counter when ``None``).
+
+    Attributes:
+        cfg: the config the frames were made with (see above).
+        stream: the frame stream (set ``stream.timer`` to time ``sync``/``convert`` in a
+            pipeline's timer).
+        skips: where skipped messages are counted.
+        expected: messages of the reference topic (colour, else points): the frame count
+            a progress bar can expect.
+
+    Raises:
+        concerto_ros.recordings.RecordingError: the file cannot be read (one line).
+        ValueError: none of the configured topics is in the bag, or ``label_topic`` is not.
+    """
+
+    def __init__(self, bag: Any, cfg: PerceptionConfig, log: Callable[[str], Any] | None = print,
+                 label_topic: str = "", skips: SkipCounter | None = None):
+        self.rec = bag if isinstance(bag, BagRecording) else open_recording({"type": "bag", "path": str(bag)})
+        summary = self.rec.summary()
+        self.streams = bag_streams(summary, cfg)
+        if label_topic:
+            if label_topic not in summary:
+                raise ValueError(f"label topic {label_topic!r} is not in the bag; it has {sorted(summary)}")
+            self.streams[label_topic] = "labels"
+        self.skips = skips if skips is not None else SkipCounter(log, period_s=cfg.skip_log_period)
+        tf = self.rec.transforms(on_problem=lambda topic, line: self.skips.record(
+            FrameSkipped(topic, "bad_transform", line)))
+        if cfg.fixed_frame and cfg.fixed_frame not in tf.frames():
+            if log is not None:
+                log(f"the recording's TF has no frame '{cfg.fixed_frame}' (frames: {tf.frames() or 'none'}): using "
+                    "each sensor's own frame with identity poses (set fixed_frame to one of those frames to change "
+                    "this)")
+            cfg = copy.deepcopy(cfg)
+            cfg.fixed_frame = ""
+        self.cfg = cfg
+        self.stream = FrameStream(cfg, lookup=tf.lookup, skips=self.skips, note=log, label_topic=label_topic)
+        ref_topic = cfg.topics.color if cfg.topics.color in self.streams else cfg.topics.points
+        self.expected = summary[ref_topic][1]
+
+    def frames(self) -> Iterator[SensorFrame]:
+        """Decoded, validated and posed frames in bag (log-time) order; skips are counted in
+        :attr:`skips`, not raised."""
+        messages = self.rec.messages(list(self.streams))
+        try:
+            yield from self.stream.frames((self.streams[m.topic], m.msg) for m in messages)
+        finally:
+            messages.close()
+
+
+def process_frames(pipeline: PerceptionPipeline, frames: Iterable[SensorFrame], skips: SkipCounter,
+                   step: Callable[[SensorFrame], Any] | None = None) -> Iterator[tuple[SensorFrame, Any]]:
+    """The replay loop: every frame through ``pipeline.process_frame`` (or ``step``, e.g.
+    ``pipeline.lift_frame`` to lift only); frames the pipeline skips (no valid depth or
+    points, a bad pose) are counted in ``skips``.
+
+    Yields:
+        ``(frame, result)`` of every processed frame: a :class:`PipelineResult` (the
+        newest frame of ``result.window`` is ``frame`` lifted), or what ``step`` returns.
+    """
+    step = step or pipeline.process_frame
+    for frame in frames:
+        try:
+            res = step(frame)
+        except FrameSkipped as skip:
+            skips.record(skip)
+            continue
+        yield frame, res
+
+
 def replay_bag(bag: str | Path, cfg: PerceptionConfig, pipeline: PerceptionPipeline | None = None,
                max_frames: int | None = None, on_result: Callable[[PipelineResult], Any] | None = None,
                log: Callable[[str], Any] | None = print, progress: bool = True) -> ReplayReport:
@@ -95,37 +179,19 @@ def replay_bag(bag: str | Path, cfg: PerceptionConfig, pipeline: PerceptionPipel
         ValueError: none of the configured topics is in the bag.
     """
     t_start = time.perf_counter()
-    rec = open_recording({"type": "bag", "path": str(bag)})
-    summary = rec.summary()
-    streams = bag_streams(summary, cfg)
-    skips = SkipCounter(log, period_s=cfg.skip_log_period)
-    tf = rec.transforms(on_problem=lambda topic, line: skips.record(FrameSkipped(topic, "bad_transform", line)))
-    if cfg.fixed_frame and cfg.fixed_frame not in tf.frames():
-        if log is not None:
-            log(f"the recording's TF has no frame '{cfg.fixed_frame}' (frames: {tf.frames() or 'none'}): using each "
-                "sensor's own frame with identity poses (set fixed_frame to one of those frames to change this)")
-        cfg = copy.deepcopy(cfg)
-        cfg.fixed_frame = ""
-        if pipeline is not None:
-            pipeline.cfg.fixed_frame = ""
-    pipeline = pipeline or PerceptionPipeline(cfg, log=log)
-    stream = FrameStream(cfg, lookup=tf.lookup, skips=skips, note=log, timer=pipeline.timer)
-    ref_topic = cfg.topics.color if cfg.topics.color in streams else cfg.topics.points
-    n_expected = summary[ref_topic][1]
+    session = BagSession(bag, cfg, log=log)
+    if pipeline is not None and not session.cfg.fixed_frame:
+        pipeline.cfg.fixed_frame = ""
+    pipeline = pipeline or PerceptionPipeline(session.cfg, log=log)
+    session.stream.timer = pipeline.timer
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=n_expected if max_frames is None else min(n_expected, max_frames),
+        bar = tqdm(total=session.expected if max_frames is None else min(session.expected, max_frames),
                    desc="replay", unit="frame")
     processed, result = 0, None
-    messages = rec.messages(list(streams))
     try:
-        for frame in stream.frames((streams[m.topic], m.msg) for m in messages):
-            try:
-                res = pipeline.process_frame(frame)
-            except FrameSkipped as skip:
-                skips.record(skip)
-                continue
+        for _frame, res in process_frames(pipeline, session.frames(), session.skips):
             processed, result = processed + 1, res
             if on_result is not None:
                 on_result(res)
@@ -135,9 +201,8 @@ def replay_bag(bag: str | Path, cfg: PerceptionConfig, pipeline: PerceptionPipel
             if max_frames is not None and processed >= max_frames:
                 break
     finally:
-        messages.close()
         if bar is not None:
             bar.close()
-    return ReplayReport(result=result, frames_processed=processed, skipped=skips.as_dict(),
+    return ReplayReport(result=result, frames_processed=processed, skipped=session.skips.as_dict(),
                         timings=pipeline.timer.summary(), wall_s=time.perf_counter() - t_start,
-                        sync_stats=dict(stream.assembler.sync.stats))
+                        sync_stats=dict(session.stream.assembler.sync.stats))

@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "train": "train",
     "info": "info",
     "bundle": "bundle",
+    "eval": "eval",
 }
 
 

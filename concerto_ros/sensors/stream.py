@@ -8,8 +8,9 @@ validation, pose look-up and skip accounting are the same everywhere:
    rejects stamps ``<= 0`` and holds stamps far ahead of the newest until confirmed
    (:class:`~concerto_ros.sensors.validation.StampGuard`), restarts pairing when time jumps
    back, and pairs colour, depth and camera info with the approximate-time policy
-   (:class:`~concerto_ros.sensors.sync.ApproximateTimeSync`, ``sync.slop``). A LiDAR
-   ``PointCloud2`` is a set of its own. Every header-level check is done here, so that a
+   (:class:`~concerto_ros.sensors.sync.ApproximateTimeSync`, ``sync.slop``); offline, a
+   label-image topic (ground truth, ``label_topic``) can be paired as a fourth stream. A
+   LiDAR ``PointCloud2`` is a set of its own (a ``label`` field is its ground truth). Every header-level check is done here, so that a
    malformed set never enters the worker's queue: image encodings and layouts
    (``bad_image``), camera info and plausible intrinsics (``bad_camera_info``,
    ``bad_intrinsics``), sizes (``size_mismatch``), PointCloud2 fields and layout
@@ -31,7 +32,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from concerto_ros.msgs.camera_info import intrinsics_from_camera_info
-from concerto_ros.msgs.image import COLOR_ENCODINGS, DEPTH_ENCODINGS, color_to_rgb, depth_from_msg, image_problem
+from concerto_ros.msgs.image import (COLOR_ENCODINGS, DEPTH_ENCODINGS, color_to_rgb, depth_from_msg, image_problem,
+                                     image_to_numpy)
 from concerto_ros.msgs.pointcloud2 import FieldError, cloud_layout_problem, xyz_from_pointcloud2
 from concerto_ros.msgs.transforms import stamp_to_ns
 from concerto_ros.recordings.frame import SensorCloud, SensorFrame
@@ -48,6 +50,8 @@ __all__ = ["SensorCloud", "SensorFrame", "PointsSet", "RGBDFrameAssembler", "Fra
 Lookup = Callable[[str, str, int], np.ndarray]
 
 RGBD_STREAMS = ("color", "depth", "camera_info")
+#: encodings of label images (one integer label value per pixel)
+LABEL_ENCODINGS = ("mono8", "mono16", "8UC1", "16UC1", "32SC1")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,13 @@ class RGBDFrameAssembler:
         note: callable for one-time informational notes (e.g. ignored distortion).
         skips: where messages the policy drops unpaired are recorded (reason ``unpaired``:
             no partner within ``slop`` on the other topics, e.g. missing camera info).
+        label_topic: a label-image topic (ground truth of recordings, for evaluation:
+            ``Image`` in :data:`LABEL_ENCODINGS`, one label value per pixel, registered to
+            depth) paired as a fourth stream ``labels``; empty: none (the node's case).
+
+    Attributes:
+        streams: the paired stream names, :data:`RGBD_STREAMS` plus ``labels`` when a label
+            topic is set.
     """
 
     STREAMS = RGBD_STREAMS
@@ -74,17 +85,21 @@ class RGBDFrameAssembler:
     TIME_JUMP_NS = 1_000_000_000
     _DROPS = ("dropped_queue_full", "dropped_stale", "dropped_out_of_order", "dropped_duplicate")
 
-    def __init__(self, cfg, note: Callable[[str], Any] | None = None, skips: SkipCounter | None = None):
+    def __init__(self, cfg, note: Callable[[str], Any] | None = None, skips: SkipCounter | None = None,
+                 label_topic: str = ""):
         self.cfg = cfg
-        self.sync = ApproximateTimeSync(self.STREAMS, slop_s=cfg.sync.slop, queue_size=cfg.sync.queue_size)
+        self.streams = RGBD_STREAMS + (("labels",) if label_topic else ())
+        self.sync = ApproximateTimeSync(self.streams, slop_s=cfg.sync.slop, queue_size=cfg.sync.queue_size)
         self._note = note
         self._noted: set[str] = set()
         self._skips = skips
-        self._dropped = {s: 0 for s in self.STREAMS}
+        self._dropped = {s: 0 for s in self.streams}
         self._newest_ns: int | None = None
         self._lock = threading.Lock()
         self.topics = {"color": cfg.topics.color, "depth": cfg.topics.depth,
                        "camera_info": cfg.topics.camera_info}
+        if label_topic:
+            self.topics["labels"] = str(label_topic)
 
     def jumped_back(self, stamp_ns: int) -> bool:
         """True when ``stamp_ns`` is more than :attr:`TIME_JUMP_NS` older than the newest seen."""
@@ -115,11 +130,11 @@ class RGBDFrameAssembler:
     def _report_drops(self) -> None:
         stats = self.sync.stream_stats
         with self._lock:
-            for s in self.STREAMS:
+            for s in self.streams:
                 n = sum(stats[s][k] for k in self._DROPS)
                 new, self._dropped[s] = n - self._dropped[s], n
                 for _ in range(new):
-                    others = [self.topics[o] for o in self.STREAMS if o != s]
+                    others = [self.topics[o] for o in self.streams if o != s]
                     self._skips.record(FrameSkipped(
                         self.topics[s], "unpaired",
                         f"no message within slop {self.cfg.sync.slop} s on {others} "
@@ -132,10 +147,11 @@ class RGBDFrameAssembler:
         Raises:
             FrameSkipped: unknown encoding or inconsistent image layout (``bad_image``),
                 unusable camera info (``bad_camera_info``), implausible intrinsics
-                (``bad_intrinsics``), or colour/depth/camera info sizes that disagree
-                (``size_mismatch``).
+                (``bad_intrinsics``), or colour/depth/camera info (/label image) sizes that
+                disagree (``size_mismatch``); a label image of another encoding is
+                ``bad_image``.
         """
-        color_msg, depth_msg, info_msg = (synced.items[s] for s in self.STREAMS)
+        color_msg, depth_msg, info_msg = (synced.items[s] for s in RGBD_STREAMS)
         for stream, msg, encodings in (("color", color_msg, COLOR_ENCODINGS), ("depth", depth_msg, DEPTH_ENCODINGS)):
             problem = image_problem(msg, encodings)
             if problem is not None:
@@ -158,7 +174,17 @@ class RGBDFrameAssembler:
         if (width, height) != (dw, dh):
             raise FrameSkipped(self.topics["camera_info"], "size_mismatch",
                                f"camera info is {width}x{height} but images are {dw}x{dh}")
+        if "labels" in synced.items:
+            self._check_labels(synced.items["labels"], dw, dh)
         return CameraIntrinsics(fx=fx, fy=fy, cx=cx, cy=cy, width=width, height=height)
+
+    def _check_labels(self, msg: Any, width: int, height: int) -> None:
+        problem = image_problem(msg, LABEL_ENCODINGS)
+        if problem is not None:
+            raise FrameSkipped(self.topics["labels"], "bad_image", problem)
+        if (int(msg.width), int(msg.height)) != (width, height):
+            raise FrameSkipped(self.topics["labels"], "size_mismatch",
+                               f"label image is {int(msg.width)}x{int(msg.height)} but depth is {width}x{height}")
 
     def to_frame(self, synced: SyncedSet) -> RGBDFrame:
         """Decode a synced set into an :class:`RGBDFrame` (colour RGB uint8, raw depth).
@@ -173,9 +199,12 @@ class RGBDFrameAssembler:
             depth, depth_scale = depth_from_msg(depth_msg)
         except ValueError as exc:  # not reached after check(); kept for safety
             raise FrameSkipped(self.topics["depth"], "bad_image", str(exc)) from None
+        labels = None
+        if "labels" in synced.items:
+            labels = image_to_numpy(synced.items["labels"]).astype(np.int32)
         frame_id = str(depth_msg.header.frame_id or color_msg.header.frame_id)
         return RGBDFrame(stamp_ns=synced.stamp_ns, frame_id=frame_id, color=color, depth=depth,
-                         depth_scale=depth_scale, intrinsics=intr)
+                         depth_scale=depth_scale, intrinsics=intr, labels=labels)
 
 
 class FrameStream:
@@ -189,19 +218,23 @@ class FrameStream:
         skips: where skipped messages are counted (a new counter when ``None``).
         note: callable for one-line informational notes (time jumps, distortion).
         timer: where the ``sync`` (intake) and ``convert`` (decode + pose) stages are timed.
+        label_topic: optional label-image topic, paired with the RGB-D set as stream
+            ``labels`` (see :class:`RGBDFrameAssembler`); its values end up in
+            ``SensorFrame.labels`` (per pixel) and ``rgbd.labels``, unmapped.
 
     Thread-safe: :meth:`add` may be called from several callback threads while a worker
     calls :meth:`decode`.
     """
 
     def __init__(self, cfg, lookup: Lookup | None = None, skips: SkipCounter | None = None,
-                 note: Callable[[str], Any] | None = None, timer: StageTimer | None = None):
+                 note: Callable[[str], Any] | None = None, timer: StageTimer | None = None,
+                 label_topic: str = ""):
         self.cfg = cfg
         self.timer = timer if timer is not None else StageTimer()
         self.lookup = lookup
         self.skips = skips if skips is not None else SkipCounter()
         self._note = note
-        self.assembler = RGBDFrameAssembler(cfg, note=note, skips=self.skips)
+        self.assembler = RGBDFrameAssembler(cfg, note=note, skips=self.skips, label_topic=label_topic)
         v = cfg.validation
         self.guard = StampGuard(max_jump_s=v.max_stamp_jump, confirm=v.jump_confirm)
         self._lock = threading.Lock()
@@ -218,7 +251,8 @@ class FrameStream:
 
     # -- intake (cheap) ------------------------------------------------------------------------
     def add(self, stream: str, msg: Any) -> list:
-        """Take one message of ``stream`` (``color``, ``depth``, ``camera_info`` or ``points``).
+        """Take one message of ``stream`` (``color``, ``depth``, ``camera_info``, ``points``, or
+        ``labels`` when a label topic is set).
 
         Returns:
             The sets it completed (usually 0 or 1): ``SyncedSet`` for RGB-D,
@@ -314,7 +348,7 @@ class FrameStream:
             return SensorFrame(pending.stamp_ns, str(pending.stamp_ns), T, cloud=cloud, labels=labels)
         frame = self.assembler.to_frame(pending)
         T = self.pose(frame.frame_id, frame.stamp_ns, self.topics["depth"])
-        return SensorFrame(frame.stamp_ns, str(frame.stamp_ns), T, rgbd=frame, image=frame.color)
+        return SensorFrame(frame.stamp_ns, str(frame.stamp_ns), T, rgbd=frame, image=frame.color, labels=frame.labels)
 
     def _decode_cloud(self, msg: Any, topic: str, frame_id: str) -> tuple[SensorCloud, np.ndarray | None]:
         try:

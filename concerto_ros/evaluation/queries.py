@@ -1,0 +1,154 @@
+"""``concerto eval queries``: how well free-text queries find the classes of a labelled recording.
+
+The recording goes through the node's pipeline (with its translator and text encoder, the
+ones ``~/query`` uses); every window scored -- the last window of a sequence, every scene of
+a scene collection -- holds per-voxel text embeddings and ground-truth voxel labels (the
+majority label of each voxel's points). For each class of the ``names`` label set present
+in the ground truth, its name and each of its synonyms are queried
+(:class:`~concerto_ros.language.query.TextQueryScorer`, LERF relevance against the
+configured negatives); the voxels are ranked by the relevance logit
+(:func:`~concerto_ros.language.query.relevance_margin`, which does not saturate) and
+scored against the class's voxels:
+
+* precision of the top-``k`` voxels (share of the class among them);
+* ROC AUC (probability that a voxel of the class ranks above one of another class;
+  0.5 = chance).
+
+Figures are averaged over the windows in which the class has at least ``min_voxels``
+voxels; ``mean_precision_names`` / ``mean_precision_synonyms`` average over the queries.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+__all__ = ["evaluate_queries", "score_window"]
+
+
+def score_window(language, emb: np.ndarray, gt: np.ndarray, gt_names, names_set, k: int = 100,
+                 min_voxels: int = 1) -> list[dict]:
+    """Query every class of ``names_set`` present in one window.
+
+    Args:
+        language: the pipeline's :class:`~concerto_ros.pipeline.LanguageModels`.
+        emb: ``(M, D)`` voxel text embeddings.
+        gt: ``(M,)`` ground-truth class indices into ``gt_names`` (``-1`` ignored).
+        gt_names: the ground truth's class names.
+        names_set: the :class:`~concerto_ros.recordings.LabelSet` whose classes (and
+            synonyms) are queried; matched to ``gt_names`` case-insensitively.
+        k: top-``k`` size; min_voxels: fewer voxels of a class: not queried here.
+
+    Returns:
+        One ``{"text", "class", "synonym", "precision_at_k", "auc", "targets", "k"}`` per query.
+    """
+    from concerto_ros.demo.evaluate import query_ranking
+    from concerto_ros.language.query import relevance_margin
+
+    scorer, te = language.scorer, language.text_encoder
+    keep = gt >= 0
+    emb, gt = emb[keep], gt[keep]
+    lower = [n.lower() for n in gt_names]
+    rows = []
+    for cls in names_set.classes:
+        if cls.lower() not in lower:
+            continue
+        target = gt == lower.index(cls.lower())
+        if int(target.sum()) < max(1, min_voxels):
+            continue
+        for text in (cls, *names_set.synonyms.get(cls, ())):
+            qr = scorer.score(emb, text, k=k)
+            negs = te.encode(list(qr.negatives)) if qr.negatives else None
+            margin = relevance_margin(emb, te.encode_one(qr.text), negs, scorer.temperature)
+            r = query_ranking(qr.relevance if margin is None else margin, target, k=k)
+            rows.append({"text": text, "class": cls, "synonym": text != cls, "precision_at_k": r["precision_at_k"],
+                         "auc": r["auc"], "targets": r["targets"], "k": r["k"]})
+    return rows
+
+
+def _mean(rows: list[dict], key: str, synonym: bool) -> float | None:
+    vals = [r[key] for r in rows if r["synonym"] == synonym and r[key] is not None and np.isfinite(r[key])]
+    return float(np.mean(vals)) if vals else None
+
+
+def evaluate_queries(cfg, sources: Iterable[Any], names: Any = None, k: int = 100, yaw_deg: float = 0.0,
+                     up: str = "z", scenes: str = "auto", min_voxels: int = 20, progress: bool = True,
+                     log: Callable[[str], Any] | None = print) -> dict:
+    """Run the pipeline over labelled ``sources`` and score text queries (module docstring).
+
+    Args:
+        cfg: the node's config; its models must include a translator (a bundle's, or
+            ``language.translator``).
+        sources: labelled sources (:func:`concerto_ros.evaluation.run.open_labelled`).
+        names: label set whose class names and synonyms are queried (a built-in name, a YAML
+            file, a list); ``None``: each source's own label set.
+        k: top-``k`` of the precision; yaw_deg, up, scenes: as
+            :func:`~concerto_ros.evaluation.run.evaluate`.
+        min_voxels: a class with fewer ground-truth voxels in a window is not queried there.
+
+    Returns:
+        ``{"mean_precision_names", "mean_precision_synonyms", "mean_auc_names",
+        "mean_auc_synonyms", "k", "queries": [per text: class, synonym, precision_at_k, auc
+        (means over windows), windows], "windows", "model", "yaw_deg", ...}``.
+
+    Raises:
+        ValueError: no translator, a source without labels or label set.
+        concerto_ros.recordings.RecordingError: an unreadable source or label set.
+    """
+    import copy
+
+    from concerto_ros.augment import yaw_transform
+    from concerto_ros.bag.replay import process_frames
+    from concerto_ros.evaluation.run import describe_models, is_scene_collection, open_labelled, source_frames
+    from concerto_ros.pipeline import PerceptionPipeline
+    from concerto_ros.recordings import load_label_set
+    from concerto_ros.sensors.skips import SkipCounter
+
+    t0 = time.perf_counter()
+    pipeline = PerceptionPipeline(copy.deepcopy(cfg), log=log)
+    if pipeline.language is None:
+        raise ValueError("the models have no translator: give a bundle with one (concerto train translator) or "
+                         "language.translator")
+    transform = yaw_transform(yaw_deg, up) if yaw_deg else None
+    skips = SkipCounter(log, period_s=cfg.skip_log_period)
+    per_text: dict[str, list[dict]] = {}
+    windows = 0
+    for src in sources:
+        rec = open_labelled(src)
+        gts = rec.label_set
+        names_set = load_label_set(names) if names is not None else gts
+        pipeline.reset()
+        frames, _total = source_frames(rec, pipeline.cfg, pipeline, skips, log, scenes, transform)
+        last = None
+
+        def score(result) -> None:
+            nonlocal windows
+            if result.window.labels is None or result.text_embeddings is None:
+                return
+            windows += 1
+            for row in score_window(pipeline.language, result.text_embeddings, result.window.labels, gts.classes,
+                                    names_set, k=k, min_voxels=min_voxels):
+                per_text.setdefault(row["text"], []).append(row)
+
+        independent = is_scene_collection(rec, scenes)
+        for _frame, result in process_frames(pipeline, frames, skips):
+            if independent:
+                score(result)
+            last = result
+        if last is not None and not independent:
+            score(last)
+    rows = []
+    for text, hits in per_text.items():
+        rows.append({"text": text, "class": hits[0]["class"], "synonym": hits[0]["synonym"], "k": hits[0]["k"],
+                     "precision_at_k": float(np.mean([h["precision_at_k"] for h in hits])),
+                     "auc": float(np.nanmean([h["auc"] for h in hits])) if any(np.isfinite(h["auc"]) for h in hits)
+                     else None,
+                     "targets": int(sum(h["targets"] for h in hits)), "windows": len(hits)})
+    return {"mean_precision_names": _mean(rows, "precision_at_k", False),
+            "mean_precision_synonyms": _mean(rows, "precision_at_k", True),
+            "mean_auc_names": _mean(rows, "auc", False), "mean_auc_synonyms": _mean(rows, "auc", True),
+            "k": int(k), "queries": rows, "windows": windows, "model": describe_models(pipeline),
+            "text_encoder": pipeline.language.text_encoder.name, "negatives": list(pipeline.language.scorer.negatives),
+            "yaw_deg": float(yaw_deg), "up": str(up), "skipped": skips.as_dict(), "wall_s": time.perf_counter() - t0}
