@@ -40,3 +40,12 @@ def ros_domain(monkeypatch) -> str:
     monkeypatch.setenv("ROS_DOMAIN_ID", domain)
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     return domain
+
+
+def seeded_config(overrides: dict | None = None):
+    """The shipped config with the SEEDED RANDOM models (``model.bundle: ""``) instead of the
+    embedded default bundle, plus ``overrides``: for tests that check the pipeline's
+    mechanics against the random 192-d ``tiny`` encoder and 9-class head."""
+    from concerto_ros.config import default_config_path, load_config
+
+    return load_config(default_config_path(), {"model.bundle": "", **(overrides or {})})

@@ -86,7 +86,9 @@ def _run(pipe, frames):
 
 
 def _cfg(**overrides):
-    return load_config(default_config_path(), {k.replace("__", "."): v for k, v in overrides.items()})
+    """The shipped config with the seeded random models (``model.bundle: ""``), plus overrides."""
+    return load_config(default_config_path(), {"model.bundle": "", **{k.replace("__", "."): v
+                                                                       for k, v in overrides.items()}})
 
 
 def _tensors(obj, prefix=""):
@@ -399,7 +401,7 @@ def test_bundle_parameter_is_declared_read_only():
     from concerto_ros.ros.params import RUNTIME_PARAMETERS, descriptor
 
     spec = SPECS["model.bundle"]
-    assert spec.default == "" and spec.type is str and "model.bundle" not in RUNTIME_PARAMETERS
+    assert spec.default == "default" and spec.type is str and "model.bundle" not in RUNTIME_PARAMETERS
     d = descriptor(spec)
     assert d.read_only and "default" in d.description and "(Read at start-up.)" in d.description
 

@@ -35,7 +35,7 @@ def _call(h: Harness, client, request, timeout: float = 60.0):
 
 
 def test_transitions_configure_activate_deactivate_cleanup(tmp_path, ros_domain):
-    node = NodeProcess(default_config_path(), {"qos.input": "reliable", "publish.features": False},
+    node = NodeProcess(default_config_path(), {"qos.input": "reliable", "publish.features": False, "model.bundle": ""},
                        log_path=tmp_path / "node.log", lifecycle=True)
     rclpy.init()
     h = Harness()
@@ -52,6 +52,7 @@ def test_transitions_configure_activate_deactivate_cleanup(tmp_path, ros_domain)
         assert not h.connected([TOPICS.depth], [fuzz.Image])            # nothing subscribed before activate
         assert transition(Transition.TRANSITION_CONFIGURE) and state() == State.PRIMARY_STATE_INACTIVE
         assert "SEEDED RANDOM 'tiny' encoder" in node.tail(50)           # configure loaded the models
+        assert "[WARN]" in node.tail(50) and "running SEEDED RANDOM" in node.tail(50)
         assert not h.connected([TOPICS.depth], [fuzz.Image])
         h.publish([("/tf_static", fuzz.static_tf())])
 

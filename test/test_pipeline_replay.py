@@ -11,10 +11,9 @@ import torch
 
 from concerto_ros.bag.convert_rgbd import convert_rgbd_folder, read_poses
 from concerto_ros.bag.replay import replay_bag
-from concerto_ros.config import default_config_path, load_config
 from concerto_ros.pipeline import PerceptionPipeline
 
-from conftest import SLAMBOOK_INTRINSICS
+from conftest import seeded_config, SLAMBOOK_INTRINSICS
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def slambook_bag(tmp_path_factory, slambook_dir):
 
 @pytest.fixture(scope="module")
 def replayed(slambook_bag):
-    cfg = load_config(default_config_path())
+    cfg = seeded_config()
     return cfg, replay_bag(slambook_bag, cfg, log=None, progress=False)
 
 
@@ -73,13 +72,13 @@ def test_outputs_are_in_range_and_map_back_to_frames(replayed):
 
 
 def test_window_length_and_max_frames_are_honoured(slambook_bag):
-    cfg = load_config(default_config_path(), {"window.num_frames": 2})
+    cfg = seeded_config({"window.num_frames": 2})
     rep = replay_bag(slambook_bag, cfg, max_frames=3, log=None, progress=False)
     assert rep.frames_processed == 3 and rep.result.window.num_frames == 2
 
 
 def test_missing_transform_is_skipped_with_its_reason(slambook_bag):
-    cfg = load_config(default_config_path(), {"fixed_frame": "map"})
+    cfg = seeded_config({"fixed_frame": "map"})
     warnings = []
     pipeline = PerceptionPipeline(cfg, log=None)
     rep = replay_bag(slambook_bag, cfg, pipeline=pipeline, log=warnings.append, progress=False)
@@ -115,7 +114,7 @@ def test_lidar_pointcloud2_runs_through_the_same_pipeline(shared_dir):
     xyz = np.load(shared_dir / "data" / "semantickitti" / "kitti_01_points_000000.npy").astype(np.float32)
     intensity = np.linspace(0, 1, len(xyz), dtype=np.float32)
     msg = fill_pointcloud2(PointCloud2(), PointField, 1_000_000_000, "velodyne", xyz, extra={"intensity": intensity})
-    cfg = load_config(default_config_path(), {"window.voxel_size": 0.05, "lift.max_range": 40.0,
+    cfg = seeded_config({"window.voxel_size": 0.05, "lift.max_range": 40.0,
                                               "lift.min_range": 2.0, "topics.points": "/velodyne_points"})
     pipe = PerceptionPipeline(cfg, log=None)
     T = np.eye(4)
@@ -137,7 +136,7 @@ def test_lidar_pointcloud2_runs_through_the_same_pipeline(shared_dir):
 
 def test_cross4d_features_are_fused_after_concerto(slambook_bag):
     """Both encoders on: per-voxel features are [Concerto | Cross4D]; either can be switched off."""
-    cfg = load_config(default_config_path(), {"cross4d.enabled": True, "window.num_frames": 2,
+    cfg = seeded_config({"cross4d.enabled": True, "window.num_frames": 2,
                                               "cross4d.points_per_frame": 512})
     both = PerceptionPipeline(cfg, log=None)
     rep = replay_bag(slambook_bag, cfg, pipeline=both, max_frames=2, log=None, progress=False)
@@ -145,11 +144,11 @@ def test_cross4d_features_are_fused_after_concerto(slambook_bag):
     assert d_c == 192 and d_x > 0 and rep.result.features.shape == (len(rep.result.coord), d_c + d_x)
     assert both.head.in_channels == d_c + d_x and rep.timings["cross4d"]["count"] == 2
     # the Concerto part equals what the Concerto-only pipeline computes on the same window
-    only = PerceptionPipeline(load_config(default_config_path(), {"window.num_frames": 2}), log=None)
+    only = PerceptionPipeline(seeded_config({"window.num_frames": 2}), log=None)
     ref = replay_bag(slambook_bag, only.cfg, pipeline=only, max_frames=2, log=None, progress=False).result
     torch.testing.assert_close(rep.result.features[:, :d_c], ref.features, rtol=1e-5, atol=1e-5)
-    x_only = PerceptionPipeline(load_config(default_config_path(), {"cross4d.enabled": True,
+    x_only = PerceptionPipeline(seeded_config({"cross4d.enabled": True,
                                                                     "model.enabled": False}), log=None)
     assert x_only.out_channels == d_x
     with pytest.raises(ValueError, match="no encoder to run"):
-        PerceptionPipeline(load_config(default_config_path(), {"model.enabled": False}), log=None)
+        PerceptionPipeline(seeded_config({"model.enabled": False}), log=None)

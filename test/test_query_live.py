@@ -10,12 +10,13 @@ pytest.importorskip("sentence_transformers", reason="sentence-transformers not i
 
 from concerto_ros.bag.convert_rgbd import convert_rgbd_folder  # noqa: E402
 from concerto_ros.bag.replay import replay_bag  # noqa: E402
-from concerto_ros.config import default_config_path, load_config  # noqa: E402
+from concerto_ros.config import default_config_path  # noqa: E402
 from concerto_ros.demo.run import ground_truth_lookup  # noqa: E402
 from concerto_ros.demo.scene import CLASS_NAMES, write_sequence  # noqa: E402
 from concerto_ros.language.text_encoders import build_text_encoder  # noqa: E402
 from concerto_ros.language.translator import fit_translator_labels  # noqa: E402
 from concerto_ros.pipeline import PerceptionPipeline, QueryError  # noqa: E402
+from conftest import seeded_config  # noqa: E402
 
 NAMES = list(CLASS_NAMES[1:])  # "unlabeled" is not a class to embed
 
@@ -28,7 +29,7 @@ def scene(tmp_path_factory):
     seq = write_sequence(root / "seq", seed=1, num_frames=8, width=160, height=120)  # 5 Hz: 1.4 s
     bag = root / "bag"
     convert_rgbd_folder(seq, bag, storage="mcap", progress=False)
-    cfg = load_config(default_config_path())
+    cfg = seeded_config()
     result = replay_bag(bag, cfg, log=None, progress=False).result
     gt = ground_truth_lookup(seq, cfg.window.voxel_size, cfg.window.num_frames)(result.coord)
     te = build_text_encoder("sentence-transformers")
@@ -40,7 +41,7 @@ def scene(tmp_path_factory):
 
 
 def test_pipeline_queries_and_open_vocabulary_labels(scene):
-    cfg = load_config(default_config_path(), {"language.translator": str(scene["translator"])})
+    cfg = seeded_config({"language.translator": str(scene["translator"])})
     pipe = PerceptionPipeline(cfg, log=None)
     with pytest.raises(QueryError, match="no frame processed yet"):
         pipe.query("floor")
@@ -65,7 +66,7 @@ def test_pipeline_queries_and_open_vocabulary_labels(scene):
 
 
 def test_query_without_translator_is_a_clear_error():
-    pipe = PerceptionPipeline(load_config(default_config_path()), log=None)
+    pipe = PerceptionPipeline(seeded_config(), log=None)
     with pytest.raises(QueryError, match="no translator loaded"):
         pipe.query("chair")
     with pytest.raises(QueryError, match="needs a translator"):
@@ -81,7 +82,7 @@ def test_query_service_over_dds(scene, tmp_path, ros_domain):
     from concerto_ros.msgs.pointcloud2 import pointcloud2_to_array
 
     overrides = {"language.translator": str(scene["translator"]), "qos.input": "reliable"}
-    cfg = load_config(default_config_path(), overrides)
+    cfg = seeded_config(overrides)
     node = NodeProcess(default_config_path(), overrides, log_path=tmp_path / "node.log")
     try:
         report = replay_live(scene["bag"], cfg, node_process=node, progress=False, frame_timeout=60)

@@ -30,8 +30,8 @@ def test_query_service_definition_has_request_and_response_fields():
     text = (ROOT / "concerto_ros_interfaces" / "srv" / "QueryText.srv").read_text()
     request, response = text.split("\n---\n")
     fields = lambda part: {ln.split()[1] for ln in part.splitlines() if ln.strip() and not ln.startswith("#")}  # noqa: E731
-    assert fields(request) == {"text", "negative_texts", "threshold", "top_k"}
-    assert {"success", "message", "relevance", "best_points", "best_scores", "centroid"} <= fields(response)
+    assert fields(request) == {"text", "negative_texts", "threshold", "top_k", "scope"}
+    assert {"success", "message", "relevance", "best_points", "best_scores", "centroid", "regions"} <= fields(response)
 
 
 def test_generated_query_service_imports():

@@ -80,7 +80,7 @@ def test_probe_writes_a_bundle_the_node_pipeline_runs(tmp_path):
     cfg = merge_config(DEFAULTS, {
         "output": str(out), "data": {"train": [_two_walls(tmp_path)], "classes": ["unlabeled", "floor", "wall"],
                                      "ignore_index": 0, "heldout_fraction": 0.3, "heldout_block": 0.5},
-        "optim": {"epochs": 5}})
+        "optim": {"epochs": 5}, "perception_overrides": {"model": {"bundle": ""}}})
     s = train_probe(cfg, progress=False, log=lambda m: None)
     assert s["bundle"] == str(out / "bundle.pt")
     b = load_bundle(out / "bundle.pt")
@@ -92,7 +92,8 @@ def test_probe_writes_a_bundle_the_node_pipeline_runs(tmp_path):
     # the node's pipeline runs it: the head's labels are the probe's classes, and they agree with
     # the head file written next to it
     pipe = PerceptionPipeline(load_config(default_config_path(), {"model.bundle": str(out / "bundle.pt")}), log=None)
-    ref = PerceptionPipeline(load_config(default_config_path(), {"head.checkpoint": str(out / "head.pt")}), log=None)
+    ref = PerceptionPipeline(load_config(default_config_path(), {"head.checkpoint": str(out / "head.pt"),
+                                                                 "model.bundle": ""}), log=None)
     pts = np.load(tmp_path / "pts.npy")
     from concerto_ros.sensors.types import PointFrame
 

@@ -19,7 +19,8 @@ def test_train_translator_fits_saves_and_the_node_pipeline_loads_it(tmp_path, ca
     seq = write_sequence(tmp_path / "seq", seed=2, num_frames=4, width=160, height=120)
     out = tmp_path / "tr"
     code = main(["train", "translator", "--source", str(seq), "--output", str(out), "--no-progress",
-                 "--set", "optim.epochs=15", "--set", "perception_overrides={window.num_frames: 2}"])
+                 "--set", "optim.epochs=15",
+                 "--set", "perception_overrides={window.num_frames: 2, model.bundle: ''}"])
     assert code == 0, capsys.readouterr()
     s = json.loads((out / "summary.json").read_text())
     assert s["loss_last"] < 0.7 * s["loss_first"]
@@ -29,7 +30,7 @@ def test_train_translator_fits_saves_and_the_node_pipeline_loads_it(tmp_path, ca
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch") and len(rows) == 1 + 15
     # the node's pipeline loads it with the same perception settings and answers queries
-    cfg = load_config(default_config_path(), {"language.translator": str(out / "translator.pt")})
+    cfg = load_config(default_config_path(), {"language.translator": str(out / "translator.pt"), "model.bundle": ""})
     pipe = PerceptionPipeline(cfg, log=None)
     assert pipe.language.translator.in_dim == 192
     # ... and the bundle written next to it: encoder + translator + text encoder + the classes as vocabulary

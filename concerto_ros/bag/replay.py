@@ -78,8 +78,10 @@ class BagSession:
 
     RGB-D topics (``topics.color/depth/camera_info``) and a PointCloud2 topic
     (``topics.points``) are used when present, alone or together (:func:`bag_streams`).
-    When the recording's TF lacks ``fixed_frame``, each sensor's own frame is used with
-    identity poses (a note is logged, and :attr:`cfg` is a copy with ``fixed_frame = ""``).
+    When the recording has no localisation (no ``/tf``, only static transforms or none) and
+    its TF lacks ``fixed_frame``, each sensor's own frame is used with identity poses (a note
+    is logged, and :attr:`cfg` is a copy with ``fixed_frame = ""``); with ``/tf`` a missing
+    fixed frame is a configuration error and frames are skipped as ``no_transform``.
 
     Args:
         bag: rosbag2 directory or ``.mcap``/``.db3`` file, ROS 1 ``.bag`` or ROS 1 MCAP, or an
@@ -114,11 +116,11 @@ class BagSession:
         self.skips = skips if skips is not None else SkipCounter(log, period_s=cfg.skip_log_period)
         tf = self.rec.transforms(on_problem=lambda topic, line: self.skips.record(
             FrameSkipped(topic, "bad_transform", line)))
-        if cfg.fixed_frame and cfg.fixed_frame not in tf.frames():
+        if cfg.fixed_frame and cfg.fixed_frame not in tf.frames() and not tf.dynamic_edges():
             if log is not None:
-                log(f"the recording's TF has no frame '{cfg.fixed_frame}' (frames: {tf.frames() or 'none'}): using "
-                    "each sensor's own frame with identity poses (set fixed_frame to one of those frames to change "
-                    "this)")
+                log(f"the recording has no localisation (no /tf) and its TF has no frame '{cfg.fixed_frame}' (frames: "
+                    f"{tf.frames() or 'none'}): using each sensor's own frame with identity poses (set fixed_frame "
+                    "to one of those frames to change this)")
             cfg = copy.deepcopy(cfg)
             cfg.fixed_frame = ""
         self.cfg = cfg
