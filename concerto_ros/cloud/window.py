@@ -31,7 +31,8 @@ import numpy as np
 from ..sensors.types import PointFrame
 from .voxel import GRID_SAMPLE_MODES, GridSample, center_distance2, grid_sample, scratch, scratch_arange
 
-__all__ = ["WindowCloud", "VideoPointCloud", "LABEL_MODES", "IGNORE_LABEL", "DROPPED"]
+__all__ = ["WindowCloud", "VideoPointCloud", "FrameVoxels", "LABEL_MODES", "IGNORE_LABEL", "DROPPED", "sensor_origin",
+           "nearest_voxels"]
 
 LABEL_MODES = ("majority", "first")
 #: Label of voxels without any labelled point (and of points of unlabelled frames).
@@ -318,6 +319,16 @@ def _merge(recs: list[FrameVoxels], keys: Optional[list[np.ndarray]], anchor: Op
                    min_coord=min_coord.astype(np.int64))
 
 
+def sensor_origin(frame: PointFrame) -> np.ndarray:
+    """``(3,) float64`` sensor position of ``frame`` in its ``frame_id``, metres: the translation
+    of ``T_fixed_sensor``, else the centroid of its points (the origin for an empty frame)."""
+    if frame.T_fixed_sensor is not None:
+        return np.asarray(frame.T_fixed_sensor[:3, 3], dtype=np.float64)
+    if frame.num_points == 0:
+        return np.zeros(3)
+    return frame.points.mean(axis=0, dtype=np.float64)
+
+
 def nearest_voxels(coord: np.ndarray, origin: np.ndarray, k: int) -> np.ndarray:
     """Rows of the ``k`` voxels nearest ``origin``: ``(k,) int64`` ascending.
 
@@ -498,16 +509,8 @@ class VideoPointCloud:
         self._keys = deque((_anchor_keys(r.ijk, self._anchor) for r in self._voxels), maxlen=self._num_frames)
 
     def camera_position(self) -> Optional[np.ndarray]:
-        """``(3,) float64`` newest camera position in the fixed frame (the translation of its
-        ``T_fixed_sensor``, else the centroid of its points); None while empty."""
-        if not self._frames:
-            return None
-        newest = self._frames[-1]
-        if newest.T_fixed_sensor is not None:
-            return np.asarray(newest.T_fixed_sensor[:3, 3], dtype=np.float64)
-        if newest.num_points == 0:
-            return np.zeros(3)
-        return newest.points.mean(axis=0, dtype=np.float64)
+        """``(3,) float64`` newest camera position (see :func:`sensor_origin`); None while empty."""
+        return sensor_origin(self._frames[-1]) if self._frames else None
 
     def build(self) -> WindowCloud:
         """Merge the per-frame voxel sets into the window cloud (cached until the next
