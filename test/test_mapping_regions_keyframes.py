@@ -96,3 +96,16 @@ def test_keyframe_policy_moved_turned_time_and_resets():
     with pytest.raises(ValueError):
         KeyframePolicy(min_translation=-1.0)
     assert rotation_angle_deg(pose()[:3, :3], pose(0, 170.0)[:3, :3]) == pytest.approx(170.0)
+
+
+def test_built_from_the_settings():
+    from concerto_ros.config import load_config
+
+    cfg = load_config(None, {"window.voxel_size": 0.05, "map.max_voxels": 1000, "map.radius": 7.5,
+                             "keyframe.min_rotation": 5.0, "fixed_frame": "map"})
+    m = SemanticVoxelMap.from_config(cfg, class_names=["a"])
+    assert (m.voxel_size, m.fixed_frame, m.max_voxels, m.radius, m.class_names) == (0.05, "map", 1000, 7.5, ("a",))
+    cfg.map.voxel_size = 0.1
+    assert SemanticVoxelMap.from_config(cfg).voxel_size == 0.1
+    p = KeyframePolicy.from_config(cfg.keyframe)
+    assert (p.min_translation, p.min_rotation, p.max_interval) == (0.1, 5.0, 1.0)

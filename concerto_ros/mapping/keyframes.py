@@ -78,6 +78,11 @@ class KeyframePolicy:
         #: keyframes declared since construction or :meth:`reset`
         self.num_keyframes = 0
 
+    @classmethod
+    def from_config(cls, keyframe_cfg) -> "KeyframePolicy":
+        """From the ``keyframe.*`` settings (:class:`~concerto_ros.config.KeyframeConfig`)."""
+        return cls(keyframe_cfg.min_translation, keyframe_cfg.min_rotation, keyframe_cfg.max_interval)
+
     def reset(self) -> None:
         """Forget the last keyframe: the next frame is one."""
         self._pose, self._stamp_ns = None, None

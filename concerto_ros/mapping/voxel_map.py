@@ -225,6 +225,19 @@ class SemanticVoxelMap:
         if self._identity.text_dim:
             self._cols.add_column("emb", (self._identity.text_dim,), np.float16, 0.0)
 
+    @classmethod
+    def from_config(cls, cfg, **identity) -> "SemanticVoxelMap":
+        """A map with the ``map.*`` settings of a :class:`~concerto_ros.config.PerceptionConfig`
+        (``map.voxel_size`` 0 = ``window.voxel_size``) in ``cfg.fixed_frame``.
+
+        Args:
+            identity: the remaining constructor arguments (``class_names``, ``model_id``,
+                ``text_encoder``, ``text_model``, ``temperature``, ``embedding_dim``, ``log``).
+        """
+        mc = cfg.map
+        return cls(mc.voxel_size or cfg.window.voxel_size, cfg.fixed_frame, max_voxels=mc.max_voxels,
+                   radius=mc.radius, evict_slack=mc.evict_slack, threads=mc.fusion_threads, **identity)
+
     # ------------------------------------------------------------------ properties
     @property
     def voxel_size(self) -> float:
