@@ -25,7 +25,6 @@ writes them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -38,10 +37,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_lift_voxelize import DEFAULT_DATA  # noqa: E402
-from bench_window import lifted_frames, restamped  # noqa: E402
+from bench_window import lifted_frames, report, restamped  # noqa: E402
 
 from concerto_ros.cloud.voxel import grid_sample  # noqa: E402
-from concerto_ros.cloud.window import VideoPointCloud, sensor_origin  # noqa: E402
+from concerto_ros.cloud.window import VideoPointCloud  # noqa: E402
 from concerto_ros.mapping import SemanticVoxelMap  # noqa: E402
 from concerto_ros.sensors.types import PointFrame  # noqa: E402
 
@@ -144,10 +143,7 @@ def main(argv=None) -> int:
           f"({res['bounded_evictions']} evictions, {res['bounded_voxels']} voxels held)")
     print(f"fuse M={res['fuse_voxels']} K={args.classes} D={args.dim}: {res['fuse_ms']:6.1f} ms   (target <= 80); "
           f"first fusion {res['fuse_first_ms']:.1f} ms")
-    print(f"load average: {' '.join(f'{x:.2f}' for x in res['loadavg'])}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
+    report(res, args.json)
     return 0
 
 

@@ -98,6 +98,14 @@ def run(frames: list[PointFrame], num_frames: int, voxel: float, repeats: int, m
     return med
 
 
+def report(res: dict, json_path: Path | None) -> None:
+    """Print the load average measured with ``res`` and write ``res`` to ``json_path`` (if any)."""
+    print(f"load average: {' '.join(f'{x:.2f}' for x in res['loadavg'])}")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(res, indent=2))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
@@ -120,10 +128,7 @@ def main(argv=None) -> int:
           f"{res['incremental_ms']:.1f} ms per frame")
     print(f"full re-voxelisation: {res['full_ms']:.1f} ms per frame  -> speed-up {res['speedup']:.2f}x")
     print(f"incremental with max_voxels={args.max_voxels}: {res['budget_push_build_ms']:.1f} ms per frame")
-    print(f"load average: {' '.join(f'{x:.2f}' for x in res['loadavg'])}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
+    report(res, args.json)
     return 0
 
 

@@ -554,47 +554,49 @@ class SemanticVoxelMap:
         return bool(had)
 
     # ------------------------------------------------------------------ reads
+    def _gather(self, column: str, rows) -> np.ndarray:
+        """Copy of ``column`` at ``rows`` (all rows when None); IndexError for bad rows."""
+        return np.take(self._cols[column], _as_rows(rows, self._cols.n), axis=0)
+
     @_locked
     def keys(self, rows=None) -> np.ndarray:
         """``(V,) int64`` voxel keys (all rows, or ``rows``)."""
-        return np.take(self._cols["key"], _as_rows(rows, self._cols.n))
+        return self._gather("key", rows)
 
     @_locked
     def ijk(self, rows=None) -> np.ndarray:
         """``(V, 3) int64`` voxel indices ``floor(p / voxel_size)``."""
-        return np.take(self._cols["ijk"], _as_rows(rows, self._cols.n), axis=0).astype(np.int64)
+        return self._gather("ijk", rows).astype(np.int64)
 
     @_locked
     def coords(self, rows=None) -> np.ndarray:
         """``(V, 3) float32`` voxel centres in the fixed frame, metres."""
-        ijk = np.take(self._cols["ijk"], _as_rows(rows, self._cols.n), axis=0)
-        return ((ijk + 0.5) * self.voxel_size).astype(np.float32)
+        return ((self._gather("ijk", rows) + 0.5) * self.voxel_size).astype(np.float32)
 
     @_locked
     def colors(self, rows=None) -> np.ndarray:
         """``(V, 3) uint8`` running mean RGB."""
-        c = np.take(self._cols["color"], _as_rows(rows, self._cols.n), axis=0)
-        return np.clip(np.rint(c), 0, 255).astype(np.uint8)
+        return np.clip(np.rint(self._gather("color", rows)), 0, 255).astype(np.uint8)
 
     @_locked
     def observations(self, rows=None) -> np.ndarray:
         """``(V,) uint32`` frames that observed each voxel."""
-        return np.take(self._cols["obs"], _as_rows(rows, self._cols.n))
+        return self._gather("obs", rows)
 
     @_locked
     def semantic_observations(self, rows=None) -> np.ndarray:
         """``(V,) uint32`` fusions that covered each voxel."""
-        return np.take(self._cols["sem_obs"], _as_rows(rows, self._cols.n))
+        return self._gather("sem_obs", rows)
 
     @_locked
     def first_seen(self, rows=None) -> np.ndarray:
         """``(V,) int64`` stamp (ns) of each voxel's first observation."""
-        return np.take(self._cols["first_seen"], _as_rows(rows, self._cols.n))
+        return self._gather("first_seen", rows)
 
     @_locked
     def last_seen(self, rows=None) -> np.ndarray:
         """``(V,) int64`` stamp (ns) of each voxel's last observation."""
-        return np.take(self._cols["last_seen"], _as_rows(rows, self._cols.n))
+        return self._gather("last_seen", rows)
 
     @_locked
     def class_probs(self, rows=None) -> np.ndarray:
