@@ -158,3 +158,34 @@ def test_ply_export_round_trip(tmp_path):
     np.testing.assert_array_equal(sub["observations"], m.observations([2, 4]))
     with pytest.raises(ValueError, match="lengths"):
         m.export_ply(tmp_path / "bad.ply", extra={"relevance": rel[:3]})
+
+
+def test_reads_stay_consistent_while_another_thread_integrates_and_evicts():
+    import threading
+
+    m = SemanticVoxelMap(1.0, "odom", max_voxels=200, evict_slack=0.1, class_names=["a", "b"])
+    rng = np.random.default_rng(0)
+    stop, errors = threading.Event(), []
+
+    def reader():
+        try:
+            while not stop.is_set():
+                snap = m.snapshot()
+                assert len(snap.keys) == len(snap.coords) == len(snap.labels) == len(snap.observations)
+                np.testing.assert_array_equal(snap.ijk, (snap.coords // 1.0).astype(np.int64))
+                with m.lock:  # several calls on the same rows
+                    rows = m.updated_since(0, "geometry")
+                    assert (m.rows_of(m.keys(rows)) == rows).all()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for k in range(60):
+        pts = rng.integers(-8, 8, (100, 3)).astype(np.float32) + np.float32([k, 0.5, 0.5])
+        m.integrate_geometry(pts, grey(100), k, [k, 0, 0])
+        m.fuse(k, np.ones(len(pts), np.float32), coords=pts, labels=np.zeros(len(pts), np.int64))
+    stop.set()
+    t.join()
+    assert not errors, errors[0]
+    assert len(m) <= 220 and m.stats().evicted_count > 0

@@ -124,3 +124,28 @@ def test_budget_without_pose_uses_the_newest_centroid_and_ties_by_row():
     assert roomy.build().num_dropped_voxels == 0 and roomy.build().num_voxels == 3
     with pytest.raises(ValueError, match="max_voxels"):
         VideoPointCloud(num_frames=1, max_voxels=-1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), budget=st.integers(1, 60), label_mode=st.sampled_from(["majority", "first"]))
+def test_budget_is_the_full_window_restricted_to_the_nearest_voxels(seed, budget, label_mode):
+    rng = np.random.default_rng(seed)
+    full = VideoPointCloud(num_frames=3, voxel_size=0.02, label_mode=label_mode)
+    cut = VideoPointCloud(num_frames=3, voxel_size=0.02, label_mode=label_mode, max_voxels=budget)
+    for k in range(4):
+        f = random_frame(rng, k, 80, labelled=True, spread=6)
+        f.T_fixed_sensor = np.eye(4)
+        f.T_fixed_sensor[:3, 3] = rng.uniform(-0.1, 0.1, 3)
+        full.push(f)
+        cut.push(f)
+    a, b = full.build(), cut.build()
+    keep = nearest_voxels(a.coord, full.frames[-1].T_fixed_sensor[:3, 3], budget)
+    assert b.num_voxels == min(budget, a.num_voxels) and b.num_dropped_voxels == a.num_voxels - b.num_voxels
+    remap = np.full(a.num_voxels, DROPPED)
+    remap[keep] = np.arange(keep.shape[0])
+    np.testing.assert_array_equal(b.inverse, remap[a.inverse])
+    for name in ("coord", "color", "index", "counts"):
+        np.testing.assert_array_equal(getattr(b, name), getattr(a, name)[keep], err_msg=name)
+    np.testing.assert_array_equal(b.grid_coord + b.min_coord, (a.grid_coord + a.min_coord)[keep])
+    assert (b.grid_coord.min(axis=0) == 0).all()
+    np.testing.assert_array_equal(b.labels, a.labels[keep])

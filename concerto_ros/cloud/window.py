@@ -233,7 +233,7 @@ def _grid_of_anchor_keys(keys: np.ndarray, anchor: np.ndarray) -> tuple[np.ndarr
     return grid, lo + anchor
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Merged:
     """Union of the window's per-frame voxel sets (positions refer to their concatenation)."""
 
@@ -350,19 +350,19 @@ def nearest_voxels(coord: np.ndarray, origin: np.ndarray, k: int) -> np.ndarray:
     return np.sort(np.concatenate([below, at]))
 
 
-def _apply_budget(wc: WindowCloud, keep: np.ndarray) -> WindowCloud:
-    """``wc`` restricted to voxel rows ``keep`` (ascending); dropped points get -1."""
-    remap = np.full(wc.num_voxels, DROPPED, dtype=np.int64)
+def _restrict(mg: _Merged, coord: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Keep only window rows ``keep`` (ascending) of ``mg`` in place: the frame voxels of the
+    other rows map to :data:`DROPPED`, ``grid_coord`` is re-based to min 0. Returns the
+    kept ``coord`` rows."""
+    remap = np.full(mg.sel.shape[0], DROPPED, dtype=np.int64)
     remap[keep] = np.arange(keep.shape[0], dtype=np.int64)
-    grid = np.take(wc.grid_coord, keep, axis=0)
+    mg.row_of_pos = np.take(remap, mg.row_of_pos)
+    mg.sel, mg.counts = mg.sel[keep], mg.counts[keep]
+    grid = np.take(mg.grid_coord, keep, axis=0)
     shift = grid.min(axis=0) if keep.shape[0] else np.zeros(3, np.int32)
     grid -= shift
-    return WindowCloud(
-        coord=np.take(wc.coord, keep, axis=0), color=np.take(wc.color, keep, axis=0), grid_coord=grid,
-        inverse=np.take(remap, wc.inverse), index=wc.index[keep], counts=wc.counts[keep],
-        frame_offsets=wc.frame_offsets, stamps_ns=wc.stamps_ns,
-        labels=None if wc.labels is None else wc.labels[keep], frame_id=wc.frame_id, voxel_size=wc.voxel_size,
-        min_coord=wc.min_coord + shift.astype(np.int64), num_dropped_voxels=wc.num_voxels - keep.shape[0])
+    mg.grid_coord, mg.min_coord = grid, mg.min_coord + shift.astype(np.int64)
+    return np.take(coord, keep, axis=0)
 
 
 class VideoPointCloud:
@@ -523,11 +523,8 @@ class VideoPointCloud:
             return self._cache
         if not self._frames:
             raise ValueError("VideoPointCloud.build: the window is empty")
-        wc = self._merge_window()
-        if self._max_voxels and wc.num_voxels > self._max_voxels:
-            wc = _apply_budget(wc, nearest_voxels(wc.coord, self.camera_position(), self._max_voxels))
-        self._cache = wc
-        return wc
+        self._cache = self._merge_window()
+        return self._cache
 
     def _merge_window(self) -> WindowCloud:
         frames, recs = list(self._frames), list(self._voxels)
@@ -538,6 +535,10 @@ class VideoPointCloud:
             mg = _Merged(z, z, z, np.zeros((0, 3), np.int32), np.zeros(3, np.int64))
         else:
             mg = _merge(recs, list(self._keys) if self._keys is not None else None, self._anchor, self._mode)
+        num_voxels = mg.sel.shape[0]
+        coord = np.take(_cat([r.coord for r in recs], "win_coord"), mg.sel, axis=0)
+        if self._max_voxels and num_voxels > self._max_voxels:  # the encoder budget
+            coord = _restrict(mg, coord, nearest_voxels(coord, self.camera_position(), self._max_voxels))
         sel = mg.sel
         index = np.take(_cat([r.grid.index + off for r, off in zip(recs, offsets[:-1])], "win_index"), sel)
         inverse = np.empty(int(offsets[-1]), dtype=np.int64)
@@ -546,12 +547,11 @@ class VideoPointCloud:
             np.take(mg.row_of_pos[vstart:vstart + r.num_voxels], r.grid.inverse, out=inverse[o0:o1])
             vstart += r.num_voxels
         return WindowCloud(
-            coord=np.take(_cat([r.coord for r in recs], "win_coord"), sel, axis=0),
-            color=np.take(_cat([r.color for r in recs], "win_color"), sel, axis=0),
+            coord=coord, color=np.take(_cat([r.color for r in recs], "win_color"), sel, axis=0),
             grid_coord=mg.grid_coord, inverse=inverse, index=index, counts=mg.counts, frame_offsets=offsets,
             stamps_ns=np.array([f.stamp_ns for f in frames], dtype=np.int64),
-            labels=self._labels(frames, recs, sel, inverse, mg.counts.shape[0]), frame_id=frames[0].frame_id,
-            voxel_size=self._voxel_size, min_coord=mg.min_coord)
+            labels=self._labels(frames, recs, sel, inverse, sel.shape[0]), frame_id=frames[0].frame_id,
+            voxel_size=self._voxel_size, min_coord=mg.min_coord, num_dropped_voxels=num_voxels - sel.shape[0])
 
     def _labels(self, frames, recs, sel, inverse, m) -> Optional[np.ndarray]:
         """Voxel labels (see :class:`WindowCloud`), None when no frame carries labels."""
@@ -562,4 +562,6 @@ class VideoPointCloud:
                          for r in recs], "win_label")[sel].astype(np.int32)
         point_labels = _cat([f.labels if f.labels is not None else np.full(f.num_points, IGNORE_LABEL, np.int32)
                              for f in frames], "win_point_labels")
+        if m and (inverse < 0).any():  # points of voxels dropped by the budget count for none
+            point_labels = np.where(inverse >= 0, point_labels, IGNORE_LABEL)
         return _majority_labels(inverse, point_labels, m)
