@@ -544,7 +544,7 @@ class VideoPointCloud:
         inverse = np.empty(int(offsets[-1]), dtype=np.int64)
         vstart = 0
         for r, o0, o1 in zip(recs, offsets[:-1], offsets[1:]):
-            np.take(mg.row_of_pos[vstart:vstart + r.num_voxels], r.grid.inverse, out=inverse[o0:o1])
+            np.take(mg.row_of_pos[vstart:vstart + r.num_voxels], r.grid.inverse, out=inverse[o0:o1], mode="clip")
             vstart += r.num_voxels
         return WindowCloud(
             coord=coord, color=np.take(_cat([r.color for r in recs], "win_color"), sel, axis=0),
