@@ -125,8 +125,12 @@ def test_zero_confidence_missing_voxels_and_a_coarser_map():
     m.fuse(1, np.array([2.0], np.float32), coords=cloud((2, 0, 0)), class_probs=np.array([[0.9, 0.1]], np.float32))
     r = m.fuse(2, np.array([0.0, 1.0], np.float32), coords=cloud((2, 0, 0), (7, 7, 7)),
                class_probs=np.array([[0.0, 1.0], [0.5, 0.5]], np.float32))
-    assert r.missing == 1 and r.fused == 1 and m.stats().fuse_missing == 1
+    assert r.missing == 1 and r.fused == 0 and m.stats().fuse_missing == 1
     np.testing.assert_allclose(m.class_probs()[2], [0.9, 0.1], atol=1e-6)  # zero weight: unchanged
+    np.testing.assert_array_equal(m.semantic_observations(), [0, 0, 1])
+    assert m.updated_since(m.version - 1).shape == (0,)
+    m.fuse(3, np.zeros(1, np.float32), coords=cloud((0, 0, 0)), embeddings=np.ones((1, 4), np.float32))
+    assert m.embedding_rows().shape == (0,) and not m.embeddings([0]).any()
     # a map with 0.2 m voxels: the window's 0.1 m voxels (0,0,0) and (1,0,0) share map voxel (0,0,0);
     # fusing them together equals fusing them one after the other
     together, one_by_one = (SemanticVoxelMap(0.2, "odom", class_names=["a", "b"]) for _ in range(2))

@@ -94,8 +94,9 @@ class FuseReport:
     """What one :meth:`SemanticVoxelMap.fuse` did.
 
     Attributes:
-        fused: map voxels updated. missing: map voxels of the input that the map does not
-            hold (skipped: never integrated, or evicted).
+        fused: map voxels updated (held by the map, confidence > 0).
+        missing: map voxels of the input that the map does not hold (skipped: never
+            integrated, or evicted).
         classes_reset: the class list changed and the fused class probabilities were reset.
     """
 
@@ -432,12 +433,12 @@ class SemanticVoxelMap:
         if np.any(keys[1:] <= keys[:-1]):  # several window voxels per map voxel: combine them
             keys, conf, probs, emb = _combine(keys, conf, probs, emb)
         rows = self._index.lookup(keys)
-        found = rows >= 0
-        missing = int(np.count_nonzero(~found))
-        if missing:
-            rows, conf = rows[found], conf[found]
-            probs = None if probs is None else probs[found]
-            emb = None if emb is None else emb[found]
+        missing = int(np.count_nonzero(rows < 0))
+        use = (rows >= 0) & (conf > 0)  # zero-weight observations change nothing
+        if not use.all():
+            rows, conf = rows[use], conf[use]
+            probs = None if probs is None else probs[use]
+            emb = None if emb is None else emb[use]
         self._version += 1
         self._counters.fusions += 1
         self._counters.fuse_missing += missing
@@ -523,9 +524,8 @@ class SemanticVoxelMap:
 
     def _fuse_embedding_rows(self, rows: np.ndarray, emb: np.ndarray, conf: np.ndarray) -> None:
         cols = self._cols
-        first = np.take(cols["emb_w"], rows) == 0  # never fused: the mean is the observation
         blend = blend_weights(cols["emb_w"], rows, conf)
-        if first.all():
+        if (blend == 1.0).all():  # all never fused (or negligible weight): the mean is the observation
             assign_rows(cols["emb"], rows, emb, self.threads)
         else:
             lerp_rows(cols["emb"], rows, emb, blend, self.threads)
