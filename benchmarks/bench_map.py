@@ -15,7 +15,10 @@ repeat (medians over ``--repeats``):
 - ``fuse``: the voxels of the real 5-frame window (``fuse_window``, ~270 k voxels) with
   K = ``--classes`` class probabilities, D = ``--dim`` unit embeddings and confidences, into
   voxels that already hold semantics (the steady state); ``fuse first`` is the first fusion
-  of those voxels.
+  of those voxels;
+- ``snapshot``: :meth:`SemanticVoxelMap.snapshot` of the whole map (what ``~/map/semantic_points``
+  needs) and of the voxels updated by the last fusion with float16 unit embeddings (what
+  ``~/map/language_features`` needs).
 
 Targets (issue 11): integrate <= 20 ms per frame into a map of ~300 k voxels; fuse <= 80 ms
 for M = 270 k, K = 20, D = 384. Wall times depend on what else runs on the machine, so the
@@ -114,6 +117,11 @@ def run(frames, voxel: float, fill_to: int, shift: float, repeats: int, classes:
         t["integrate_new_ms"].append(timed(lambda: grow.integrate_frame(shifted(f, far))))
         t["integrate_bounded_ms"].append(timed(lambda: bounded.integrate_frame(shifted(f, far))))
         t["fuse_ms"].append(timed(lambda: m.fuse_window(wc, conf, class_probs=probs, embeddings=emb), t["fuse_cpu_ms"]))
+    for _ in range(3):  # the publishers' reads: the whole map, and the voxels of the last fusion
+        t.setdefault("snapshot_ms", []).append(timed(lambda: m.snapshot()))
+        since = m.version - 1
+        t.setdefault("features_ms", []).append(
+            timed(lambda: m.snapshot(since=since, embeddings=True, embedding_dtype=np.float16)))
     out = {k: float(np.median(v)) for k, v in t.items()}
     st, sb = m.stats(), bounded.stats()
     out.update(fuse_first_ms=t_first, map_voxels=st.num_voxels, map_mib=st.bytes_used / 2**20,
@@ -149,6 +157,8 @@ def main(argv=None) -> int:
           f"({res['bounded_evictions']} evictions, {res['bounded_voxels']} voxels held)")
     print(f"fuse M={res['fuse_voxels']} K={args.classes} D={args.dim}: {res['fuse_ms']:6.1f} ms   (target <= 80; CPU "
           f"{res['fuse_cpu_ms']:.1f} ms over {res['threads']} threads); first fusion {res['fuse_first_ms']:.1f} ms")
+    print(f"snapshot of the whole map (x y z rgb label confidence observations): {res['snapshot_ms']:.1f} ms; "
+          f"voxels of the last fusion with float16 unit embeddings: {res['features_ms']:.1f} ms")
     report(res, args.json)
     return 0
 

@@ -235,3 +235,18 @@ def test_versions_updated_since_select_box_and_snapshot():
         m.coords([5])
     m.clear()
     assert len(m) == 0 and m.rows_of(pack_keys([[1, 0, 0]]))[0] == -1
+
+
+def test_unit_rows_renormalise_in_float32_or_float16(monkeypatch):
+    monkeypatch.setattr(fusion, "CHUNK_BYTES", 4 * 3 * 2)  # 2 rows per chunk
+    store = np.array([[3, 4, 0], [0, 0, 0], [0, 0, 2], [1, 1, 1]], np.float16)
+    rows = np.array([3, 0, 1, 2])
+    want = np.array([[1, 1, 1] / np.sqrt(3), [0.6, 0.8, 0], [0, 0, 0], [0, 0, 1]])
+    got = fusion.unit_rows(store, rows, np.float32, threads=2)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    half = fusion.unit_rows(store, rows, np.float16, threads=1)
+    assert half.dtype == np.float16
+    np.testing.assert_allclose(half.astype(np.float32), want, atol=1e-3)
+    with pytest.raises(ValueError, match="float16/float32"):
+        fusion.unit_rows(store, rows, np.int8)

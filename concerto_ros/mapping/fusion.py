@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["blend_weights", "lerp_rows", "assign_rows", "default_threads"]
+__all__ = ["blend_weights", "lerp_rows", "assign_rows", "unit_rows", "default_threads"]
 
 #: bytes of float32 values per chunk of the row kernels (1024 rows at D = 384): a chunk's
 #: temporaries stay in the cache
@@ -166,3 +166,36 @@ def lerp_rows(store: np.ndarray, rows: np.ndarray, values: np.ndarray, blend: np
         store[r] = old.numpy()
 
     _run_chunks(chunk, m, d, threads)
+
+
+def unit_rows(store: np.ndarray, rows: np.ndarray, dtype=np.float32, threads: int = 1) -> np.ndarray:
+    """``store[rows]`` renormalised to unit L2 norm (zero rows stay zero), as ``dtype``.
+
+    Args:
+        store: ``(n, D)`` float16 or float32 rows. rows: ``(V,)`` row indices.
+        dtype: ``np.float32`` or ``np.float16`` (normalised in float32 either way).
+        threads: worker threads.
+
+    Returns:
+        ``(V, D)`` array of ``dtype`` (a new array).
+
+    Raises:
+        ValueError: another ``dtype``.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in _FLOATS or store.dtype not in _FLOATS:
+        raise ValueError(f"unit_rows: dtype and store must be float16/float32, got {dtype} and {store.dtype}")
+    d = store.shape[1]
+    out = np.empty((rows.shape[0], d), dtype=dtype)
+    sdtype = torch.from_numpy(store[:0]).dtype
+
+    def chunk(s: int, e: int) -> None:
+        k = e - s
+        raw = _STATE.get("old", k, d, sdtype)
+        np.take(store, rows[s:e], axis=0, out=raw.numpy(), mode="clip")
+        acc = raw if sdtype == torch.float32 else _STATE.get("acc", k, d, torch.float32).copy_(raw)
+        norm = torch.linalg.vector_norm(acc, dim=1, keepdim=True).clamp_min_(1e-12)
+        torch.from_numpy(out[s:e]).copy_(acc.div_(norm))
+
+    _run_chunks(chunk, rows.shape[0], d, threads)
+    return out

@@ -43,7 +43,7 @@ from concerto_ros.sensors.types import PointFrame
 
 from .columns import ColumnStore, SortedKeyIndex
 from .eviction import select_evictions
-from .fusion import assign_rows, blend_weights, default_threads, lerp_rows
+from .fusion import assign_rows, blend_weights, default_threads, lerp_rows, unit_rows
 from .io import MapIdentity, read_map_npz, write_map_npz, write_vertex_ply
 from .keys import check_indices, pack_keys, unpack_keys, voxel_indices
 from .regions import Region, find_regions
@@ -114,7 +114,8 @@ class MapSnapshot:
         ijk: ``(V, 3) int64`` voxel indices. coords: ``(V, 3) float32`` voxel centres, metres.
         colors: ``(V, 3) uint8``. labels: ``(V,) int32`` (-1 = no class fused).
         confidence: ``(V,) float32`` fused probability of the label (0 without).
-        observations: ``(V,) uint32``. embeddings: ``(V, D) float32`` unit rows, or None.
+        observations: ``(V,) uint32``. embeddings: ``(V, D)`` unit rows (float32 or float16),
+            or None.
         version: the map's version at snapshot time (pass it to ``since`` next time).
         class_names, fixed_frame, voxel_size: of the map.
     """
@@ -633,20 +634,17 @@ class SemanticVoxelMap:
         return np.flatnonzero(self._cols["emb_w"] > 0)
 
     @_locked
-    def embeddings(self, rows=None) -> np.ndarray:
-        """``(V, D) float32`` fused embeddings renormalised to unit length (zero rows where
-        none was fused).
+    def embeddings(self, rows=None, dtype=np.float32) -> np.ndarray:
+        """``(V, D)`` fused embeddings renormalised to unit length (zero rows where none was
+        fused), as ``dtype`` (``np.float32``, or ``np.float16`` for messages: half the bytes).
 
         Raises:
-            ValueError: the map holds no embeddings.
+            ValueError: the map holds no embeddings, or another ``dtype``.
         """
         rows = _as_rows(rows, self._cols.n)
         if not self._cols.has("emb"):
             raise ValueError("voxel map: no embeddings were fused (no translator?)")
-        e = np.take(self._cols["emb"], rows, axis=0).astype(np.float32)
-        norm = np.linalg.norm(e, axis=1, keepdims=True)
-        np.divide(e, norm, out=e, where=norm > 0)
-        return e
+        return unit_rows(self._cols["emb"], rows, dtype, self.threads)
 
     @_locked
     def rows_of(self, keys: np.ndarray) -> np.ndarray:
@@ -682,7 +680,7 @@ class SemanticVoxelMap:
 
     @_locked
     def snapshot(self, since: Optional[int] = None, kind: str = SEMANTIC, box=None, embeddings: bool = False,
-                 semantic_only: bool = False) -> MapSnapshot:
+                 semantic_only: bool = False, embedding_dtype=np.float32) -> MapSnapshot:
         """A consistent copy of the voxels selected by every given criterion.
 
         Args:
@@ -691,6 +689,7 @@ class SemanticVoxelMap:
             box: ``(lo, hi)`` corners in metres (see :meth:`select_box`).
             embeddings: include the unit embeddings (only rows that hold one are selected).
             semantic_only: only voxels with fused class probabilities or embeddings.
+            embedding_dtype: ``np.float32`` or ``np.float16`` (see :meth:`embeddings`).
         """
         mask = np.ones(self._cols.n, dtype=bool)
         if since is not None:
@@ -707,7 +706,8 @@ class SemanticVoxelMap:
         return MapSnapshot(rows=rows, keys=self.keys(rows), ijk=self.ijk(rows), coords=self.coords(rows),
                            colors=self.colors(rows), labels=self.labels(rows), confidence=self.confidence(rows),
                            observations=self.observations(rows),
-                           embeddings=self.embeddings(rows) if embeddings and self.embedding_dim else None,
+                           embeddings=(self.embeddings(rows, embedding_dtype) if embeddings and self.embedding_dim
+                                       else None),
                            version=self._version, class_names=self.class_names, fixed_frame=self.fixed_frame,
                            voxel_size=self.voxel_size)
 
