@@ -149,3 +149,18 @@ def test_budget_is_the_full_window_restricted_to_the_nearest_voxels(seed, budget
     np.testing.assert_array_equal(b.grid_coord + b.min_coord, (a.grid_coord + a.min_coord)[keep])
     assert (b.grid_coord.min(axis=0) == 0).all()
     np.testing.assert_array_equal(b.labels, a.labels[keep])
+
+
+def test_merge_falls_back_when_positions_do_not_fit_the_key(monkeypatch):
+    """With more frame voxels than the packed key has position bits for, the wide path is
+    taken and the result is still the full re-voxelisation."""
+    import concerto_ros.cloud.window as window
+
+    monkeypatch.setattr(window, "_KEY_AXIS_BITS", 20)  # 60 key bits leave 3 for positions
+    monkeypatch.setattr(window, "_KEY_SPAN", 1 << 20)
+    rng = np.random.default_rng(5)
+    win = VideoPointCloud(num_frames=2, voxel_size=0.02)
+    for k in range(3):
+        win.push(random_frame(rng, k, 50, labelled=False))
+    assert win._keys is not None  # anchored keys exist, but 100 voxels need 7 position bits
+    assert_equals_full_voxelisation(win, "first", "majority")

@@ -286,8 +286,11 @@ def _merge(recs: list[FrameVoxels], keys: Optional[list[np.ndarray]], anchor: Op
     path that sorts the voxel indices themselves.
     """
     v_tot = sum(r.num_voxels for r in recs)
+    pos_bits = max(1, (v_tot - 1).bit_length())
+    if 3 * _KEY_AXIS_BITS + pos_bits > 63:  # more than 2**21 frame voxels: no room in one int64
+        keys = None
     if keys is not None:
-        skey, order = _sort_with_positions(_cat(keys, "win_keys", copy=True), max(1, (v_tot - 1).bit_length()))
+        skey, order = _sort_with_positions(_cat(keys, "win_keys", copy=True), pos_bits)
         new = scratch("win_new", v_tot, bool)
         new[0] = True
         np.not_equal(skey[1:], skey[:-1], out=new[1:])
