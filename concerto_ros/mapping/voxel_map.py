@@ -577,7 +577,7 @@ class SemanticVoxelMap:
     @_locked
     def colors(self, rows=None) -> np.ndarray:
         """``(V, 3) uint8`` running mean RGB."""
-        return np.clip(np.rint(self._gather("color", rows)), 0, 255).astype(np.uint8)
+        return _rgb(self._gather("color", rows))
 
     @_locked
     def observations(self, rows=None) -> np.ndarray:
@@ -607,26 +607,23 @@ class SemanticVoxelMap:
             return np.zeros((rows.shape[0], 0), dtype=np.float32)
         return np.take(self._cols["probs"], rows, axis=0)
 
+    def _class_rows(self, rows) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """``(class weights (V,), class probabilities (V, K) or None)`` copied at ``rows``."""
+        rows = _as_rows(rows, self._cols.n)
+        if not (self._cols.has("probs") and self.class_names):
+            return np.zeros(rows.shape[0], np.float32), None
+        return np.take(self._cols["cls_w"], rows), np.take(self._cols["probs"], rows, axis=0)
+
     @_locked
     def labels(self, rows=None) -> np.ndarray:
         """``(V,) int32`` argmax of the fused class probabilities (ties: lowest label), -1
         where no class was fused."""
-        rows = _as_rows(rows, self._cols.n)
-        out = np.full(rows.shape[0], -1, dtype=np.int32)
-        if self._cols.has("probs") and self.class_names:
-            has = np.take(self._cols["cls_w"], rows) > 0
-            out[has] = np.take(self._cols["probs"], rows[has], axis=0).argmax(axis=1)
-        return out
+        return _labels(*self._class_rows(rows))
 
     @_locked
     def confidence(self, rows=None) -> np.ndarray:
         """``(V,) float32`` fused probability of :meth:`labels` (0 where none was fused)."""
-        rows = _as_rows(rows, self._cols.n)
-        out = np.zeros(rows.shape[0], dtype=np.float32)
-        if self._cols.has("probs") and self.class_names:
-            has = np.take(self._cols["cls_w"], rows) > 0
-            out[has] = np.take(self._cols["probs"], rows[has], axis=0).max(axis=1)
-        return out
+        return _confidence(*self._class_rows(rows))
 
     @_locked
     def embedding_rows(self) -> np.ndarray:
@@ -678,10 +675,13 @@ class SemanticVoxelMap:
             raise ValueError(f"updated_since: kind must be {SEMANTIC!r} or {GEOMETRY!r}, got {kind!r}")
         return np.flatnonzero(self._cols["sem_ver" if kind == SEMANTIC else "geom_ver"] > int(version))
 
-    @_locked
     def snapshot(self, since: Optional[int] = None, kind: str = SEMANTIC, box=None, embeddings: bool = False,
                  semantic_only: bool = False, embedding_dtype=np.float32) -> MapSnapshot:
         """A consistent copy of the voxels selected by every given criterion.
+
+        Only the raw copy is taken under :attr:`lock`; labels, colours and the
+        renormalisation of the embeddings are computed after releasing it, so a publisher
+        holds up the worker's integration as little as possible.
 
         Args:
             since: only voxels updated after this version (see :meth:`updated_since`).
@@ -690,9 +690,31 @@ class SemanticVoxelMap:
             embeddings: include the unit embeddings (only rows that hold one are selected).
             semantic_only: only voxels with fused class probabilities or embeddings.
             embedding_dtype: ``np.float32`` or ``np.float16`` (see :meth:`embeddings`).
+
+        Raises:
+            ValueError: see :meth:`updated_since`, :meth:`select_box`, :meth:`embeddings`.
         """
+        with self.lock:
+            rows = self._select(since, kind, box, embeddings, semantic_only)
+            cls_w, probs = self._class_rows(rows)
+            raw = {c: self._gather(c, rows) for c in ("key", "ijk", "color", "obs")}
+            emb = (self._gather("emb", rows) if embeddings and self._cols.has("emb") else None)
+            fixed = dict(version=self._version, class_names=self.class_names, fixed_frame=self.fixed_frame,
+                         voxel_size=self.voxel_size)
+        ijk = raw["ijk"].astype(np.int64)
+        coords = ((ijk + 0.5) * self.voxel_size).astype(np.float32)
+        if emb is not None:
+            emb = unit_rows(emb, np.arange(emb.shape[0]), embedding_dtype, self.threads)
+        return MapSnapshot(rows=rows, keys=raw["key"], ijk=ijk, coords=coords, colors=_rgb(raw["color"]),
+                           labels=_labels(cls_w, probs),
+                           confidence=_confidence(cls_w, probs), observations=raw["obs"], embeddings=emb, **fixed)
+
+    def _select(self, since, kind, box, embeddings: bool, semantic_only: bool) -> np.ndarray:
+        """Rows meeting every criterion of :meth:`snapshot` (call with the lock held)."""
         mask = np.ones(self._cols.n, dtype=bool)
         if since is not None:
+            if kind not in (SEMANTIC, GEOMETRY):
+                raise ValueError(f"snapshot: kind must be {SEMANTIC!r} or {GEOMETRY!r}, got {kind!r}")
             mask &= self._cols["sem_ver" if kind == SEMANTIC else "geom_ver"] > int(since)
         if box is not None:
             inside = np.zeros_like(mask)
@@ -702,14 +724,7 @@ class SemanticVoxelMap:
             mask &= self._cols["emb_w"] > 0
         if semantic_only:
             mask &= (self._cols["cls_w"] > 0) | (self._cols["emb_w"] > 0)
-        rows = np.flatnonzero(mask)
-        return MapSnapshot(rows=rows, keys=self.keys(rows), ijk=self.ijk(rows), coords=self.coords(rows),
-                           colors=self.colors(rows), labels=self.labels(rows), confidence=self.confidence(rows),
-                           observations=self.observations(rows),
-                           embeddings=(self.embeddings(rows, embedding_dtype) if embeddings and self.embedding_dim
-                                       else None),
-                           version=self._version, class_names=self.class_names, fixed_frame=self.fixed_frame,
-                           voxel_size=self.voxel_size)
+        return np.flatnonzero(mask)
 
     @_locked
     def regions(self, relevance: np.ndarray, threshold: float, rows=None, max_regions: int = 10,
@@ -814,6 +829,29 @@ class SemanticVoxelMap:
         for name, values in (extra or {}).items():
             columns[name] = (np.asarray(values, dtype=np.float32), "f4")
         return write_vertex_ply(path, columns)
+
+
+def _rgb(color: np.ndarray) -> np.ndarray:
+    """Running mean colours ``(V, 3) float32`` as ``uint8``."""
+    return np.clip(np.rint(color), 0, 255).astype(np.uint8)
+
+
+def _labels(cls_w: np.ndarray, probs: Optional[np.ndarray]) -> np.ndarray:
+    """Argmax labels ``(V,) int32`` of class probabilities, -1 where the weight is 0."""
+    out = np.full(cls_w.shape[0], -1, dtype=np.int32)
+    if probs is not None:
+        has = cls_w > 0
+        out[has] = probs[has].argmax(axis=1)
+    return out
+
+
+def _confidence(cls_w: np.ndarray, probs: Optional[np.ndarray]) -> np.ndarray:
+    """Largest class probability ``(V,) float32``, 0 where the weight is 0."""
+    out = np.zeros(cls_w.shape[0], dtype=np.float32)
+    if probs is not None:
+        has = cls_w > 0
+        out[has] = probs[has].max(axis=1)
+    return out
 
 
 def _replace(obj, **changes):
