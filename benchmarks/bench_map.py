@@ -96,7 +96,7 @@ def window_inputs(frames, voxel: float, classes: int, dim: int, seed: int = 0):
 
 def run(frames, voxel: float, fill_to: int, shift: float, repeats: int, classes: int, dim: int) -> dict:
     names = [f"c{i}" for i in range(classes)]
-    m = SemanticVoxelMap(voxel, "world", class_names=names)  # revisits and fusion: stays at ~fill_to
+    m = SemanticVoxelMap(voxel, "world", class_names=names, embedding_dim=dim)  # revisits, fusion: ~fill_to
     grow = SemanticVoxelMap(voxel, "world", class_names=names)  # new areas, unbounded
     bounded = SemanticVoxelMap(voxel, "world", max_voxels=fill_to, class_names=names)  # new areas, evicting
     for f in frames:

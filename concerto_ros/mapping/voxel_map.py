@@ -179,7 +179,7 @@ class SemanticVoxelMap:
         model_id, text_encoder, text_model, temperature: identity of the semantics, recorded
             in saved maps (see :class:`~concerto_ros.mapping.io.MapIdentity`).
         embedding_dim: D of the embeddings (0 = set by the first :meth:`fuse` with
-            embeddings).
+            embeddings; giving it here avoids filling a whole new column at that fusion).
         evict_slack: amortisation of evictions (see the module docstring), in ``[0, 1]``.
         threads: threads of the embedding fusion kernel (0 = ``min(4, cpu count)``).
         log: callable for notes (class list resets), e.g. a ROS logger's ``info``.
@@ -209,7 +209,10 @@ class SemanticVoxelMap:
         self.evict_slack = float(evict_slack)
         self.threads = int(threads) or default_threads()
         self._log = log or (lambda _msg: None)
-        self._cols = ColumnStore(capacity=4096)
+        # with a count bound the columns never need to grow: reserve the bound once (untouched
+        # memory costs nothing until rows are appended; a growth step copies every column)
+        bound = int(self.max_voxels * (1.0 + self.evict_slack)) + (1 << 16) if self.max_voxels else 4096
+        self._cols = ColumnStore(capacity=bound)
         self._index = SortedKeyIndex()
         self._version = 0
         self._counters = _Counters()
