@@ -347,10 +347,11 @@ def nearest_voxels(coord: np.ndarray, origin: np.ndarray, k: int) -> np.ndarray:
         return np.arange(m, dtype=np.int64)
     diff = coord.astype(np.float64) - np.asarray(origin, dtype=np.float64)
     d2 = np.einsum("ij,ij->i", diff, diff)
-    thr = d2[np.argpartition(d2, k - 1)[:k]].max()
-    below = np.flatnonzero(d2 < thr)
-    at = np.flatnonzero(d2 == thr)[: k - below.shape[0]]
-    return np.sort(np.concatenate([below, at]))
+    thr = np.partition(d2, k - 1)[k - 1]  # the k-th smallest distance
+    keep = d2 < thr
+    ties = np.flatnonzero(d2 == thr)
+    keep[ties[: k - int(np.count_nonzero(keep))]] = True
+    return np.flatnonzero(keep)
 
 
 def _restrict(mg: _Merged, coord: np.ndarray, keep: np.ndarray) -> np.ndarray:
