@@ -70,6 +70,7 @@ class WindowConfig:
     num_frames: int = _f(5, "Frames T in the sliding video point cloud.", lo=1, hi=64)
     voxel_size: float = _f(0.02, "Grid sampling voxel edge (metres); 0.02 indoor, 0.05 outdoor LiDAR.", lo=0.005, hi=1.0)
     max_extent: float = _f(200.0, "Largest extent (metres, along any axis) of the window. When a new frame would make the window wider (a pose jump, a long drive), the oldest frames are dropped; a single frame wider than this is cropped around its sensor. Must stay below 65535 voxels (1310 m at 0.02 m), the serialization limit of the encoder.", lo=1.0, hi=100000.0)
+    max_voxels: int = _f(0, "Encoder budget: the encoder sees only the window's max_voxels voxels nearest the newest camera position, so its latency is bounded on any sensor; points of the dropped voxels get no label. 0 = no budget.", lo=0, hi=10_000_000)
 
 
 @dataclass
@@ -77,6 +78,27 @@ class ValidationConfig:
     max_translation: float = _f(100000.0, "Largest accepted distance (metres) of a sensor pose from the fixed frame's origin; farther poses are skipped as bad_pose (float32 points lose resolution beyond).", lo=1.0, hi=1.0e7)
     max_stamp_jump: float = _f(60.0, "A message stamped more than this (seconds) after the newest stamp is held as a possible clock error; it is used only when validation.jump_confirm consecutive messages confirm the jump, else skipped as bad_stamp.", lo=0.1, hi=1.0e6)
     jump_confirm: int = _f(3, "Consecutive messages that confirm a forward time jump (of the sensor stream, and per TF edge).", lo=1, hi=100)
+
+
+@dataclass
+class KeyframeConfig:
+    min_translation: float = _f(0.1, "Keyframe criterion (the encoder runs on keyframes only): the sensor moved at least this many metres since the last keyframe (0 = criterion off).", lo=0.0, hi=100.0)
+    min_rotation: float = _f(10.0, "Keyframe criterion: the sensor turned at least this many degrees since the last keyframe (0 = criterion off).", lo=0.0, hi=180.0)
+    max_interval: float = _f(1.0, "Keyframe criterion: this many seconds passed since the last keyframe (0 = criterion off). Every frame, keyframe or not, is integrated into the map's geometry.", lo=0.0, hi=3600.0)
+
+
+@dataclass
+class MapConfig:
+    enabled: bool = _f(True, "Keep a persistent semantic voxel map in fixed_frame: geometry and colour of every frame, class probabilities and language embeddings of every encoded keyframe window.")
+    voxel_size: float = _f(0.0, "Voxel edge of the map (metres); 0 = window.voxel_size (then the map reuses the window's voxelisation of each frame).", lo=0.0, hi=1.0)
+    max_voxels: int = _f(500_000, "Memory bound of the map in voxels (0 = none); beyond it the farthest voxels from the sensor, then the oldest, are evicted. About 0.93 kB per voxel with 20 classes and 384-d embeddings (500k voxels: ~470 MB).", lo=0, hi=50_000_000)
+    radius: float = _f(0.0, "Voxels farther than this many metres from the newest sensor position are evicted (0 = no radius bound).", lo=0.0, hi=100000.0)
+    evict_slack: float = _f(0.05, "Eviction amortisation: the count bound evicts once the map exceeds (1 + evict_slack) x max_voxels (down to max_voxels); the radius bound is checked when the sensor moved evict_slack x radius.", lo=0.0, hi=1.0)
+    fusion_threads: int = _f(0, "Threads of the embedding fusion kernel (0 = min(4, CPU count)).", lo=0, hi=64)
+    publish_rate: float = _f(1.0, "Rate (Hz) of ~/map/semantic_points (x y z rgb label confidence observations), published only while subscribed; 0 = off.", lo=0.0, hi=30.0)
+    features_rate: float = _f(0.2, "Rate (Hz) of ~/map/language_features, which carries only the voxels updated since its previous message, published only while subscribed; 0 = off.", lo=0.0, hi=10.0)
+    save_path: str = _f("", "Map file (.npz) that ~/save_map writes by default and the node writes at shutdown; empty = only on request.")
+    load_path: str = _f("", "Map file (.npz) loaded at start-up; refused (start-up fails) when its voxel size, fixed frame, model or text encoder differ. Empty = start with an empty map.")
 
 
 @dataclass
@@ -161,6 +183,8 @@ class PerceptionConfig:
     lift: LiftConfig = field(default_factory=LiftConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    keyframe: KeyframeConfig = field(default_factory=KeyframeConfig)
+    map: MapConfig = field(default_factory=MapConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     cross4d: Cross4DConfig = field(default_factory=Cross4DConfig)
     head: HeadConfig = field(default_factory=HeadConfig)

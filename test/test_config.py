@@ -27,7 +27,7 @@ def test_lidar_yaml_has_the_same_keys_with_lidar_values():
     changed = {k for k, v in to_flat(cfg).items() if v != to_flat(PerceptionConfig())[k]}
     assert changed == {"topics.color", "topics.depth", "topics.camera_info", "topics.points", "lift.min_range",
                        "window.num_frames", "window.voxel_size", "window.max_extent", "head.class_names",
-                       "model.bundle"}
+                       "model.bundle", "keyframe.min_translation", "map.radius"}
     assert cfg.window.voxel_size == 0.05 and cfg.topics.points and cfg.lift.max_range > 60 > cfg.lift.max_depth
     assert len(cfg.head.class_names) == 1  # [semantickitti]: expanded to the 19 classes by the head
     assert cfg.model.bundle == ""  # the embedded bundle is indoor (0.02 m): no bundle for LiDAR

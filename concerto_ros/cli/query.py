@@ -1,14 +1,27 @@
-"""``concerto query "red chair"``: ask a running perception_node where something is."""
+"""``concerto query "red chair"``: ask a running perception_node, or a saved map, where
+something is."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 HELP = """\
-Call the node's open-vocabulary query service (concerto_ros_interfaces/srv/QueryText) and
-print the status, the number of matching points, their centroid and the best matches
-(x y z in metres in the node's fixed frame, relevance in [0, 1]). The node also publishes
-the relevance cloud on ~/query/relevance and RViz markers on ~/query/markers.
+Without --map: call the node's open-vocabulary query service
+(concerto_ros_interfaces/srv/QueryText) and print the status, the number of matching points,
+their centroid and the best matches (x y z in metres in the node's fixed frame, relevance
+in [0, 1]). The node also publishes the relevance cloud on ~/query/relevance and RViz
+markers on ~/query/markers.
+
+With --map FILE (a map saved by the node or by concerto replay, e.g. OUT/map.npz): answer
+from the saved map, without ROS. The text encoder named in the map is built (the bundled
+all-MiniLM-L6-v2 works offline; an open_clip map also needs --text-checkpoint), every voxel
+with a language embedding is scored LERF-style against the query and the negatives with the
+translator temperature saved in the map, and the matching regions are printed best first:
+connected voxels (26-neighbourhood) with relevance >= the threshold, each with its centroid,
+axis-aligned box (metres, the map's fixed frame), voxel count and mean relevance.
+--ply writes the scored voxels with a relevance property.
 """
 
 
@@ -17,12 +30,23 @@ def register(subparsers) -> None:
                               description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", help='what to look for, e.g. "red chair"')
     p.add_argument("--negative", action="append", default=[], metavar="TEXT",
-                   help="a text the match should not look like (repeatable; default: the node's query.negatives)")
+                   help="a text the match should not look like (repeatable; default: the node's query.negatives, "
+                        "with --map: object, things, stuff, texture)")
     p.add_argument("--threshold", type=float, default=0.0,
-                   help="relevance in [0, 1] from which a point matches (default: the node's query.default_threshold)")
+                   help="relevance in [0, 1] from which a point matches (default: the node's query.default_threshold, "
+                        "with --map: 0.5)")
     p.add_argument("--top-k", type=int, default=10, help="best matches to print (default: 10)")
     p.add_argument("--node", default="/perception_node", help="fully qualified node name (default: /perception_node)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the service and the answer")
+    m = p.add_argument_group("saved map (no ROS)")
+    m.add_argument("--map", type=Path, default=None, metavar="FILE",
+                   help="answer from this saved map (.npz) instead of a running node")
+    m.add_argument("--regions", type=int, default=5, help="most regions to print (default: 5)")
+    m.add_argument("--min-voxels", type=int, default=1, help="smallest region printed, in voxels (default: 1)")
+    m.add_argument("--ply", type=Path, default=None, metavar="OUT",
+                   help="also write the scored voxels to this PLY (x y z rgb label confidence observations relevance)")
+    m.add_argument("--text-checkpoint", default="",
+                   help="open_clip maps: local weights file of the CLIP model (not stored in the map)")
     p.set_defaults(func=run)
 
 
@@ -59,6 +83,8 @@ def call_query(text: str, negatives=(), threshold: float = 0.0, top_k: int = 10,
 
 
 def run(args) -> int:
+    if args.map is not None:
+        return run_map(args)
     try:
         res = call_query(args.text, args.negative, args.threshold, args.top_k, args.node, args.timeout)
     except TimeoutError as exc:
@@ -74,4 +100,73 @@ def run(args) -> int:
     print("best matches (x y z [m], relevance):")
     for p, s in zip(res.best_points, res.best_scores):
         print(f"  {p.x:8.3f} {p.y:8.3f} {p.z:8.3f}   {s:.3f}")
+    return 0
+
+
+def query_map(path: Path, text: str, negatives=(), threshold: float = 0.5, top_k: int = 10, max_regions: int = 5,
+              min_voxels: int = 1, text_checkpoint: str = ""):
+    """Score a free-text query against a saved map.
+
+    Returns:
+        ``(map, rows, query_result, regions)``: the loaded
+        :class:`~concerto_ros.mapping.SemanticVoxelMap`, the ``(V,)`` rows that hold an
+        embedding, the :class:`~concerto_ros.language.query.QueryResult` over those rows and the
+        :class:`~concerto_ros.mapping.Region` list (map rows), best first.
+
+    Raises:
+        FileNotFoundError / ValueError: unreadable map, a map without embeddings or
+            temperature, a text encoder that cannot be built or whose width differs, bad text.
+    """
+    from concerto_ros.language.query import DEFAULT_NEGATIVES, TextQueryScorer
+    from concerto_ros.language.text_encoders import build_text_encoder
+    from concerto_ros.mapping import SemanticVoxelMap
+
+    m = SemanticVoxelMap.load(path)
+    ident = m.identity
+    rows = m.embedding_rows() if m.embedding_dim else None
+    if rows is None or rows.size == 0 or not ident.temperature > 0:
+        raise ValueError(f"map {path} holds no language embeddings (made without a translator?)")
+    te = build_text_encoder(ident.text_encoder or "sentence-transformers", ident.text_model or None,
+                            text_checkpoint or None)
+    if te.dim != m.embedding_dim:
+        raise ValueError(f"the map's embeddings are {m.embedding_dim}-d but text encoder {te.name} gives {te.dim}-d")
+    scorer = TextQueryScorer(te, ident.temperature, negatives=tuple(negatives) or DEFAULT_NEGATIVES)
+    qr = scorer.score(m.embeddings(rows), text, coords=m.coords(rows), k=top_k, threshold=threshold)
+    regions = m.regions(qr.relevance, threshold, rows=rows, max_regions=max_regions, min_voxels=min_voxels)
+    return m, rows, qr, regions
+
+
+def run_map(args) -> int:
+    """``concerto query --map FILE TEXT``: print the best regions and voxels of a saved map."""
+    from concerto_ros.config import QueryConfig
+
+    threshold = args.threshold if args.threshold > 0 else QueryConfig().default_threshold
+    if not 0.0 <= threshold <= 1.0 or args.top_k < 1 or args.regions < 1 or args.min_voxels < 1:
+        print("error: --threshold must be in [0, 1]; --top-k, --regions and --min-voxels >= 1", file=sys.stderr)
+        return 2
+    print(f"scoring '{args.text}' against {args.map} ...", flush=True)
+    try:
+        m, rows, qr, regions = query_map(args.map, args.text, args.negative, threshold, args.top_k, args.regions,
+                                         args.min_voxels, args.text_checkpoint)
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ident = m.identity
+    print(f"map: {len(m)} voxels of {ident.voxel_size:g} m in '{ident.fixed_frame}', {rows.size} with embeddings "
+          f"({ident.text_encoder} {ident.text_model or 'all-MiniLM-L6-v2'}, temperature {ident.temperature:g}); "
+          f"negatives: {', '.join(qr.negatives) or 'none'}")
+    print(f"{qr.n_above} voxels with relevance >= {threshold:g}; {len(regions)} region(s), best first:")
+    if regions:
+        print(f"  {'#':>2} {'score':>6} {'voxels':>7}  {'centroid x y z [m]':>26}  {'box min .. max [m]'}")
+    for i, r in enumerate(regions):
+        c, lo, hi = r.centroid, r.box_min, r.box_max
+        print(f"  {i + 1:>2} {r.score:6.3f} {r.num_voxels:7d}  {c[0]:8.3f} {c[1]:8.3f} {c[2]:8.3f}  "
+              f"({lo[0]:.2f} {lo[1]:.2f} {lo[2]:.2f}) .. ({hi[0]:.2f} {hi[1]:.2f} {hi[2]:.2f})")
+    coords = m.coords(rows)
+    print("best voxels (x y z [m], relevance):")
+    for i, s in zip(qr.topk, qr.topk_relevance):
+        print(f"  {coords[i, 0]:8.3f} {coords[i, 1]:8.3f} {coords[i, 2]:8.3f}   {s:.3f}")
+    if args.ply is not None:
+        m.export_ply(args.ply, rows=rows, extra={"relevance": qr.relevance})
+        print(f"wrote {args.ply}")
     return 0

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GridSample", "grid_sample", "GRID_SAMPLE_MODES"]
+__all__ = ["GridSample", "grid_sample", "GRID_SAMPLE_MODES", "center_distance2", "scratch", "scratch_arange"]
 
 GRID_SAMPLE_MODES = ("first", "center")
 
@@ -65,6 +65,22 @@ class _Workspace(threading.local):
 
 
 _WS = _Workspace()
+
+
+def scratch(name: str, n: int, dtype) -> np.ndarray:
+    """A per-thread, grow-only scratch array of ``n`` items of ``dtype`` (uninitialised).
+
+    It is the same memory at every request of ``name`` in this thread, so it is valid until
+    the next such request: use it for temporaries, never return it to a caller. Requests
+    above 2**19 items get a fresh array. Names used here: ``col0..2 keyf packed order newvox
+    gid frac dist2``; other modules prefix theirs.
+    """
+    return _WS.get(name, n, dtype)
+
+
+def scratch_arange(n: int) -> np.ndarray:
+    """``arange(n)`` int64 from a per-thread cache (read-only use; see :func:`scratch`)."""
+    return _WS.get_arange(n)
 
 
 @dataclass(frozen=True)
@@ -261,3 +277,24 @@ def _finish(points, cols, order, new_voxel, mins, voxel_size, mode, dist2, n, ws
         min_coord=mins,
         voxel_size=voxel_size,
     )
+
+
+def center_distance2(points: np.ndarray, voxel_size: float) -> np.ndarray:
+    """``(N,) float64`` squared distance, in voxel units, of each point to its voxel centre.
+
+    Bit-identical to the key that :func:`grid_sample` minimises in ``mode="center"`` (same
+    float64 operations in the same order), so representatives chosen per frame can be
+    compared across frames (:class:`~concerto_ros.cloud.window.VideoPointCloud`).
+    """
+    points = np.asarray(points)
+    dist2 = None
+    for i in range(3):
+        frac = np.divide(points[:, i], float(voxel_size), dtype=np.float64)
+        frac -= np.floor(frac)
+        frac -= 0.5
+        np.square(frac, out=frac)
+        if dist2 is None:
+            dist2 = frac
+        else:
+            dist2 += frac
+    return dist2
