@@ -84,7 +84,7 @@ class ValidationConfig:
 class KeyframeConfig:
     min_translation: float = _f(0.1, "Keyframe criterion (the encoder runs on keyframes only): the sensor moved at least this many metres since the last keyframe (0 = criterion off).", lo=0.0, hi=100.0)
     min_rotation: float = _f(10.0, "Keyframe criterion: the sensor turned at least this many degrees since the last keyframe (0 = criterion off).", lo=0.0, hi=180.0)
-    max_interval: float = _f(1.0, "Keyframe criterion: this many seconds passed since the last keyframe (0 = criterion off). Every frame, keyframe or not, is integrated into the map's geometry.", lo=0.0, hi=3600.0)
+    max_interval: float = _f(1.0, "Keyframe criterion: this many seconds passed since the last keyframe (0 = criterion off). Every frame, keyframe or not, is integrated into the map's geometry. With all three criteria 0 every frame is a keyframe.", lo=0.0, hi=3600.0)
 
 
 @dataclass
@@ -156,7 +156,7 @@ class QueryConfig:
 
 @dataclass
 class WorkerConfig:
-    queue_depth: int = _f(1, "Synced frames waiting for the worker; when full the oldest is dropped (and counted).", lo=1, hi=16)
+    queue_depth: int = _f(8, "Synced frames waiting for the integration thread (which lifts every frame into the window and the map); when full the oldest is dropped and counted (frames_dropped_queue). Keyframes wait in a slot of their own: a newer keyframe replaces one the encoder has not started.", lo=1, hi=64)
 
 
 @dataclass

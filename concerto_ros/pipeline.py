@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ import torch
 
 from concerto_ros.cloud.extent import WindowExtent
 from concerto_ros.cloud.window import VideoPointCloud, WindowCloud
+from concerto_ros.mapping import KeyframePolicy, SemanticVoxelMap
 from concerto_ros.config import PerceptionConfig
 from concerto_ros.models.extractor import FeatureExtractor, build_heads
 from concerto_ros.models.heads import SemanticPrediction, pca_colors
@@ -119,16 +121,62 @@ class LanguageModels:
                 self.labeler.set_vocabulary(pending)
         return self.labeler
 
-    def label(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def label(self, emb: np.ndarray, probabilities: bool = False) -> SemanticPrediction:
         """Open-vocabulary labels ``(M,) int32`` and softmax confidences ``(M,) float32`` over
-        the vocabulary (cosine / translator temperature)."""
+        the vocabulary (cosine / translator temperature); with ``probabilities`` also the
+        ``(M, K)`` softmax."""
         from concerto_ros.language.query import cosine_to_vocabulary
 
-        cos = cosine_to_vocabulary(emb, self.labeler.embeddings)
-        labels = cos.argmax(axis=1)
-        top = cos[np.arange(len(cos)), labels]
-        conf = 1.0 / np.exp((cos - top[:, None]) / self.translator.temperature).sum(axis=1)
-        return labels.astype(np.int32), conf.astype(np.float32)
+        logits = cosine_to_vocabulary(emb, self.labeler.embeddings) / self.translator.temperature
+        labels = logits.argmax(axis=1)
+        e = np.exp(logits - logits[np.arange(len(logits)), labels][:, None])
+        total = e.sum(axis=1)
+        conf = (1.0 / total).astype(np.float32)
+        probs = (e / total[:, None]).astype(np.float32) if probabilities else None
+        return SemanticPrediction(labels=labels.astype(np.int32), confidence=conf, probabilities=probs)
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    """A window to encode, voxelized when its newest frame was integrated.
+
+    Attributes:
+        window: the voxelized window (immutable arrays: safe to encode on another thread
+            while the next frames are integrated).
+        reason: why it is a keyframe (``first``, ``translation``, ``rotation``, ``interval``,
+            ``time_jump``) or ``forced``.
+        integrated_at: ``time.perf_counter()`` when it was made (latency accounting).
+        frames_before: the window's frames before its newest frame was pushed (restored
+            when encoding fails).
+    """
+
+    window: WindowCloud
+    reason: str
+    integrated_at: float
+    frames_before: tuple = ()
+
+
+@dataclass(frozen=True)
+class MapTarget:
+    """The map voxels a query searched (see :meth:`PerceptionPipeline.query`).
+
+    Attributes:
+        coord: ``(V, 3) float32`` voxel centres, metres, in ``fixed_frame``.
+        ijk: ``(V, 3) int64`` voxel indices (``floor(p / voxel_size)``).
+        voxel_size: the map's voxel edge, metres.
+        fixed_frame: frame of ``coord``.
+        stamp_ns: stamp of the newest keyframe fused into the map (int ns).
+        text_embeddings: ``(V, D) float32`` unit language embeddings.
+        version: the map's version at the snapshot.
+    """
+
+    coord: np.ndarray
+    ijk: np.ndarray
+    voxel_size: float
+    fixed_frame: str
+    stamp_ns: int
+    text_embeddings: np.ndarray
+    version: int
 
 
 @dataclass
@@ -164,11 +212,21 @@ class PipelineResult:
     text_embeddings: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def ijk(self) -> np.ndarray:
+        """``(M, 3) int64`` absolute voxel indices of the window's voxels."""
+        return self.window.grid_coord.astype(np.int64) + self.window.min_coord
+
+    @property
+    def voxel_size(self) -> float:
+        """The window's voxel edge, metres."""
+        return float(self.window.voxel_size)
+
     def frame_labels(self, i: int = -1) -> tuple[np.ndarray, np.ndarray]:
         """Labels ``(N_i,) int32`` and confidences ``(N_i,) float32`` of every point of
-        window frame ``i`` (default: the newest), through the voxel inverse map."""
-        inv = self.window.frame_inverse(i)
-        return self.labels[inv], self.confidence[inv]
+        window frame ``i`` (default: the newest), through the voxel inverse map; points whose
+        voxel the encoder budget (``window.max_voxels``) dropped get label -1, confidence 0."""
+        return self.window.frame_values(self.labels, i, fill=-1), self.window.frame_values(self.confidence, i, fill=0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -286,7 +344,8 @@ class PerceptionPipeline:
         if cfg.model.num_threads > 0:
             torch.set_num_threads(cfg.model.num_threads)
         self.device = resolve_device(cfg.model.device)
-        self.window = VideoPointCloud(num_frames=cfg.window.num_frames, voxel_size=cfg.window.voxel_size)
+        self.window = VideoPointCloud(num_frames=cfg.window.num_frames, voxel_size=cfg.window.voxel_size,
+                                      max_voxels=cfg.window.max_voxels)
         chosen = select_bundle(cfg, log=self.log)
         #: the model bundle in use (``model.bundle``) and its file, or ``None``
         self.bundle, self.bundle_path = chosen if chosen is not None else (None, None)
@@ -300,7 +359,15 @@ class PerceptionPipeline:
         self._extent = WindowExtent(cfg.window.max_extent)
         #: times the window dropped old frames to stay within ``window.max_extent``
         self.window_crops = 0
+        #: frames lifted into the window and the map; keyframe windows encoded
+        self.frames_integrated = 0
         self.frames_processed = 0
+        self.keyframes = KeyframePolicy.from_config(cfg.keyframe)
+        #: the persistent semantic map (``map.enabled``); with an empty ``fixed_frame`` it is
+        #: created with the first frame, in that frame's sensor frame
+        self.map: SemanticVoxelMap | None = None
+        if cfg.map.enabled and cfg.fixed_frame:
+            self.map = self._build_map(cfg.fixed_frame)
         self.latest: PipelineResult | None = None
         self._latest_lock = threading.Lock()
 
@@ -463,27 +530,85 @@ class PerceptionPipeline:
         return self.lift(frame.rgbd, frame.T_world_sensor)
 
     def process(self, frame: RGBDFrame, T_world_sensor: np.ndarray) -> PipelineResult:
-        """Lift ``frame``, add it to the window and run the models on the window.
+        """Lift ``frame``, add it to the window and the map, and run the models on the window
+        (every call encodes; :meth:`process_frame` follows the keyframe policy).
 
         Raises:
             FrameSkipped: see :meth:`lift`.
         """
         return self.process_points(self.lift(frame, T_world_sensor))
 
-    def process_frame(self, frame: SensorFrame) -> PipelineResult:
-        """:meth:`lift_frame`, then :meth:`process_points`."""
-        return self.process_points(self.lift_frame(frame))
+    def process_frame(self, frame: SensorFrame | PointFrame) -> PipelineResult | None:
+        """The node's per-frame step in one thread: :meth:`integrate` (every frame), then
+        :meth:`encode` when the frame is a keyframe (``keyframe.*``). Returns ``None`` for a
+        frame that was integrated but is not a keyframe.
+
+        Raises:
+            FrameSkipped: see :meth:`lift_frame`.
+        """
+        keyframe = self.integrate(frame)
+        return None if keyframe is None else self._encode_or_restore(keyframe)
+
+    def process_points(self, points: PointFrame) -> PipelineResult:
+        """Add an already lifted frame (RGB-D or LiDAR) to the window and the map, and run the
+        models on the window whatever the keyframe policy says.
+
+        If the models fail (an internal error), the window is restored to what it held before
+        the frame, so one bad frame never costs the next good ones.
+        """
+        return self._encode_or_restore(self.integrate(points, force_keyframe=True))
 
     def push(self, frame: RGBDFrame, T_world_sensor: np.ndarray) -> None:
-        """Lift ``frame`` and add it to the window without running the models: for callers that
-        need the outputs of some windows only (e.g. training on every n-th window); the next
-        :meth:`process` encodes the window with it. Outputs equal those of calling
-        :meth:`process` on every frame.
+        """Lift ``frame`` and add it to the window (and the map's geometry) without running the
+        models: for callers that need the outputs of some windows only (e.g. training on every
+        n-th window); the next :meth:`process` encodes the window with it.
 
         Raises:
             FrameSkipped: see :meth:`lift`.
         """
-        self._push_points(self.lift(frame, T_world_sensor))
+        self.integrate(self.lift(frame, T_world_sensor), keyframe_policy=False)
+
+    def integrate(self, frame: SensorFrame | PointFrame, force_keyframe: bool = False,
+                  keyframe_policy: bool = True) -> Keyframe | None:
+        """Every frame's step: lift it (a :class:`SensorFrame`), push it into the window
+        (incremental, within ``window.max_extent``), integrate its geometry and colour into
+        the map, and decide whether it is a keyframe (``keyframe.*``; always with
+        ``force_keyframe``; never without ``keyframe_policy``).
+
+        Returns:
+            A :class:`Keyframe` (the window voxelized now: immutable, safe to encode on
+            another thread) for a keyframe, else ``None``.
+
+        Raises:
+            FrameSkipped: see :meth:`lift_frame`.
+        """
+        points = frame if isinstance(frame, PointFrame) else self.lift_frame(frame)
+        before = self.window.frames
+        with self.timer.stage("window"):
+            self._push_points(points)
+        newest = self.window.frames[-1]
+        if self.cfg.map.enabled:
+            with self.timer.stage("integrate"):
+                self._integrate_map(newest)
+        self.frames_integrated += 1
+        pose = newest.T_fixed_sensor if newest.T_fixed_sensor is not None else np.eye(4)
+        decision = self.keyframes.update(pose, newest.stamp_ns) if keyframe_policy else None
+        if not force_keyframe and (decision is None or not decision.is_keyframe):
+            return None
+        with self.timer.stage("window"):
+            window = self.window.build()
+        return Keyframe(window=window, reason="forced" if force_keyframe else decision.reason,
+                        integrated_at=time.perf_counter(), frames_before=before)
+
+    def flush(self) -> PipelineResult | None:
+        """Encode the window when its newest frame was not encoded yet (the end of a
+        recording: the last frames are not lost on a keyframe policy); ``None`` otherwise."""
+        frames = self.window.frames
+        latest = self.latest
+        if not frames or (latest is not None and latest.stamp_ns == frames[-1].stamp_ns):
+            return None
+        return self.encode(Keyframe(window=self.window.build(), reason="final", integrated_at=time.perf_counter(),
+                                    frames_before=frames))
 
     def _push_points(self, points: PointFrame) -> None:
         """Add a lifted frame to the window, keeping the window within ``window.max_extent``."""
@@ -505,58 +630,45 @@ class PerceptionPipeline:
         self.window.push(points)
         self._extent.forget_except(self.window.frames)
 
-    def process_points(self, points: PointFrame) -> PipelineResult:
-        """Add an already lifted frame (RGB-D or LiDAR) to the window and run the models.
+    def _integrate_map(self, frame: PointFrame) -> None:
+        if self.map is None or self.map.fixed_frame != frame.frame_id:
+            if self.map is not None and len(self.map):
+                self.log(f"frames now come in '{frame.frame_id}', the map was in '{self.map.fixed_frame}': new map")
+            self.map = self._build_map(frame.frame_id)
+        same_grid = bool(np.isclose(self.map.voxel_size, self.window.voxel_size))
+        self.map.integrate_frame(frame, grid=self.window.newest_voxels.grid if same_grid else None)
 
-        If anything after the push fails (an internal error), the window is restored to what
-        it held before, so one bad frame never costs the next good ones.
-        """
-        before = self.window.frames
-        t0 = time.perf_counter()
-        self._push_points(points)
-        push_ms = (time.perf_counter() - t0) * 1e3
+    def _encode_or_restore(self, keyframe: Keyframe) -> PipelineResult:
         try:
-            return self._run_models(push_ms)
+            return self.encode(keyframe)
         except Exception:
             self.window.clear()
-            for f in before:
+            for f in keyframe.frames_before:
                 self.window.push(f)
             raise
 
     @torch.inference_mode()
-    def _run_models(self, push_ms: float = 0.0) -> PipelineResult:
+    def encode(self, keyframe: Keyframe | WindowCloud) -> PipelineResult:
+        """Encoders and heads on a keyframe's window, fused into the map (the expensive step;
+        thread-safe against :meth:`integrate` on another thread).
+
+        Returns:
+            The :class:`PipelineResult` of the window (also kept as :attr:`latest`).
+        """
+        win = keyframe.window if isinstance(keyframe, Keyframe) else keyframe
         t = {}
+        feats = self._features(win, t)
         t0 = time.perf_counter()
-        win = self.window.build()
-        t["window"] = push_ms + (time.perf_counter() - t0) * 1e3
-        parts = []
-        if self.extractor is not None:
-            t0 = time.perf_counter()
-            parts.append(self.extractor.encode_window(win))
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            t["encoder"] = (time.perf_counter() - t0) * 1e3
-        if self.cross4d is not None:
-            t0 = time.perf_counter()
-            parts.append(self.cross4d.encode_window(win).to(self.device))
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            t["cross4d"] = (time.perf_counter() - t0) * 1e3
-        feats = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        t0 = time.perf_counter()
-        emb = None
-        if self.language is not None:
-            emb = self.language.translator.embed(feats)
-            voc = self.language.apply_pending_vocabulary()
-        if self.language is not None and voc is not None:
-            labels, conf = self.language.label(emb)
-            pred = SemanticPrediction(labels=labels, confidence=conf)
-        else:
-            pred = self.head.predict(feats)
+        emb, pred = self._heads(feats)
         fcolors = None
         if self.cfg.publish.features:
             fcolors, self._pca_basis = pca_colors(feats, basis=self._pca_basis, return_basis=True)
         t["heads"] = (time.perf_counter() - t0) * 1e3
+        if self.map is not None and self.map.fixed_frame == win.frame_id:
+            t0 = time.perf_counter()
+            self.map.fuse_window(win, pred.confidence, class_probs=pred.probabilities, embeddings=emb,
+                                 class_names=self.class_names)
+            t["fuse"] = (time.perf_counter() - t0) * 1e3
         for k, v in t.items():
             self.timer.add(k, v)
         self.frames_processed += 1
@@ -569,9 +681,70 @@ class PerceptionPipeline:
             self.latest = result
         return result
 
+    def _features(self, win: WindowCloud, t: dict) -> torch.Tensor:
+        """The fused ``(M, D)`` feature (Concerto, then Cross4D); stage times into ``t``."""
+        parts = []
+        for name, model in (("encoder", self.extractor), ("cross4d", self.cross4d)):
+            if model is None:
+                continue
+            t0 = time.perf_counter()
+            parts.append(model.encode_window(win).to(self.device))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            t[name] = (time.perf_counter() - t0) * 1e3
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _heads(self, feats: torch.Tensor) -> tuple[np.ndarray | None, SemanticPrediction]:
+        """Translator embeddings (or ``None``) and the labels: the open vocabulary when one is
+        set, else the linear head (with class probabilities when the map fuses them)."""
+        probs = self.map is not None
+        if self.language is None:
+            return None, self.head.predict(feats, probabilities=probs)
+        emb = self.language.translator.embed(feats)
+        if self.language.apply_pending_vocabulary() is not None:
+            return emb, self.language.label(emb, probabilities=probs)
+        return emb, self.head.predict(feats, probabilities=probs)
+
+    def _build_map(self, fixed_frame: str) -> SemanticVoxelMap:
+        """The semantic map in ``fixed_frame`` with this pipeline's identity, or the one in
+        ``map.load_path``.
+
+        Raises:
+            concerto_ros.mapping.MapMismatchError: the saved map was made with another voxel
+                size, fixed frame, model or text encoder (the message names each).
+        """
+        mc, lang = self.cfg.map, self.language
+        identity = dict(class_names=self.class_names, model_id=self.model_id,
+                        text_encoder=lang.backend if lang else "", text_model=lang.model if lang else "",
+                        temperature=float(lang.translator.temperature) if lang else 0.0,
+                        embedding_dim=int(lang.text_encoder.dim) if lang else 0, log=self.log)
+        fresh = SemanticVoxelMap(mc.voxel_size or self.cfg.window.voxel_size, fixed_frame, max_voxels=mc.max_voxels,
+                                 radius=mc.radius, evict_slack=mc.evict_slack, threads=mc.fusion_threads, **identity)
+        if not mc.load_path:
+            return fresh
+        loaded = SemanticVoxelMap.load(mc.load_path, expect=fresh.identity, ignore=("class_names",),
+                                       max_voxels=mc.max_voxels, radius=mc.radius, evict_slack=mc.evict_slack,
+                                       threads=mc.fusion_threads, log=self.log)
+        self.log(f"map {mc.load_path}: {len(loaded)} voxels loaded")
+        return loaded
+
+    @property
+    def model_id(self) -> str:
+        """Identity of the models for saved maps: the bundle file's SHA-256, else the encoder,
+        head and translator settings (files or seeded random presets)."""
+        if self.bundle_path is not None:
+            import hashlib
+
+            return "bundle sha256:" + hashlib.sha256(Path(self.bundle_path).read_bytes()).hexdigest()[:16]
+        m, c4, h, lang = self.cfg.model, self.cfg.cross4d, self.cfg.head, self.cfg.language
+        parts = [f"concerto {m.checkpoint or f'random {m.preset} seed {m.seed}'} {m.feature}" if m.enabled else "",
+                 f"cross4d {c4.checkpoint or f'random {c4.preset} seed {c4.seed}'}" if c4.enabled else "",
+                 f"head {h.checkpoint or 'random'}", f"translator {lang.translator or 'none'}"]
+        return "; ".join(p for p in parts if p)
+
     def query(self, text: str, negatives: list[str] | None = None, threshold: float = 0.0,
-              top_k: int = 0):
-        """Relevance of every voxel of the latest window to a free-text query.
+              top_k: int = 0, scope: str = "window"):
+        """Relevance of every voxel of the latest window, or of the map, to a free-text query.
 
         Args:
             text: the query, e.g. "red chair".
@@ -579,30 +752,52 @@ class PerceptionPipeline:
             threshold: relevance in ``[0, 1]`` from which a voxel matches; ``<= 0``:
                 ``query.default_threshold``.
             top_k: best voxels to return; ``0``: ``query.default_top_k``.
+            scope: ``"window"`` (the latest encoded window) or ``"map"`` (every voxel the map
+                holds language features for, also those that left the window).
 
         Returns:
-            ``(result, query_result)``: the :class:`PipelineResult` queried and a
-            :class:`~concerto_ros.language.query.QueryResult` (relevance ``(M,)``, top-k
-            indices into ``result.coord``, centroid in ``fixed_frame``).
+            ``(target, query_result)``: what was searched (a :class:`PipelineResult` for the
+            window, a :class:`MapTarget` for the map; both have ``coord``, ``ijk``,
+            ``voxel_size``, ``stamp_ns``, ``fixed_frame``) and a
+            :class:`~concerto_ros.language.query.QueryResult` (relevance per voxel, top-k
+            indices into ``target.coord``, centroid in the fixed frame).
 
         Raises:
-            QueryError: no translator configured, or no frame processed yet.
+            QueryError: no translator, nothing encoded yet, an empty map, or an unknown scope.
             ValueError: empty or overlong text (message says which).
         """
         if self.language is None:
             raise QueryError("no translator loaded (set language.translator to a file from "
                              "`concerto train translator`, or model.bundle to a bundle with a translator)")
+        if scope not in ("window", "map"):
+            raise QueryError(f"unknown query scope {scope!r}: use 'map' or 'window'")
+        target = self._map_target() if scope == "map" else self._window_target()
+        q = self.cfg.query
+        qr = self.language.scorer.score(
+            target.text_embeddings, text, coords=target.coord,
+            k=int(top_k) if top_k > 0 else q.default_top_k,
+            threshold=float(threshold) if threshold > 0 else q.default_threshold,
+            negatives=list(negatives) if negatives else list(q.negatives))
+        return target, qr
+
+    def _window_target(self) -> "PipelineResult":
         with self._latest_lock:
             result = self.latest
         if result is None or result.text_embeddings is None:
             raise QueryError("no frame processed yet: nothing to query")
-        q = self.cfg.query
-        qr = self.language.scorer.score(
-            result.text_embeddings, text, coords=result.coord,
-            k=int(top_k) if top_k > 0 else q.default_top_k,
-            threshold=float(threshold) if threshold > 0 else q.default_threshold,
-            negatives=list(negatives) if negatives else list(q.negatives))
-        return result, qr
+        return result
+
+    def _map_target(self) -> "MapTarget":
+        vmap = self.map
+        if vmap is None:
+            raise QueryError("the map is off (map.enabled: false): query scope 'window'")
+        snap = vmap.snapshot(embeddings=True)
+        if len(snap) == 0:
+            raise QueryError("the map holds no language features yet: nothing to query")
+        return MapTarget(coord=snap.coords, ijk=snap.ijk, voxel_size=snap.voxel_size, fixed_frame=snap.fixed_frame,
+                         stamp_ns=self.latest.stamp_ns if self.latest is not None else 0,
+                         text_embeddings=snap.embeddings,
+                         version=snap.version)
 
     def set_vocabulary(self, names: list[str]) -> None:
         """Use ``names`` as open-vocabulary labels from the next frame on (``[]``: back to the
@@ -618,6 +813,8 @@ class PerceptionPipeline:
         self.language.request_vocabulary(list(names))
 
     def reset(self) -> None:
-        """Forget the window (e.g. after a jump back in time when a bag loops)."""
+        """Forget the window and the last keyframe (e.g. after a jump back in time when a bag
+        loops); the map is kept (see :meth:`SemanticVoxelMap.clear`)."""
         self.window.clear()
+        self.keyframes.reset()
         self._pca_basis = None

@@ -28,8 +28,10 @@ from concerto_ros.testing import fuzz  # noqa: E402
 from concerto_ros.testing.harness import Harness  # noqa: E402
 
 S = 1_000_000_000
+# every frame a keyframe (the good frames do not move): each good frame gets its own cloud
 OVERRIDES = {"qos.input": "reliable", "topics.points": "/points", "tf.timeout": 0.5, "skip_log_period": 0.5,
-             "publish.features": False}
+             "publish.features": False, "keyframe.min_translation": 0.0, "keyframe.min_rotation": 0.0,
+             "keyframe.max_interval": 0.0}
 TOPICS = fuzz.Topics()
 
 

@@ -81,13 +81,14 @@ def test_query_service_over_dds(scene, tmp_path, ros_domain):
     from concerto_ros.cli.query import call_query
     from concerto_ros.msgs.pointcloud2 import pointcloud2_to_array
 
-    overrides = {"language.translator": str(scene["translator"]), "qos.input": "reliable"}
+    overrides = {"language.translator": str(scene["translator"]), "qos.input": "reliable",
+                 "keyframe.min_translation": 0.0, "keyframe.min_rotation": 0.0, "keyframe.max_interval": 0.0}
     cfg = seeded_config(overrides)
     node = NodeProcess(default_config_path(), overrides, log_path=tmp_path / "node.log")
     try:
         report = replay_live(scene["bag"], cfg, node_process=node, progress=False, frame_timeout=60)
         assert len(report.clouds) == 8, node.tail()
-        res = call_query("floor", top_k=15, timeout=30)
+        res = call_query("floor", top_k=15, timeout=30, scope="window")
         assert res.success, res.message
         fields = {f.name: f.datatype for f in res.relevance.fields}
         assert fields == {"x": PointField.FLOAT32, "y": PointField.FLOAT32, "z": PointField.FLOAT32,
@@ -100,6 +101,16 @@ def test_query_service_over_dds(scene, tmp_path, ros_domain):
         assert rel[gt == 1].mean() > rel[(gt != 1) & (gt > 0)].mean() + 0.1
         assert len(res.best_points) == 15 and list(res.best_scores) == sorted(res.best_scores, reverse=True)
         assert res.num_matches == int((rel >= 0.5).sum())
+        # the map (the default scope) remembers every voxel of every frame: at least the window's
+        mres = call_query("floor", top_k=15, timeout=30)
+        assert mres.success and "over the map" in mres.message, mres.message
+        marr = pointcloud2_to_array(mres.relevance)
+        assert len(marr) >= len(arr) and mres.regions
+        mgt = ground_truth_lookup(scene["bag"].parent / "seq", cfg.window.voxel_size, 8)(
+            np.stack([marr["x"], marr["y"], marr["z"]], axis=1))
+        assert marr["relevance"][mgt == 1].mean() > marr["relevance"][(mgt != 1) & (mgt > 0)].mean() + 0.1
+        scores = [r.score for r in mres.regions]
+        assert scores == sorted(scores, reverse=True) and sum(r.num_voxels for r in mres.regions) <= mres.num_matches
         bad = call_query("", timeout=30)
         assert not bad.success and "empty" in bad.message
         long = call_query("x" * 500, timeout=30)

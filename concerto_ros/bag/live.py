@@ -3,10 +3,12 @@
 The bag's messages are published as they are stored (CDR bytes, no re-encoding) on their
 own topics with their own header stamps, so the node sees exactly what a camera driver and
 TF broadcaster would send. ``/tf_static`` is latched (transient local); ``/tf`` messages are
-sent slightly ahead of the images that need them (``tf_lookahead``). In ``lockstep`` mode the
-player waits, after each complete colour/depth/info set, until the node has published a
-cloud for it (or ``frame_timeout`` passed), so a slow CPU never drops frames; otherwise it
-plays at the bag's rate times ``rate``.
+sent slightly ahead of the images that need them (``tf_lookahead``). The node integrates every
+frame into its map and encodes (and publishes a cloud for) keyframes only; the player
+predicts the keyframes with the node's own frame stream and keyframe policy. In ``lockstep``
+mode it waits, after each keyframe, until the node has published its cloud (or
+``frame_timeout`` passed), so a slow CPU never drops frames; otherwise it plays at the
+bag's rate times ``rate``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import numpy as np
 from concerto_ros.recordings.bags import bag_summary, iter_messages, iter_raw
 from concerto_ros.config import PerceptionConfig
 from concerto_ros.msgs.transforms import stamp_to_ns
-from concerto_ros.pipeline import RGBDFrameAssembler
 from concerto_ros.bag.replay import TF_TOPICS
 
 
@@ -47,6 +48,8 @@ class LiveReport:
 
     Attributes:
         frames_sent: complete colour/depth/info sets published.
+        keyframes_expected: of those, the keyframes the node encodes (and publishes a cloud
+            for), predicted with the node's own frame stream and keyframe policy.
         clouds: ``~/semantic_points`` messages received (rclpy ``PointCloud2``), in order.
         feature_clouds: ``~/feature_points`` messages received.
         timeouts: sets for which no cloud arrived within ``frame_timeout`` (lockstep).
@@ -55,6 +58,7 @@ class LiveReport:
     """
 
     frames_sent: int = 0
+    keyframes_expected: int = 0
     clouds: list = field(default_factory=list)
     feature_clouds: list = field(default_factory=list)
     timeouts: int = 0
@@ -82,6 +86,8 @@ class NodeProcess:
                 v = "[" + ",".join(f"'{x}'" for x in v) + "]"
             elif isinstance(v, bool):
                 v = str(v).lower()
+            elif isinstance(v, str) and not v.strip():
+                v = "''"  # an empty string must be quoted for the ROS argument parser
             cmd += ["-p", f"{k}:={v}"]
         if namespace:
             cmd += ["-r", f"__ns:={namespace if namespace.startswith('/') else '/' + namespace}"]
@@ -209,7 +215,7 @@ def replay_live(bag: str | Path, cfg: PerceptionConfig, node_name: str = "/perce
         tf_next = 0
         lookahead_ns = int(tf_lookahead * 1e9)
 
-        assembler = RGBDFrameAssembler(cfg)
+        predictor = KeyframePredictor(bag, cfg)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -230,18 +236,20 @@ def replay_live(bag: str | Path, cfg: PerceptionConfig, node_name: str = "/perce
             with received:
                 n_before = len(report.clouds)
             pubs[raw.topic].publish(raw.data)
-            sets = assembler.add(stream_of[raw.topic], dec.msg)
-            for _ in sets:
+            for keyframe in predictor.add(stream_of[raw.topic], dec.msg):
                 report.frames_sent += 1
+                report.keyframes_expected += int(keyframe)
                 if bar is not None:
                     bar.update(1)
-                if lockstep:
+                if lockstep and keyframe:
                     with received:
                         ok = received.wait_for(lambda: len(report.clouds) > n_before, timeout=frame_timeout)
                     if not ok:
                         report.timeouts += 1
-                        log(f"no cloud from {node_name} within {frame_timeout:.0f} s of frame "
+                        log(f"no cloud from {node_name} within {frame_timeout:.0f} s of keyframe "
                             f"{report.frames_sent} (skipped by the node? see its log and /diagnostics)")
+                elif lockstep:
+                    time.sleep(NON_KEYFRAME_PAUSE_S)  # the node integrates it (tens of ms); no cloud comes
             if max_frames is not None and report.frames_sent >= max_frames:
                 break
         while tf_next < len(tf_queue):
@@ -249,9 +257,9 @@ def replay_live(bag: str | Path, cfg: PerceptionConfig, node_name: str = "/perce
             tf_next += 1
         if bar is not None:
             bar.close()
-        if not lockstep:  # give the worker time to finish the last frame
+        if not lockstep:  # give the worker time to finish the last keyframe
             deadline = time.monotonic() + frame_timeout
-            while time.monotonic() < deadline and len(report.clouds) < report.frames_sent:
+            while time.monotonic() < deadline and len(report.clouds) < report.keyframes_expected:
                 time.sleep(0.05)
         time.sleep(1.2)  # one diagnostics period
     finally:
@@ -261,6 +269,39 @@ def replay_live(bag: str | Path, cfg: PerceptionConfig, node_name: str = "/perce
             rclpy.shutdown()
     report.wall_s = time.perf_counter() - t_start
     return report
+
+
+#: lockstep pause after a frame that is not a keyframe (the node only integrates it)
+NON_KEYFRAME_PAUSE_S = 0.05
+
+
+class KeyframePredictor:
+    """Which of the sets a player publishes the node will encode (and answer with a cloud):
+    the node's frame stream (pairing, checks, poses from the bag's TF) and keyframe policy,
+    run on the same messages."""
+
+    def __init__(self, bag, cfg: PerceptionConfig):
+        from concerto_ros.mapping import KeyframePolicy
+        from concerto_ros.recordings import open_recording
+        from concerto_ros.sensors.stream import FrameStream
+
+        tf = open_recording({"type": "bag", "path": str(bag)}).transforms()
+        self.stream = FrameStream(cfg, lookup=tf.lookup)
+        self.policy = KeyframePolicy.from_config(cfg.keyframe)
+
+    def add(self, stream: str, msg) -> list[bool]:
+        """One bool per set this message completes: True when the node will encode it."""
+        from concerto_ros.sensors.skips import FrameSkipped
+
+        out = []
+        for pending in self.stream.add(stream, msg):
+            try:
+                frame = self.stream.decode(pending)
+            except FrameSkipped:
+                out.append(False)
+                continue
+            out.append(self.policy.update(frame.T_world_sensor, frame.stamp_ns).is_keyframe)
+        return out
 
 
 def qos_report(node, topics: list[str]) -> list[str]:

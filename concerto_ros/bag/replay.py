@@ -29,8 +29,12 @@ class ReplayReport:
     """What an offline replay did.
 
     Attributes:
-        result: pipeline output after the last processed frame (``None`` if none was).
-        frames_processed: synced frames that went through the whole pipeline.
+        result: pipeline output of the last encoded window (the last frame is always
+            encoded at the end of a replay), ``None`` if no frame could be processed.
+        frames_processed: frames lifted and integrated into the window and the map.
+        keyframes_encoded: windows the encoders ran on (keyframes, plus the final window).
+        map_stats: the map's size and counters (``{}`` without a map).
+        map: the pipeline's :class:`~concerto_ros.mapping.SemanticVoxelMap` (``None`` without).
         skipped: ``{"topic:reason": count}`` of skipped frames/messages.
         timings: per-stage ``{"mean_ms", "median_ms", "count"}``.
         wall_s: total replay time (seconds), including bag reading.
@@ -43,6 +47,9 @@ class ReplayReport:
     timings: dict[str, dict[str, float]]
     wall_s: float
     sync_stats: dict[str, int] = field(default_factory=dict)
+    keyframes_encoded: int = 0
+    map_stats: dict[str, Any] = field(default_factory=dict)
+    map: Any = None
 
 
 def load_tf(bag: str | Path, cache_time_s: float = 1e9):
@@ -145,8 +152,10 @@ def process_frames(pipeline: PerceptionPipeline, frames: Iterable[SensorFrame], 
     points, a bad pose) are counted in ``skips``.
 
     Yields:
-        ``(frame, result)`` of every processed frame: a :class:`PipelineResult` (the
-        newest frame of ``result.window`` is ``frame`` lifted), or what ``step`` returns.
+        ``(frame, result)`` of every processed frame: a :class:`PipelineResult` for a
+        keyframe (the newest frame of ``result.window`` is ``frame`` lifted), ``None`` for a
+        frame integrated into the window and the map but not encoded, or what ``step``
+        returns.
     """
     step = step or pipeline.process_frame
     for frame in frames:
@@ -191,20 +200,31 @@ def replay_bag(bag: str | Path, cfg: PerceptionConfig, pipeline: PerceptionPipel
         from tqdm import tqdm
         bar = tqdm(total=session.expected if max_frames is None else min(session.expected, max_frames),
                    desc="replay", unit="frame")
-    processed, result = 0, None
+    processed, result, encoded0 = 0, None, pipeline.frames_processed
     try:
         for _frame, res in process_frames(pipeline, session.frames(), session.skips):
-            processed, result = processed + 1, res
-            if on_result is not None:
-                on_result(res)
+            processed += 1
+            if res is not None:
+                result = res
+                if on_result is not None:
+                    on_result(res)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(voxels=len(res.coord), ms=f"{sum(res.timings_ms.values()):.0f}")
+                if res is not None:
+                    bar.set_postfix(voxels=len(res.coord), ms=f"{sum(res.timings_ms.values()):.0f}")
             if max_frames is not None and processed >= max_frames:
                 break
+        final = pipeline.flush()
+        if final is not None:
+            result = final
+            if on_result is not None:
+                on_result(final)
     finally:
         if bar is not None:
             bar.close()
+    stats = pipeline.map.stats() if pipeline.map is not None else None
     return ReplayReport(result=result, frames_processed=processed, skipped=session.skips.as_dict(),
                         timings=pipeline.timer.summary(), wall_s=time.perf_counter() - t_start,
-                        sync_stats=dict(session.stream.assembler.sync.stats))
+                        sync_stats=dict(session.stream.assembler.sync.stats),
+                        keyframes_encoded=pipeline.frames_processed - encoded0,
+                        map_stats=stats.as_dict() if stats is not None else {}, map=pipeline.map)

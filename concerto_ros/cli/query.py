@@ -9,9 +9,11 @@ from pathlib import Path
 
 HELP = """\
 Without --map: call the node's open-vocabulary query service
-(concerto_ros_interfaces/srv/QueryText) and print the status, the number of matching points,
-their centroid and the best matches (x y z in metres in the node's fixed frame, relevance
-in [0, 1]). The node also publishes the relevance cloud on ~/query/relevance and RViz
+(concerto_ros_interfaces/srv/QueryText) over its semantic map (--scope map, the default) or
+its current window (--scope window) and print the status, the number of matching voxels,
+their centroid, the matching regions (connected voxels above the threshold: centroid, box,
+voxel count, mean relevance) and the best matches (x y z in metres in the node's fixed frame,
+relevance in [0, 1]). The node also publishes the relevance cloud on ~/query/relevance and RViz
 markers on ~/query/markers.
 
 With --map FILE (a map saved by the node or by concerto replay, e.g. OUT/map.npz): answer
@@ -36,6 +38,9 @@ def register(subparsers) -> None:
                    help="relevance in [0, 1] from which a point matches (default: the node's query.default_threshold, "
                         "with --map: 0.5)")
     p.add_argument("--top-k", type=int, default=10, help="best matches to print (default: 10)")
+    p.add_argument("--scope", choices=["map", "window"], default="map",
+                   help="what the running node searches: its semantic map (default: every voxel it remembers) or "
+                        "its current window")
     p.add_argument("--node", default="/perception_node", help="fully qualified node name (default: /perception_node)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the service and the answer")
     m = p.add_argument_group("saved map (no ROS)")
@@ -51,8 +56,9 @@ def register(subparsers) -> None:
 
 
 def call_query(text: str, negatives=(), threshold: float = 0.0, top_k: int = 10,
-               node_name: str = "/perception_node", timeout: float = 10.0):
-    """Call ``<node_name>/query`` and return the response.
+               node_name: str = "/perception_node", timeout: float = 10.0, scope: str = ""):
+    """Call ``<node_name>/query`` and return the response (``scope``: ``map``, ``window``, or
+    empty for the node's default, the map).
 
     Raises:
         TimeoutError: the service is not available or did not answer within ``timeout`` s.
@@ -70,7 +76,7 @@ def call_query(text: str, negatives=(), threshold: float = 0.0, top_k: int = 10,
             raise TimeoutError(f"service {node_name}/query not available after {timeout:.0f} s "
                                "(is perception_node running, with the same ROS_DOMAIN_ID?)")
         req = QueryText.Request(text=text, negative_texts=list(negatives), threshold=float(threshold),
-                                top_k=int(top_k))
+                                top_k=int(top_k), scope=scope)
         future = client.call_async(req)
         rclpy.spin_until_future_complete(node, future, timeout_sec=timeout)
         if not future.done():
@@ -86,7 +92,7 @@ def run(args) -> int:
     if args.map is not None:
         return run_map(args)
     try:
-        res = call_query(args.text, args.negative, args.threshold, args.top_k, args.node, args.timeout)
+        res = call_query(args.text, args.negative, args.threshold, args.top_k, args.node, args.timeout, args.scope)
     except TimeoutError as exc:
         print(f"error: {exc}")
         return 2
@@ -97,6 +103,12 @@ def run(args) -> int:
     if res.num_matches:
         print(f"centroid of {res.num_matches} matching points: ({c.x:.3f}, {c.y:.3f}, {c.z:.3f}) m "
               f"in '{res.relevance.header.frame_id}'")
+    if res.regions:
+        print("regions, best first (centroid x y z [m], box size [m], voxels, mean relevance):")
+        for r in res.regions:
+            size = (r.box_max.x - r.box_min.x, r.box_max.y - r.box_min.y, r.box_max.z - r.box_min.z)
+            print(f"  {r.centroid.x:8.3f} {r.centroid.y:8.3f} {r.centroid.z:8.3f}   "
+                  f"{size[0]:.2f} x {size[1]:.2f} x {size[2]:.2f}   {r.num_voxels:6d}   {r.score:.3f}")
     print("best matches (x y z [m], relevance):")
     for p, s in zip(res.best_points, res.best_scores):
         print(f"  {p.x:8.3f} {p.y:8.3f} {p.z:8.3f}   {s:.3f}")

@@ -6,10 +6,14 @@ import argparse
 from pathlib import Path
 
 HELP = """\
-Run a rosbag2 recording (MCAP or sqlite3) through the perception pipeline and write
-<out>/window.ply (x y z in metres in the fixed frame, RGB, label, confidence of every voxel
-of the last window), <out>/window.png (plan views: colour, labels, PCA features) and
-<out>/summary.json (frames, skips, per-stage timings in ms, label histogram).
+Run a recording (rosbag2 MCAP or sqlite3, ROS 1 .bag or ROS 1 MCAP) through the perception
+pipeline, building the semantic map exactly as the node does (every frame integrated, the
+encoders on keyframes, the last frame always encoded), and write <out>/window.ply (x y z in
+metres in the fixed frame, RGB, label, confidence of every voxel of the last window),
+<out>/window.png (plan views: colour, labels, PCA features), <out>/map.npz (the saved map,
+loadable with map.load_path and `concerto query --map`), <out>/map.ply (x y z, RGB, label,
+confidence, observations of every map voxel) and <out>/summary.json (frames integrated,
+keyframes encoded, map voxels and memory, skips, per-stage timings in ms, label histogram).
 
 Offline (default) the bag is read with the rosbags library and poses come from its /tf and
 /tf_static through the project's transform buffer; no ROS needed. With --live the bag is
@@ -63,14 +67,22 @@ def run(args) -> int:
         print(f"no frame could be processed; skipped: {report.skipped}")
         return 1
     r = report.result
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    maps = {}
+    if report.map is not None:
+        maps = {"map_npz": report.map.save(out / "map.npz"), "map_ply": report.map.export_ply(out / "map.ply")}
     paths = write_results(
-        args.output, r.coord, r.color, r.labels, r.confidence, r.class_names,
+        out, r.coord, r.color, r.labels, r.confidence, r.class_names,
         feature_colors=r.feature_colors,
         summary={"title": f"{Path(args.bag).name}: last window ({r.window.num_frames} frames)",
                  "bag": str(args.bag), "mode": "offline", "frames_processed": report.frames_processed,
+                 "keyframes_encoded": report.keyframes_encoded, "map": report.map_stats,
                  "skipped": report.skipped, "sync": report.sync_stats, "timings_ms": report.timings,
                  "wall_s": report.wall_s, "fixed_frame": r.fixed_frame, "config": str(cfg_path)})
-    print(f"processed {report.frames_processed} frames in {report.wall_s:.1f} s; skipped {sum(report.skipped.values())}")
+    paths.update({k: str(v) for k, v in maps.items()})
+    print(f"processed {report.frames_processed} frames ({report.keyframes_encoded} encoded) in {report.wall_s:.1f} s; "
+          f"skipped {sum(report.skipped.values())}; map {report.map_stats.get('num_voxels', 0)} voxels")
     for k, v in paths.items():
         print(f"  {k}: {v}")
     return 0

@@ -134,6 +134,8 @@ def evaluate_queries(cfg, sources: Iterable[Any], names: Any = None, k: int = 10
 
         independent = is_scene_collection(rec, scenes)
         for _frame, result in process_frames(pipeline, frames, skips):
+            if result is None:  # not a keyframe
+                continue
             if independent:
                 score(result)
             last = result

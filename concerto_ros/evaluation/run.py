@@ -251,6 +251,10 @@ def _score_source(rec, results: Iterator, pipeline, predictions: Sequence[Predic
         bar = tqdm(total=total, desc=f"eval {rec.path.name}", unit="frame")
     for _frame, result in results:
         stats["frames_processed"] += 1
+        if result is None:  # integrated into the window and the map, not a keyframe
+            if bar is not None:
+                bar.update(1)
+            continue
         out.frame_ms.append(float(sum(result.timings_ms.values())))
         gt = pipeline.window.frames[-1].labels
         if gt is not None:

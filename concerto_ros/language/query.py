@@ -173,6 +173,14 @@ class TextQueryScorer:
         self.temperature = float(temperature)
         self.negatives = tuple(negatives)
 
+    def embed_text(self, text: str) -> np.ndarray:
+        """``(D,) float32`` unit embedding of ``text`` (the space of the point embeddings).
+
+        Raises:
+            ValueError: empty or too long text.
+        """
+        return self.text_encoder.encode_one(validate_text(text, self.text_encoder.max_text_length))
+
     def score(self, point_emb: np.ndarray, text: str, coords: np.ndarray | None = None, k: int = 100,
               threshold: float = 0.5, negatives: Sequence[str] | None = None) -> QueryResult:
         """Relevance of every point to ``text``; see :func:`score_query`.

@@ -8,7 +8,8 @@ only on keyframes. A frame is a keyframe when, since the last keyframe, the sens
 * ``max_interval`` seconds passed,
 
 and the first frame (and the first after time jumps back, e.g. a looping bag) always is.
-A criterion set to 0 is off.
+A criterion set to 0 is off; with all three off every frame is a keyframe (offline
+evaluation of every window, tests).
 
 "The newest keyframe wins" is the caller's queue policy, not this class's: the worker keeps
 at most one keyframe waiting for the encoder (a drop-oldest queue of depth 1), so when the
@@ -102,6 +103,8 @@ class KeyframePolicy:
             raise ValueError(f"KeyframePolicy: the pose must be a finite 4x4 matrix, got shape {T.shape}")
         if self._pose is None:
             return KeyframeDecision(True, "first")
+        if self.min_translation == 0 and self.min_rotation == 0 and self.max_interval == 0:
+            return KeyframeDecision(True, "every_frame")
         if int(stamp_ns) < self._stamp_ns:
             return KeyframeDecision(True, "time_jump")
         moved = float(np.linalg.norm(T[:3, 3] - self._pose[:3, 3]))

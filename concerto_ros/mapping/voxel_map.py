@@ -88,6 +88,12 @@ class MapStats:
         """All evicted voxels."""
         return self.evicted_radius + self.evicted_count
 
+    def as_dict(self) -> dict[str, int]:
+        """Every counter by name (``keyframes_encoded`` = ``fusions``), for summaries."""
+        d = dataclasses.asdict(self)
+        d.update(evictions=self.evictions, keyframes_encoded=self.fusions, bytes_mib=round(self.bytes_used / 2**20, 1))
+        return d
+
 
 @dataclass(frozen=True)
 class FuseReport:

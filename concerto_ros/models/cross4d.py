@@ -569,9 +569,11 @@ def window_frame_points(window, frame: int) -> tuple[np.ndarray, np.ndarray]:
     """Voxels touched by window frame ``frame`` and how many of its points fall in each.
 
     Returns:
-        ``(voxels (V_i,) int64, counts (V_i,) int64)``: unique rows of ``window.coord``.
+        ``(voxels (V_i,) int64, counts (V_i,) int64)``: unique rows of ``window.coord``
+        (points whose voxel the encoder budget dropped, ``inverse == -1``, are left out).
     """
-    return np.unique(window.frame_inverse(frame), return_counts=True)
+    inv = window.frame_inverse(frame)
+    return np.unique(inv[inv >= 0], return_counts=True)
 
 
 def sample_indices(n: int, k: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:

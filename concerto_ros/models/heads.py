@@ -23,10 +23,13 @@ class SemanticPrediction:
     Attributes:
         labels: ``(N,) int32`` class index per point, in ``[0, num_classes)``.
         confidence: ``(N,) float32`` softmax probability of the predicted class, in ``(0, 1]``.
+        probabilities: ``(N, K) float32`` softmax over the classes, or ``None`` when not
+            asked for (the map fuses them).
     """
 
     labels: np.ndarray
     confidence: np.ndarray
+    probabilities: np.ndarray | None = None
 
 
 class LinearSemanticHead(nn.Module):
@@ -71,10 +74,17 @@ class LinearSemanticHead(nn.Module):
         return self.seg_head(feat)
 
     @torch.no_grad()
-    def predict(self, feat: torch.Tensor) -> SemanticPrediction:
-        """Labels and softmax confidences for features ``(N, D)`` (any device)."""
+    def predict(self, feat: torch.Tensor, probabilities: bool = False) -> SemanticPrediction:
+        """Labels and softmax confidences for features ``(N, D)`` (any device); with
+        ``probabilities`` also the ``(N, K)`` softmax."""
         logits = self.forward(feat).float()
         top, labels = logits.max(dim=-1)
+        if probabilities:
+            probs = torch.softmax(logits, dim=-1)
+            conf = probs.gather(1, labels[:, None])[:, 0]
+            return SemanticPrediction(labels=labels.to(torch.int32).cpu().numpy(),
+                                      confidence=conf.cpu().numpy().astype(np.float32),
+                                      probabilities=probs.cpu().numpy().astype(np.float32))
         # softmax probability of the arg-max class without materialising the (N, K) softmax
         conf = 1.0 / torch.exp(logits - top[:, None]).sum(dim=-1)
         return SemanticPrediction(

@@ -484,7 +484,8 @@ def fill_pointcloud2(
             ``-1`` as int32).
         confidence: ``(N,)`` -> ``confidence`` FLOAT32 in [0, 1].
         extra: ``name -> (N,) or (N, D)`` -> FLOAT32 field with ``count = 1`` or ``D``
-            (e.g. ``{"feature": (N, 64)}``), in the mapping's order.
+            (e.g. ``{"feature": (N, 64)}``), in the mapping's order; integer arrays of at
+            most 4 bytes keep their type (e.g. ``uint32`` observation counts -> UINT32).
 
     Returns:
         ``msg``, with ``height = 1``, ``width = kept points``, ``is_bigendian = False``,
@@ -529,7 +530,9 @@ def fill_pointcloud2(
     for name, values in (extra or {}).items():
         if name in columns or name in ("x", "y", "z"):
             raise ValueError(f"extra field {name!r} clashes with a standard field")
-        v = np.asarray(values, dtype=np.float32)
+        v = np.asarray(values)
+        if not (v.dtype.kind in "iu" and v.dtype.itemsize <= 4):
+            v = v.astype(np.float32)
         if v.ndim not in (1, 2):
             raise ValueError(f"extra field {name!r} must be (N,) or (N, D), got {v.shape}")
         columns[name] = select(name, v)

@@ -9,12 +9,20 @@ from geometry_msgs.msg import Point
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
-__all__ = ["to_point", "query_markers"]
+__all__ = ["to_point", "query_markers", "region_msg"]
 
 
 def to_point(p) -> Point:
     """``geometry_msgs/Point`` of a ``(3,)`` array (metres)."""
     return Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))
+
+
+def region_msg(region):
+    """``concerto_ros_interfaces/Region`` of a :class:`~concerto_ros.mapping.Region`."""
+    from concerto_ros_interfaces.msg import Region
+
+    return Region(centroid=to_point(region.centroid), box_min=to_point(region.box_min),
+                  box_max=to_point(region.box_max), num_voxels=int(region.num_voxels), score=float(region.score))
 
 
 def query_markers(points: np.ndarray, relevance: np.ndarray, centroid: np.ndarray | None, text: str,

@@ -1,0 +1,233 @@
+"""Live scheduling, shared by the node and the streaming benchmark (no ROS imports).
+
+Two worker threads, so that the encoder never holds up the sensor stream:
+
+* **intake** (:meth:`StreamingRuntime.offer`, called from subscription callbacks): a synced set
+  from the :class:`~concerto_ros.sensors.stream.FrameStream` goes into a bounded queue that
+  keeps the newest sets (``worker.queue_depth``); the callback returns at once.
+* **integration thread**: decodes and validates each set, looks up its pose, lifts it, pushes it
+  into the window and integrates it into the map (:meth:`PerceptionPipeline.integrate`, tens of
+  milliseconds): *every* frame reaches the map. When the frame is a keyframe, the window
+  voxelized at that moment is handed to the encoder through a slot of depth one: when the
+  encoder is still busy, a newer keyframe replaces the waiting one ("the newest keyframe
+  wins"), counted in :attr:`StreamingRuntime.keyframes_replaced`.
+* **encoder thread**: runs the encoders, the heads and the map fusion on the keyframe
+  (:meth:`PerceptionPipeline.encode`), then calls ``on_result``.
+
+Both threads spend their time in numpy and torch kernels that release the GIL; the Python
+between them is short, so the callbacks that feed the intake are not starved. Errors are
+counted through ``on_skip`` (``FrameSkipped``) and never stop a thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from typing import Any, Callable, Optional
+
+from concerto_ros.memory import release_free_memory
+from concerto_ros.pipeline import Keyframe, PerceptionPipeline, PipelineResult
+from concerto_ros.sensors.skips import INTERNAL_ERROR, FrameSkipped
+from concerto_ros.sensors.stream import FrameStream
+
+__all__ = ["NewestQueue", "StreamingRuntime"]
+
+
+class NewestQueue:
+    """A bounded hand-off queue that keeps the newest items (thread-safe).
+
+    When full, the item with the oldest ``stamp_ns`` goes, which is the incoming one when it
+    is older than everything queued (a late message must not push out a newer frame).
+
+    Attributes:
+        dropped: number of items discarded because the consumer was busy.
+    """
+
+    def __init__(self, maxlen: int):
+        if int(maxlen) < 1:
+            raise ValueError(f"NewestQueue: maxlen must be >= 1, got {maxlen}")
+        self._items: list = []
+        self._maxlen = int(maxlen)
+        self._cond = threading.Condition()
+        self.dropped = 0
+
+    @staticmethod
+    def _stamp(item) -> int:
+        return int(getattr(item, "stamp_ns", 0))
+
+    def put(self, item) -> bool:
+        """Queue ``item``; returns False when it was dropped itself (older than a full queue)."""
+        with self._cond:
+            if len(self._items) >= self._maxlen:
+                self.dropped += 1
+                oldest = min(range(len(self._items)), key=lambda i: self._stamp(self._items[i]))
+                if self._stamp(item) < self._stamp(self._items[oldest]):
+                    return False
+                del self._items[oldest]
+            self._items.append(item)
+            self._cond.notify()
+            return True
+
+    def get(self, timeout: float):
+        """Next item (oldest stamp first), or ``None`` after ``timeout`` seconds."""
+        with self._cond:
+            if not self._items:
+                self._cond.wait(timeout)
+            if not self._items:
+                return None
+            first = min(range(len(self._items)), key=lambda i: self._stamp(self._items[i]))
+            return self._items.pop(first)
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    def clear(self) -> None:
+        with self._cond:
+            self._items.clear()
+
+
+class _KeyframeSlot:
+    """Depth-one hand-off from integration to encoder: a newer keyframe replaces a waiting one."""
+
+    def __init__(self):
+        self._item: Optional[tuple[Keyframe, Any]] = None
+        self._cond = threading.Condition()
+        self.replaced = 0
+
+    def put(self, item) -> None:
+        with self._cond:
+            if self._item is not None:
+                self.replaced += 1
+            self._item = item
+            self._cond.notify()
+
+    def take(self, timeout: float):
+        with self._cond:
+            if self._item is None:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def clear(self) -> None:
+        with self._cond:
+            self._item = None
+
+
+class StreamingRuntime:
+    """The node's scheduling (see module docstring).
+
+    Args:
+        pipeline: the perception pipeline (its window and map are used by the threads).
+        stream: the frame stream whose ``decode`` turns queued sets into frames.
+        on_result: called on the encoder thread with ``(result, keyframe, tag)`` for every
+            encoded keyframe; ``tag`` is what :meth:`offer` got with the keyframe's set.
+        on_skip: called with every ``FrameSkipped`` (bad input, internal errors).
+        queue_depth: synced sets waiting for the integration thread.
+        release_memory: hand freed heap back to the OS after each keyframe (glibc).
+
+    Attributes:
+        frames_offered, frames_integrated, keyframes_made, keyframes_encoded: counters.
+    """
+
+    def __init__(self, pipeline: PerceptionPipeline, stream: FrameStream,
+                 on_result: Callable[[PipelineResult, Keyframe, Any], Any],
+                 on_skip: Callable[[FrameSkipped], Any], queue_depth: int = 8, release_memory: bool = True):
+        self.pipeline, self.stream = pipeline, stream
+        self.on_result, self.on_skip = on_result, on_skip
+        self.intake = NewestQueue(queue_depth)
+        self._slot = _KeyframeSlot()
+        self._running = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._release = release_memory
+        self.frames_offered = self.frames_integrated = self.keyframes_made = self.keyframes_encoded = 0
+
+    @property
+    def keyframes_replaced(self) -> int:
+        """Keyframes that waited for the encoder and were replaced by a newer one."""
+        return self._slot.replaced
+
+    @property
+    def frames_dropped(self) -> int:
+        """Synced sets dropped before integration (the integration thread fell behind)."""
+        return self.intake.dropped
+
+    @property
+    def running(self) -> bool:
+        return self._running.is_set()
+
+    def start(self) -> None:
+        """Start the integration and encoder threads."""
+        if self._running.is_set():
+            return
+        self._running.set()
+        self._threads = [threading.Thread(target=self._integrate_loop, name="concerto_integrate", daemon=True),
+                         threading.Thread(target=self._encode_loop, name="concerto_encode", daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop both threads, waiting up to ``timeout_s`` for the frame or keyframe in progress."""
+        self._running.clear()
+        for t in self._threads:
+            t.join(timeout=timeout_s)
+        self._threads = []
+        self.intake.clear()
+        self._slot.clear()
+
+    def offer(self, pending, tag: Any = None) -> None:
+        """Hand a synced set (from ``FrameStream.add``) to the integration thread; never blocks.
+        ``tag`` travels with it to ``on_result`` (e.g. the time it was offered)."""
+        self.frames_offered += 1
+        self.intake.put(_Offered(pending, tag))
+
+    # -- threads ------------------------------------------------------------------------------
+    def _integrate_loop(self) -> None:
+        while self._running.is_set():
+            item = self.intake.get(timeout=0.1)
+            if item is None:
+                continue
+            try:
+                keyframe = self.pipeline.integrate(self.stream.decode(item.pending))
+                self.frames_integrated += 1
+                if keyframe is not None:
+                    self.keyframes_made += 1
+                    self._slot.put((keyframe, item.tag))
+            except FrameSkipped as skip:
+                self.on_skip(skip)
+            except Exception:  # noqa: BLE001 - one frame never stops the thread
+                if self._running.is_set():
+                    self.on_skip(FrameSkipped("pipeline", INTERNAL_ERROR, traceback.format_exc(limit=4)))
+
+    def _encode_loop(self) -> None:
+        while self._running.is_set():
+            item = self._slot.take(timeout=0.1)
+            if item is None:
+                continue
+            keyframe, tag = item
+            try:
+                result = self.pipeline.encode(keyframe)
+                self.keyframes_encoded += 1
+                if self._running.is_set():
+                    self.on_result(result, keyframe, tag)
+            except FrameSkipped as skip:
+                self.on_skip(skip)
+            except Exception:  # noqa: BLE001
+                if self._running.is_set():
+                    self.on_skip(FrameSkipped("pipeline", INTERNAL_ERROR, traceback.format_exc(limit=4)))
+            if self._release:
+                release_free_memory()
+
+
+class _Offered:
+    """A queued set with its tag; ordered by the set's stamp."""
+
+    __slots__ = ("pending", "tag", "stamp_ns")
+
+    def __init__(self, pending, tag):
+        self.pending, self.tag = pending, tag
+        self.stamp_ns = int(getattr(pending, "stamp_ns", 0))
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"_Offered(stamp_ns={self.stamp_ns}, tag={self.tag!r}, t={time.time():.3f})"
