@@ -12,6 +12,8 @@ Arguments:
                   which is 'default' in the shipped config/perception.yaml)
     namespace     namespace of the node and its topics (default: none)
     use_sim_time  take time from /clock, e.g. while replaying a bag with --clock (default: false)
+    rviz          also start RViz 2 with config/perception.rviz: the map and window clouds coloured
+                  by label, the query relevance cloud and markers (default: false)
     log_level     logger level of the node (default: info)
 """
 
@@ -20,6 +22,7 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -47,7 +50,8 @@ def _perception_node(context):
 
 
 def generate_launch_description() -> LaunchDescription:
-    default_config = os.path.join(get_package_share_directory("concerto_ros"), "config", "perception.yaml")
+    share = get_package_share_directory("concerto_ros")
+    default_config = os.path.join(share, "config", "perception.yaml")
     return LaunchDescription([
         DeclareLaunchArgument("config", default_value=default_config,
                               description="Parameters YAML of the perception node."),
@@ -60,5 +64,11 @@ def generate_launch_description() -> LaunchDescription:
                               description="Use /clock (bag replay with --clock)."),
         DeclareLaunchArgument("log_level", default_value="info",
                               description="Logger level: debug, info, warn, error."),
+        DeclareLaunchArgument("rviz", default_value="false",
+                              description="Also start RViz 2 with config/perception.rviz."),
         OpaqueFunction(function=_perception_node),
+        Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
+             arguments=["-d", os.path.join(share, "config", "perception.rviz")],
+             parameters=[{"use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)}],
+             condition=IfCondition(LaunchConfiguration("rviz"))),
     ])

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from concerto_ros.sensors.types import PointFrame
+from concerto_ros.cloud.voxel import column_max, column_min
 
 __all__ = ["WindowExtent"]
 
@@ -53,7 +54,7 @@ class WindowExtent:
                 origin = self._origin(frame)
                 self._boxes[key] = (frame, origin, origin)
             else:
-                self._boxes[key] = (frame, pts.min(axis=0).astype(np.float64), pts.max(axis=0).astype(np.float64))
+                self._boxes[key] = (frame, column_min(pts).astype(np.float64), column_max(pts).astype(np.float64))
         return self._boxes[key][1:]
 
     @staticmethod

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GridSample", "grid_sample", "GRID_SAMPLE_MODES", "center_distance2", "scratch", "scratch_arange"]
+__all__ = ["GridSample", "grid_sample", "GRID_SAMPLE_MODES", "column_min", "column_max", "center_distance2", "scratch", "scratch_arange"]
 
 GRID_SAMPLE_MODES = ("first", "center")
 
@@ -81,6 +81,21 @@ def scratch(name: str, n: int, dtype) -> np.ndarray:
 def scratch_arange(n: int) -> np.ndarray:
     """``arange(n)`` int64 from a per-thread cache (read-only use; see :func:`scratch`)."""
     return _WS.get_arange(n)
+
+
+def column_min(a: np.ndarray) -> np.ndarray:
+    """Minimum of every column of an ``(N, C)`` array, ``(C,)`` (N > 0).
+
+    ``a.min(axis=0)`` on a C-ordered array with few columns runs an inner loop of length C
+    for every row (about 15 ms for 300k x 3 here); reducing each strided column is ~20x
+    faster. Used on the per-frame path (window, map, extent).
+    """
+    return np.array([a[:, i].min() for i in range(a.shape[1])], dtype=a.dtype)
+
+
+def column_max(a: np.ndarray) -> np.ndarray:
+    """Maximum of every column of an ``(N, C)`` array, ``(C,)`` (N > 0); see :func:`column_min`."""
+    return np.array([a[:, i].max() for i in range(a.shape[1])], dtype=a.dtype)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 
 from ..sensors.types import PointFrame
-from .voxel import GRID_SAMPLE_MODES, GridSample, center_distance2, grid_sample, scratch, scratch_arange
+from .voxel import GRID_SAMPLE_MODES, GridSample, center_distance2, column_max, column_min, grid_sample, scratch, scratch_arange
 
 __all__ = ["WindowCloud", "VideoPointCloud", "FrameVoxels", "LABEL_MODES", "IGNORE_LABEL", "DROPPED", "sensor_origin",
            "nearest_voxels"]
@@ -200,7 +200,7 @@ class FrameVoxels:
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """``(lo, hi)`` ``(3,) int64`` smallest and largest voxel index (V > 0)."""
-        return self.grid.min_coord, self.grid.min_coord + self.grid.grid_coord.max(axis=0)
+        return self.grid.min_coord, self.grid.min_coord + column_max(self.grid.grid_coord)
 
 
 #: bits per axis of the window's merge keys: voxel indices relative to the window's anchor
@@ -316,7 +316,7 @@ def _merge(recs: list[FrameVoxels], keys: Optional[list[np.ndarray]], anchor: Op
         grid_coord, min_coord = _grid_of_anchor_keys(skey[starts], anchor)
     else:
         ijk = np.take(_cat([r.ijk for r in recs], "win_ijk"), sel, axis=0)
-        min_coord = ijk.min(axis=0)
+        min_coord = column_min(ijk)
         grid_coord = (ijk - min_coord).astype(np.int32)
     return _Merged(sel=sel, row_of_pos=row_of_pos, counts=counts, grid_coord=grid_coord,
                    min_coord=min_coord.astype(np.int64))
@@ -363,7 +363,7 @@ def _restrict(mg: _Merged, coord: np.ndarray, keep: np.ndarray) -> np.ndarray:
     mg.row_of_pos = np.take(remap, mg.row_of_pos)
     mg.sel, mg.counts = mg.sel[keep], mg.counts[keep]
     grid = np.take(mg.grid_coord, keep, axis=0)
-    shift = grid.min(axis=0) if keep.shape[0] else np.zeros(3, np.int32)
+    shift = column_min(grid) if keep.shape[0] else np.zeros(3, np.int32)
     grid -= shift
     mg.grid_coord, mg.min_coord = grid, mg.min_coord + shift.astype(np.int64)
     return np.take(coord, keep, axis=0)

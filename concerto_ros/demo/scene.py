@@ -1043,13 +1043,15 @@ def generate_sequence(
     fx: float | None = None,
     fy: float | None = None,
     noise: bool = True,
+    arc_degrees: float | None = None,
 ) -> Iterator[Frame]:
     """Yield the frames of the demo sequence for ``seed`` (the same frames that
     :func:`write_sequence` writes). Frame ``i`` uses noise seed
-    ``seed * 100003 + i``. Intrinsics: :func:`default_intrinsics`."""
+    ``seed * 100003 + i``. Intrinsics: :func:`default_intrinsics`; ``arc_degrees``: see
+    :func:`camera_trajectory` (e.g. 720 for two laps that revisit every place)."""
     scene = make_room(seed)
     K = default_intrinsics(width, height, fx, fy)
-    for i, T in enumerate(camera_trajectory(scene, num_frames, seed)):
+    for i, T in enumerate(camera_trajectory(scene, num_frames, seed, arc_degrees=arc_degrees)):
         color, depth, labels = render(scene, T, K, noise=noise, noise_seed=int(seed) * 100003 + i)
         yield Frame(color, depth, labels, T)
 
@@ -1064,6 +1066,7 @@ def write_sequence(
     noise: bool = True,
     fy: float | None = None,
     rate_hz: float = 5.0,
+    arc_degrees: float | None = None,
 ) -> Path:
     """Render a demo sequence and write it in the RGB-D folder format
     (:class:`~concerto_ros.recordings.rgbd_folder.RgbdFolderWriter`).
@@ -1073,7 +1076,8 @@ def write_sequence(
     ids), ``poses.txt`` (``tx ty tz qx qy qz qw`` camera-to-world, optical frame,
     metres) and ``camera.yaml`` (fx, fy, cx, cy, width, height, depth_scale=1000,
     rate_hz, class_names, palette, seed, num_frames, generator). ``fx`` defaults to
-    ``525 * width / 640``. Frames of an earlier run that this one does not write
+    ``525 * width / 640``; ``arc_degrees`` as :func:`camera_trajectory`. Frames of an
+    earlier run that this one does not write
     again are removed. Output is byte-identical for identical arguments.
 
     Returns:
@@ -1087,6 +1091,6 @@ def write_sequence(
              "seed": int(seed), "num_frames": int(num_frames), "generator": "concerto_ros.demo.scene"}
     intr = CameraIntrinsics(fx=K.fx, fy=K.fy, cx=K.cx, cy=K.cy, width=K.width, height=K.height)
     with RgbdFolderWriter(output_dir, intr, depth_scale=1000, rate_hz=rate_hz, extra=extra, overwrite=True) as out:
-        for fr in generate_sequence(seed, num_frames, width, height, fx, fy, noise):
+        for fr in generate_sequence(seed, num_frames, width, height, fx, fy, noise, arc_degrees=arc_degrees):
             out.write(fr.color, fr.depth, fr.T_world_camera, labels=fr.labels)
     return out.root

@@ -17,6 +17,7 @@ free at each end so that the key of every 26-neighbour of a valid voxel is
 from __future__ import annotations
 
 import numpy as np
+from concerto_ros.cloud.voxel import column_max, column_min
 
 __all__ = ["AXIS_BITS", "OFFSET", "INDEX_MIN", "INDEX_MAX", "NEIGHBOUR_OFFSETS", "NEIGHBOUR_DELTAS",
            "voxel_indices", "check_indices", "pack_keys", "unpack_keys"]
@@ -47,7 +48,7 @@ def check_indices(ijk: np.ndarray, owner: str = "voxel map") -> None:
     """
     if ijk.shape[0] == 0:
         return
-    lo, hi = ijk.min(axis=0), ijk.max(axis=0)
+    lo, hi = column_min(ijk), column_max(ijk)
     if (lo < INDEX_MIN).any() or (hi > INDEX_MAX).any():
         raise ValueError(f"{owner}: voxel index range {lo.tolist()}..{hi.tolist()} is outside the map's key range "
                          f"[{INDEX_MIN}, {INDEX_MAX}] per axis (coordinates too far from the fixed frame's origin "

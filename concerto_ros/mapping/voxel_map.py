@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from concerto_ros.cloud.voxel import GridSample, grid_sample
+from concerto_ros.cloud.voxel import GridSample, column_max, grid_sample
 from concerto_ros.cloud.window import WindowCloud, sensor_origin
 from concerto_ros.sensors.types import PointFrame
 
@@ -323,7 +323,7 @@ class SemanticVoxelMap:
             ijk = grid.grid_coord.astype(np.int64)
             ijk += grid.min_coord
             check_indices(grid.min_coord[None], "integrate_geometry")
-            check_indices((grid.min_coord + grid.grid_coord.max(axis=0))[None], "integrate_geometry")
+            check_indices((grid.min_coord + column_max(grid.grid_coord))[None], "integrate_geometry")
             keys = pack_keys(ijk)  # sorted: grid rows are lexicographic
             mean = np.empty((grid.num_voxels, 3), dtype=np.float32)
             for c in range(3):
@@ -473,7 +473,7 @@ class SemanticVoxelMap:
         if window.num_voxels == 0:
             return np.zeros(0, dtype=np.int64)
         check_indices(window.min_coord[None], "window_keys")
-        check_indices((window.min_coord + window.grid_coord.max(axis=0))[None], "window_keys")
+        check_indices((window.min_coord + column_max(window.grid_coord))[None], "window_keys")
         ijk = window.grid_coord.astype(np.int64)
         ijk += window.min_coord
         return pack_keys(ijk)
