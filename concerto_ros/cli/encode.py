@@ -179,9 +179,11 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from concerto_ros.models.allocator import keep_freed_memory
     from concerto_ros.models.checkpoint import load_encoder
     from concerto_ros.models.sparse_conv import resolve_backend
 
+    keep_freed_memory()
     if args.threads is not None:
         if args.threads < 1:
             print("error: --threads must be >= 1", file=sys.stderr)

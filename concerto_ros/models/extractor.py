@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 
+from concerto_ros.models.allocator import keep_freed_memory
 from concerto_ros.models.checkpoint import encoder_from_dict, load_encoder
 from concerto_ros.models.config import INFERENCE_OVERRIDES
 from concerto_ros.models.heads import LinearSemanticHead
@@ -137,6 +138,9 @@ class FeatureExtractor:
         self.out_channels = feature_channels(list(encoder.config.enc_channels), feature)
         self.description = description
         self.exported = None
+        #: whether glibc keeps freed memory for the next window (CPU; see
+        #: :func:`~concerto_ros.models.allocator.keep_freed_memory`)
+        self.keeps_freed_memory = self.device.type == "cpu" and keep_freed_memory()
 
     @classmethod
     def from_config(cls, model_cfg, device: torch.device | str = "cpu",
@@ -222,7 +226,8 @@ class FeatureExtractor:
         backend = resolve_backend(encoder.config.sparse_conv_backend, device)
         log(f"{desc} | {n_params / 1e6:.2f}M parameters, feature '{feature}' "
             f"({extractor.out_channels}-d), device {device}, sparse conv backend '{backend}', "
-            f"flash {encoder.config.enable_flash}, amp {amp}" + ("" if use_color else ", no colour input"))
+            f"flash {encoder.config.enable_flash}, amp {amp}" + ("" if use_color else ", no colour input")
+            + (", freed memory kept for reuse" if extractor.keeps_freed_memory else ""))
         if str(getattr(model_cfg, "runtime", "torch") or "torch") == "onnxruntime":
             extractor.use_onnxruntime(str(getattr(model_cfg, "onnx", "") or ""),
                                       str(getattr(model_cfg, "onnx_provider", "auto") or "auto"), log)

@@ -9,8 +9,7 @@ exported graph (:mod:`concerto_ros.models.export`), which takes the results as i
 * attention patches: the serialized, padded sequence of each order cut into patches of
   ``K`` voxels (:class:`PatchLayout`, :meth:`SparsePoints.attention_index`);
 * sparse-convolution neighbour rows (:class:`~concerto_ros.models.sparse_conv.NeighbourMap`);
-* grid-pooling clusters (:func:`pool_points`): members of each coarse voxel and the
-  inverse map from fine to coarse voxels.
+* grid-pooling clusters (:func:`pool_points`): the coarse voxel of every fine voxel.
 
 :func:`build_geometry` walks the levels; :class:`EncoderIndex` flattens the index tensors of
 all levels into the named inputs of the exported graph (:func:`index_names`).
@@ -223,7 +222,7 @@ class SparsePoints:
 
 def pool_points(
     points: SparsePoints, stride: int, orders: Sequence[str]
-) -> tuple[SparsePoints, torch.Tensor, torch.Tensor]:
+) -> tuple[SparsePoints, torch.Tensor]:
     """The clusters of grid pooling (PTv3 Sec. 3.3): the points sharing ``grid_coord //
     stride`` in the same scene form one coarse voxel.
 
@@ -237,10 +236,8 @@ def pool_points(
         orders: serialization orders of the coarse level.
 
     Returns:
-        ``(child, members, inverse)``: the coarse :class:`SparsePoints` (``M`` voxels),
-        ``members (M, L)`` int64 rows of ``points`` in each coarse voxel (``L`` the largest
-        cluster; shorter clusters repeat their first member, which leaves a max unchanged)
-        and ``inverse (N,)`` int64 the coarse row of every fine point.
+        ``(child, inverse)``: the coarse :class:`SparsePoints` (``M`` voxels) and
+        ``inverse (N,)`` int64, the coarse row of every fine point.
     """
     g = torch.div(points.grid_coord, int(stride), rounding_mode="floor")
     key = (points.batch << 48) | (g[:, 0] << 32) | (g[:, 1] << 16) | g[:, 2]
@@ -251,8 +248,6 @@ def pool_points(
     counts = torch.diff(starts, append=starts.new_tensor([skey.numel()]))
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.cumsum(first, 0) - 1
-    lanes = torch.arange(int(counts.max()), device=key.device)
-    members = perm[starts.unsqueeze(1) + torch.minimum(lanes.unsqueeze(0), counts.unsqueeze(1) - 1)]
     coord = torch.segment_reduce(points.coord.index_select(0, perm), "mean", lengths=counts)
     ukey = skey[starts]
     mask16 = (1 << 16) - 1
@@ -260,7 +255,7 @@ def pool_points(
     batch = ukey >> 48
     offset = torch.cumsum(torch.bincount(batch, minlength=points.offset.numel()), 0)
     child = SparsePoints.build(coord, grid, batch, offset, orders)
-    return child, members, inverse
+    return child, inverse
 
 
 @dataclass(eq=False)
@@ -269,14 +264,11 @@ class GeometryLevel:
 
     Attributes:
         points: the level's voxels (:class:`SparsePoints`).
-        members: ``(M, L)`` int64 pooling clusters (:func:`pool_points`); ``None`` for
-            level 0.
-        inverse: ``(M_prev,)`` int64 coarse row of every point of the previous level;
-            ``None`` for level 0.
+        inverse: ``(M_prev,)`` int64 row of this level that every point of the previous
+            level is pooled into (:func:`pool_points`); ``None`` for level 0.
     """
 
     points: SparsePoints
-    members: torch.Tensor | None = None
     inverse: torch.Tensor | None = None
 
 
@@ -315,9 +307,9 @@ def build_geometry(coord: torch.Tensor, grid_coord: torch.Tensor, offset: torch.
     points = maybe_shuffle(SparsePoints.build(coord, grid_coord, batch, offset, _stage_orders(config, 0)))
     levels = [GeometryLevel(points)]
     for s in range(1, config.num_stages):
-        child, members, inverse = pool_points(points, config.stride[s - 1], _stage_orders(config, s))
+        child, inverse = pool_points(points, config.stride[s - 1], _stage_orders(config, s))
         points = maybe_shuffle(child)
-        levels.append(GeometryLevel(points, members, inverse))
+        levels.append(GeometryLevel(points, inverse))
     return levels
 
 
@@ -330,14 +322,14 @@ def stage_order_indices(config, stage: int) -> list[int]:
 def index_names(config) -> list[str]:
     """Names of the index inputs of the exported graph, in input order (after ``feat``).
 
-    Per stage ``s``: ``s{s}_members`` and ``s{s}_inverse`` (``s > 0``), ``s{s}_neighbours``,
+    Per stage ``s``: ``s{s}_inverse`` (``s > 0``), ``s{s}_neighbours``,
     then ``s{s}_o{j}_gather`` / ``s{s}_o{j}_scatter`` for every serialization row ``j`` its
     blocks use (:func:`stage_order_indices`).
     """
     names = []
     for s in range(config.num_stages):
         if s > 0:
-            names += [f"s{s}_members", f"s{s}_inverse"]
+            names.append(f"s{s}_inverse")
         names.append(f"s{s}_neighbours")
         for j in stage_order_indices(config, s):
             names += [f"s{s}_o{j}_gather", f"s{s}_o{j}_scatter"]
@@ -349,13 +341,12 @@ class EncoderIndex:
     """The index tensors of all levels, by name (:func:`index_names`).
 
     Shapes (level ``s`` has ``M_s`` voxels, attention patches of ``K_s`` voxels in ``S_s``
-    sequences, pooling clusters of at most ``L_s`` voxels):
+    sequences):
 
     * ``s{s}_neighbours``: ``(M_s, 27)`` int32 one-based neighbour rows, 0 = absent
       (:attr:`~concerto_ros.models.sparse_conv.NeighbourMap.rows`);
     * ``s{s}_o{j}_gather``: ``(S_s, K_s)`` int64 rows of the patches of order ``j``;
     * ``s{s}_o{j}_scatter``: ``(M_s,)`` int64 row of each voxel in the flattened patches;
-    * ``s{s}_members``: ``(M_s, L_s)`` int64 rows of level ``s-1`` pooled into each voxel;
     * ``s{s}_inverse``: ``(M_{s-1},)`` int64 voxel of level ``s`` of every voxel of ``s-1``.
 
     Attributes:
@@ -383,7 +374,6 @@ class EncoderIndex:
         for s, level in enumerate(levels):
             pts = level.points
             if s > 0:
-                tensors[f"s{s}_members"] = level.members
                 tensors[f"s{s}_inverse"] = level.inverse
             tensors[f"s{s}_neighbours"] = pts.voxels.neighbour_map().rows
             k = attention_patch_size(pts.counts, config.enc_patch_size[s], flash)

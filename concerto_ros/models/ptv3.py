@@ -579,8 +579,17 @@ class SerializedAttention(nn.Module):
         return out[valid]
 
 
+#: bytes of MLP hidden activations per block of rows in :meth:`MLP.forward` (L2-sized)
+MLP_CHUNK_BYTES = 1 << 20
+
+
 class MLP(nn.Module):
-    """``fc1`` -> GELU -> dropout -> ``fc2`` -> dropout."""
+    """``fc1`` -> GELU -> dropout -> ``fc2`` -> dropout.
+
+    In inference (eval mode, no autograd) the rows are processed in blocks of about
+    :data:`MLP_CHUNK_BYTES` of hidden activations, which stay in the cache instead of
+    making a round trip through memory (the hidden layer is 4x wider than the input).
+    """
 
     def __init__(self, in_channels: int, hidden_channels: int, drop: float = 0.0) -> None:
         super().__init__()
@@ -589,8 +598,21 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden_channels, in_channels)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+    def forward(self, x: torch.Tensor, chunk_rows: int | None = 0) -> torch.Tensor:
+        """``(M, C)`` -> ``(M, C)``; ``chunk_rows``: rows per block (``0``: from
+        :data:`MLP_CHUNK_BYTES`; ``None``: one block, the exported graph's form)."""
+        blocked = chunk_rows is not None and not self.training and not (
+            torch.is_grad_enabled() and (x.requires_grad or self.fc1.weight.requires_grad))
+        hidden = self.fc1.out_features
+        step = chunk_rows or max(64, MLP_CHUNK_BYTES // (hidden * x.element_size()))
+        if not blocked or x.shape[0] <= step or torch.is_autocast_enabled(x.device.type):
+            return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        out = x.new_empty(x.shape[0], self.fc2.out_features)
+        w1, w2 = self.fc1.weight.t(), self.fc2.weight.t()
+        for start in range(0, x.shape[0], step):
+            h = torch.addmm(self.fc1.bias, x[start:start + step], w1)
+            torch.addmm(self.fc2.bias, self.act(h), w2, out=out[start:start + step])
+        return out
 
 
 class Block(nn.Module):
@@ -652,7 +674,7 @@ class Block(nn.Module):
 
     def forward(self, feat: torch.Tensor, points: SparsePoints) -> torch.Tensor:
         """``(M, C)`` -> ``(M, C)`` on the voxels of ``points``."""
-        return self._residuals(feat, lambda x: self.cpe(x, points), lambda x: self.attn(x, points))
+        return self._residuals(feat, lambda x: self.cpe(x, points), lambda x: self.attn(x, points), 0)
 
     def forward_indexed(self, feat: torch.Tensor, neighbours: torch.Tensor, gather: torch.Tensor,
                         scatter: torch.Tensor, chunk_rows: int | None = 0) -> torch.Tensor:
@@ -660,9 +682,9 @@ class Block(nn.Module):
         ``neighbours (M, 27)`` for :meth:`xCPE.forward_rows`, ``gather (S, K)`` and
         ``scatter (M,)`` for :meth:`SerializedAttention.attend`."""
         return self._residuals(feat, lambda x: self.cpe.forward_rows(x, neighbours, chunk_rows),
-                               lambda x: self.attn.attend(x, gather, scatter))
+                               lambda x: self.attn.attend(x, gather, scatter), chunk_rows)
 
-    def _residuals(self, feat: torch.Tensor, cpe, attn) -> torch.Tensor:
+    def _residuals(self, feat: torch.Tensor, cpe, attn, chunk_rows: int | None) -> torch.Tensor:
         feat = feat + cpe(feat)
         shortcut = feat
         if self.pre_norm:
@@ -673,7 +695,7 @@ class Block(nn.Module):
         shortcut = feat
         if self.pre_norm:
             feat = self.norm2(feat)
-        feat = shortcut + self.drop_path(self.ls2(self.mlp(feat)))
+        feat = shortcut + self.drop_path(self.ls2(self.mlp[0](feat, chunk_rows)))
         if not self.pre_norm:
             feat = self.norm2(feat)
         return feat
@@ -696,17 +718,19 @@ class GridPooling(nn.Module):
         self.norm = nn.Sequential(nn.LayerNorm(out_channels))
         self.act = nn.Sequential(nn.GELU())
 
-    def forward(self, feat: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    def forward(self, feat: torch.Tensor, inverse: torch.Tensor, num_voxels: int) -> torch.Tensor:
         """Pool ``(M_prev, C_in)`` features into ``(M, C_out)``.
 
         Args:
             feat: the fine level's features.
-            members: ``(M, L)`` int64 fine rows of each coarse voxel (short clusters
-                repeat a member; see :func:`~concerto_ros.models.geometry.pool_points`).
+            inverse: ``(M_prev,)`` int64 coarse voxel of every fine row (each of the ``M``
+                coarse voxels has at least one; see
+                :func:`~concerto_ros.models.geometry.pool_points`).
+            num_voxels: ``M``.
         """
         proj = self.proj(feat)
-        m, width = members.shape
-        pooled = proj.index_select(0, members.reshape(-1)).view(m, width, -1).amax(1)
+        init = proj.new_full((num_voxels, proj.shape[1]), float("-inf"))
+        pooled = init.scatter_reduce(0, inverse.unsqueeze(1).expand_as(proj), proj, "amax")
         return self.act(self.norm(pooled))
 
 
@@ -841,7 +865,7 @@ class PointTransformerV3Encoder(nn.Module):
         for s, geo in enumerate(self.geometry(inputs)):
             stage: EncoderStage = self.enc[f"enc{s}"]
             if stage.down is not None:
-                feat = stage.down(feat, geo.members)
+                feat = stage.down(feat, geo.inverse, geo.points.num_points)
             for block in stage.blocks():
                 feat = block(feat, geo.points)
             levels.append(EncoderLevel(feat=feat, points=geo.points, pooling_inverse=geo.inverse))
@@ -868,7 +892,7 @@ class PointTransformerV3Encoder(nn.Module):
         for s in range(self.config.num_stages):
             stage: EncoderStage = self.enc[f"enc{s}"]
             if stage.down is not None:
-                feat = stage.down(feat, index[f"s{s}_members"])
+                feat = stage.down(feat, index[f"s{s}_inverse"], index[f"s{s}_neighbours"].shape[0])
             for i, block in enumerate(stage.blocks()):
                 j = i % len(self.config.order)
                 feat = block.forward_indexed(feat, index[f"s{s}_neighbours"], index[f"s{s}_o{j}_gather"],

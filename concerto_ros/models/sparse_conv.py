@@ -301,7 +301,8 @@ def submconv3d_rows(
             int64.
         chunk_rows: voxels per block; ``0`` picks about :data:`CHUNK_BYTES` of gathered
             features per block; ``None`` gathers all ``N`` at once (the exported graph's
-            form: no data-dependent loop).
+            form: no data-dependent loop), as does autograd (one gather whose backward is
+            one ``index_add``).
 
     Returns:
         ``(N, C_out)`` in the dtype of ``feat``.
@@ -309,24 +310,20 @@ def submconv3d_rows(
     n, c_in = feat.shape
     padded = torch.cat([feat.new_zeros(1, c_in), feat])
     flat = rows.reshape(-1)
-    if chunk_rows is None:
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (feat, weight_matrix, bias))
+    if chunk_rows is None or grad:  # one block; with autograd: one gather to differentiate
         gathered = padded.index_select(0, flat).view(-1, 27 * c_in)
         return gathered @ weight_matrix if bias is None else torch.addmm(bias, gathered, weight_matrix)
     step = chunk_rows or max(64, CHUNK_BYTES // (27 * c_in * feat.element_size()))
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (feat, weight_matrix, bias))
-    out = None if grad else feat.new_empty(n, weight_matrix.shape[1])
-    parts = []
+    out = feat.new_empty(n, weight_matrix.shape[1])
     for start in range(0, n, step):
         end = min(n, start + step)
         gathered = padded.index_select(0, flat[start * 27:end * 27]).view(end - start, 27 * c_in)
-        dest = {} if grad else {"out": out[start:end]}
         if bias is None:
-            parts.append(torch.mm(gathered, weight_matrix, **dest))
+            torch.mm(gathered, weight_matrix, out=out[start:end])
         else:
-            parts.append(torch.addmm(bias, gathered, weight_matrix, **dest))
-    if out is None:  # autograd: no out= arguments
-        return torch.cat(parts) if parts else feat.new_zeros(0, weight_matrix.shape[1])
+            torch.addmm(bias, gathered, weight_matrix, out=out[start:end])
     return out
 
 

@@ -94,7 +94,9 @@ class ExportableModel(nn.Module):
         super().__init__()
         self.encoder = encoder.eval()
         self.feature = feature
-        cfg = encoder.config
+        #: the encoder config as the graph runs it (the torch convolution, the non-flash
+        #: patch layout); stored with the file, the reader builds the index inputs from it
+        self.config = cfg = encoder.config.replace(sparse_conv_backend="torch", enable_flash=False)
         self.num_levels = FEATURE_LEVELS(feature, cfg.num_stages)
         width = sum(cfg.enc_channels[-self.num_levels:])
         for name, part, dim in (("head", head, "in_channels"), ("translator", translator, "in_dim")):
@@ -137,23 +139,21 @@ class ExportableModel(nn.Module):
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         """``(feat, *index)`` of :func:`example_points` for tracing (on the encoder's device)."""
         coord, grid, feat, offset = example_points()
-        index = EncoderIndex.from_points(coord, grid, offset, self.encoder.config)
+        index = EncoderIndex.from_points(coord, grid, offset, self.config)
         device = next(self.encoder.parameters()).device
-        feat = feat[:, : self.encoder.config.in_channels]
-        return tuple(t.to(device) for t in [feat] + index.ordered(self.encoder.config))
+        feat = feat[:, : self.config.in_channels]
+        return tuple(t.to(device) for t in [feat] + index.ordered(self.config))
 
     def dynamic_shapes(self) -> tuple[Any, ...]:
         """``torch.export`` dynamic shapes of :meth:`example_inputs`: per level ``M_s``
-        voxels, ``S_s`` patch sequences, ``K_s`` voxels per patch, ``L_s`` voxels per
-        pooling cluster."""
-        cfg = self.encoder.config
+        voxels, ``S_s`` patch sequences, ``K_s`` voxels per patch."""
+        cfg = self.config
         dim = torch.export.Dim
         m = [dim(f"M{s}", min=1) for s in range(cfg.num_stages)]
         shapes: dict[str, Any] = {"feat": {0: m[0]}}
         for s in range(cfg.num_stages):
             seqs, patch = dim(f"S{s}", min=1), dim(f"K{s}", min=1)
             if s > 0:
-                shapes[f"s{s}_members"] = {0: m[s], 1: dim(f"L{s}", min=1)}
                 shapes[f"s{s}_inverse"] = {0: m[s - 1]}
             shapes[f"s{s}_neighbours"] = {0: m[s]}
             for name in self.index_names:

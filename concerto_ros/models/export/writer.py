@@ -68,7 +68,7 @@ def model_metadata(model: ExportableModel, extra: dict[str, Any] | None = None) 
     """
     meta = {
         "concerto_ros.export": str(EXPORT_VERSION),
-        "encoder_config": json.dumps(model.encoder.config.to_dict()),
+        "encoder_config": json.dumps(model.config.to_dict()),
         "feature": model.feature,
         "point_channels": str(model.point_channels),
         "input_names": json.dumps(model.input_names),
@@ -158,7 +158,8 @@ def default_cache_dir() -> Path:
 
 
 def cached_export(model: ExportableModel, fmt: str = "onnx", cache_dir: str | os.PathLike | None = None,
-                  log: Callable[[str], Any] | None = None) -> Path:
+                  log: Callable[[str], Any] | None = None,
+                  program: torch.export.ExportedProgram | None = None) -> Path:
     """The exported file of ``model`` in ``cache_dir``, exported first when absent.
 
     The file name holds a hash of the weights (encoder, head, translator), the encoder
@@ -171,12 +172,13 @@ def cached_export(model: ExportableModel, fmt: str = "onnx", cache_dir: str | os
         fmt: ``onnx`` or ``torch-export``.
         cache_dir: folder (default :func:`default_cache_dir`).
         log: receives one line when a new file is exported.
+        program: an :func:`export_program` of ``model`` already made (saves a trace).
 
     Returns:
         The path of the exported file.
     """
     h = hashlib.sha256()
-    h.update(json.dumps([model.encoder.config.to_dict(), model.feature, model.output_names,
+    h.update(json.dumps([model.config.to_dict(), model.feature, model.output_names,
                          torch.__version__, EXPORT_VERSION, fmt]).encode())
     h.update(weights_hash(model).encode())
     folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -187,7 +189,7 @@ def cached_export(model: ExportableModel, fmt: str = "onnx", cache_dir: str | os
         log(f"exporting the encoder ({fmt}) to {path} (once per model; takes a while)")
     tmp_dir = folder / f".tmp-{os.getpid()}-{h.hexdigest()[:8]}"
     try:
-        written = export_model(model, tmp_dir / path.name, fmt)
+        written = export_model(model, tmp_dir / path.name, fmt, program=program)
         data = Path(str(written) + ".data")  # external weights keep their file name
         if data.is_file():
             os.replace(data, Path(str(path) + ".data"))
