@@ -63,10 +63,12 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# the package under test: this checkout, or another one for a --baseline child
+sys.path.insert(0, os.environ.get("CONCERTO_BENCH_PACKAGE", str(REPO)))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from concerto_ros.models import geometry, sparse_conv  # noqa: E402
+# (only names that the landed main also has: --baseline children import this file there)
+from concerto_ros.models import sparse_conv  # noqa: E402
 from concerto_ros.models.checkpoint import load_encoder  # noqa: E402
 from concerto_ros.models.extractor import check_amp, inference_overrides  # noqa: E402
 from concerto_ros.models.ptv3 import (MLP, Embedding, GridPooling, PointBatch, SerializedAttention,  # noqa: E402
@@ -129,6 +131,8 @@ class KindTimer:
     region is counted in the innermost one only."""
 
     def __init__(self, model: torch.nn.Module) -> None:
+        from concerto_ros.models import geometry
+
         self.totals: dict[str, float] = defaultdict(float)
         self._stack: list[list] = []
         for m in model.modules():
@@ -164,9 +168,11 @@ class KindTimer:
             self._stack[-1][2] += elapsed
 
 
-def time_cpu(model, batch: PointBatch, repeat: int) -> tuple[float, dict[str, float], torch.Tensor]:
-    """Best forward seconds, the per-kind seconds of that forward, the feature."""
-    timer = KindTimer(model)
+def time_cpu(model, batch: PointBatch, repeat: int, kinds_too: bool = True
+             ) -> tuple[float, dict[str, float], torch.Tensor]:
+    """Best forward seconds, the per-kind seconds of that forward (``{}`` without
+    ``kinds_too``), the feature."""
+    timer = KindTimer(model) if kinds_too else _NoTimer()
     with torch.inference_mode():
         feat = concerto_point_feature(model(batch))  # warm-up
         best, kinds = float("inf"), {}
@@ -181,6 +187,16 @@ def time_cpu(model, batch: PointBatch, repeat: int) -> tuple[float, dict[str, fl
             if sec < best:
                 best, kinds = sec, dict(timer.totals)
     return best, kinds, feat
+
+
+class _NoTimer:
+    totals: dict[str, float] = {}
+
+    def enter(self, kind: str) -> None:
+        pass
+
+    def exit(self) -> None:
+        pass
 
 
 def count_flops(model, batch: PointBatch) -> dict[str, float]:
@@ -202,6 +218,8 @@ def count_flops(model, batch: PointBatch) -> dict[str, float]:
             flops["total"] = float(sum(ops.values()))
         elif name in _FLOP_KINDS:
             flops[_FLOP_KINDS[name]] += float(sum(ops.values()))
+    if not hasattr(model, "geometry"):  # a --baseline checkout
+        return dict(flops)
     with torch.inference_mode():
         for s, level in enumerate(model.geometry(batch)):
             pairs = level.points.voxels.neighbour_map().num_pairs
@@ -231,9 +249,11 @@ def child(args) -> None:
     if args.child_kind == "gemm":
         Path(args.child_output + ".json").write_text(json.dumps({"gflops": gemm_peak(args.child_threads)}))
         return
-    from concerto_ros.models.allocator import keep_freed_memory
+    kept = False
+    if args.child_kind in ("default", "spconv-kept"):
+        from concerto_ros.models.allocator import keep_freed_memory
 
-    kept = keep_freed_memory() if args.child_kind in ("default", "spconv-kept") else False
+        kept = keep_freed_memory()
     arrays = dict(np.load(args.child_input))
     batch = to_batch(arrays, "cpu")
     torch.set_num_threads(args.child_threads)
@@ -245,7 +265,7 @@ def child(args) -> None:
         backend = "spconv" if args.child_kind.startswith("spconv") else "auto"
         model = load_encoder(args.checkpoint, preset=args.preset,
                              overrides=inference_overrides("cpu", backend, flash="off"))
-        sec, kinds, feat = time_cpu(model, batch, args.repeat)
+        sec, kinds, feat = time_cpu(model, batch, args.repeat, kinds_too=args.child_kind != "baseline")
         if args.child_flops:
             result["flops"] = count_flops(model, batch)
     np.save(args.child_output + ".npy", feat.numpy())
@@ -330,6 +350,9 @@ def bench_input(args, tmp: str, name: str, arrays: dict, onnx: str, peaks: dict[
     for t in args.threads:
         runs[f"default, {t} thread(s)"] = run_child(args, "default", t, out(f"d{t}"), path,
                                                      flops=t == all_cores)
+    for t in args.threads if args.baseline else []:
+        runs[f"baseline {args.baseline.name}, {t} thread(s)"] = run_child(
+            args, "baseline", t, out(f"b{t}"), path, flops=t == all_cores, env={"CONCERTO_BENCH_PACKAGE": str(args.baseline)})
     runs[f"default, {all_cores} threads, glibc malloc defaults"] = run_child(
         args, "default-sysmalloc", all_cores, out("dm"), path, env={"CONCERTO_KEEP_FREED_MEMORY": "0"})
     if onnx:
@@ -347,6 +370,11 @@ def bench_input(args, tmp: str, name: str, arrays: dict, onnx: str, peaks: dict[
     achieved_1 = default["flops"]["total"] / one["sec"] / 1e9
     print(f"  default, {one['threads']} thread: {achieved_1:.1f} GFLOP/s = "
           f"{100 * achieved_1 / peaks[one['threads']]:.1f}% of the 1-thread GEMM peak")
+    for t in args.threads if args.baseline else []:
+        base = runs[f"baseline {args.baseline.name}, {t} thread(s)"]
+        rate = runs[f"baseline {args.baseline.name}, {all_cores} thread(s)"]["flops"]["total"] / base["sec"] / 1e9
+        print(f"  baseline {args.baseline.name}, {t} thread(s): {base['sec'] * 1e3:.0f} ms, {rate:.1f} GFLOP/s = "
+              f"{100 * rate / peaks[t]:.1f}% of the {t}-thread GEMM peak")
     check_targets(runs, default, all_cores)
 
 
@@ -483,6 +511,9 @@ def main() -> None:
                         choices=["golden-a", "window"])
     parser.add_argument("--no-onnx", dest="onnx", action="store_false",
                         help="skip the exported graph under ONNX Runtime")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                        help="also time the default path of another checkout (e.g. the landed main) in "
+                        "the same run, with its own code (glibc allocator defaults)")
     for name, kw in (("--child-kind", {}), ("--child-input", {}), ("--child-threads", {"type": int}),
                      ("--child-output", {}), ("--child-onnx", {}),
                      ("--child-flops", {"action": "store_true"})):

@@ -98,27 +98,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "(e.g. 'z,z-trans,hilbert,hilbert-trans;hilbert,z,z-trans,hilbert-trans;...'); "
         "default: the config's order for every stage",
     )
-    parser.add_argument(
-        "--runtime",
-        choices=_RUNTIMES,
-        default="torch",
-        help="torch: eager PyTorch; onnxruntime: the exported ONNX graph under ONNX Runtime "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--onnx",
-        default=None,
-        metavar="FILE",
-        help="with --runtime onnxruntime: the .onnx file from `concerto export` (it must hold "
-        "the checkpoint's weights); default: export on the fly into ~/.cache/concerto_ros/export",
-    )
-    parser.add_argument(
-        "--provider",
-        choices=_PROVIDERS,
-        default="cpu",
-        help="ONNX Runtime execution provider (cuda and tensorrt need the onnxruntime-gpu "
-        "wheel); default: %(default)s",
-    )
+    parser.add_argument("--runtime", choices=_RUNTIMES, default="torch",
+                        help="torch: eager PyTorch; onnxruntime: the exported ONNX graph under ONNX "
+                        "Runtime (default: %(default)s)")
+    parser.add_argument("--onnx", default=None, metavar="FILE",
+                        help="with --runtime onnxruntime: the .onnx file from `concerto export` (it must "
+                        "hold the checkpoint's weights); default: export on the fly into "
+                        "~/.cache/concerto_ros/export")
+    parser.add_argument("--provider", choices=_PROVIDERS, default="cpu",
+                        help="ONNX Runtime execution provider (cuda and tensorrt need the onnxruntime-gpu "
+                        "wheel); default: %(default)s")
     parser.set_defaults(func=run)
     return parser
 

@@ -13,13 +13,19 @@ Data flow with typed structures (instead of the reference's free-form ``Point`` 
 
 * :class:`PointBatch` - the input: voxelized points of ``B`` scenes, concatenated.
 * :class:`SparsePoints` - the geometry one stage works on (coords, batch, serialization,
-  sparse-conv neighbour cache, attention patch layouts).
+  sparse-conv neighbour cache, attention patch layouts), built for every level before the
+  first layer runs (:mod:`concerto_ros.models.geometry`: everything that depends on the
+  positions only).
 * :class:`EncoderOutput` - per level the features, geometry and the pooling inverse map;
   :func:`concerto_point_feature` and :func:`all_levels_feature` map them back to the
   input voxels.
 
-Everything runs in plain torch on CPU (float32); flash-attn and spconv are used on CUDA
-when importable (see :mod:`concerto_ros.models.sparse_conv`).
+Every module computes from explicit index tensors (neighbour rows, patch gather/scatter
+rows, pooling inverse): :meth:`PointTransformerV3Encoder.forward` takes them from the
+geometry's caches, :meth:`PointTransformerV3Encoder.forward_indexed` as inputs, the form
+that is exported (:mod:`concerto_ros.models.export`). Everything runs in plain torch on CPU
+(float32); flash-attn and spconv are used on CUDA when importable (see
+:mod:`concerto_ros.models.sparse_conv`).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from torch import nn
 
 from .config import EncoderConfig
 from .geometry import (GeometryLevel, PatchLayout, SparsePoints, attention_patch_size, build_geometry,
-                       build_patch_layout, offset_to_batch, pool_points)
+                       build_patch_layout, offset_to_batch)
 from .sparse_conv import SubMConv3d
 
 __all__ = [
@@ -579,7 +585,8 @@ class SerializedAttention(nn.Module):
         return out[valid]
 
 
-#: bytes of MLP hidden activations per block of rows in :meth:`MLP.forward` (L2-sized)
+#: bytes of MLP hidden activations per block of rows and intra-op thread in
+#: :meth:`MLP.forward` (L2-sized)
 MLP_CHUNK_BYTES = 1 << 20
 
 
@@ -587,8 +594,9 @@ class MLP(nn.Module):
     """``fc1`` -> GELU -> dropout -> ``fc2`` -> dropout.
 
     In inference (eval mode, no autograd) the rows are processed in blocks of about
-    :data:`MLP_CHUNK_BYTES` of hidden activations, which stay in the cache instead of
-    making a round trip through memory (the hidden layer is 4x wider than the input).
+    :data:`MLP_CHUNK_BYTES` of hidden activations per thread, which stay in the cache
+    instead of making a round trip through memory (the hidden layer is 4x wider than the
+    input).
     """
 
     def __init__(self, in_channels: int, hidden_channels: int, drop: float = 0.0) -> None:
@@ -604,7 +612,7 @@ class MLP(nn.Module):
         blocked = chunk_rows is not None and not self.training and not (
             torch.is_grad_enabled() and (x.requires_grad or self.fc1.weight.requires_grad))
         hidden = self.fc1.out_features
-        step = chunk_rows or max(64, MLP_CHUNK_BYTES // (hidden * x.element_size()))
+        step = chunk_rows or max(64, MLP_CHUNK_BYTES * torch.get_num_threads() // (hidden * x.element_size()))
         if not blocked or x.shape[0] <= step or torch.is_autocast_enabled(x.device.type):
             return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
         out = x.new_empty(x.shape[0], self.fc2.out_features)

@@ -274,8 +274,10 @@ def conv_weight_matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(1, 2, 3, 4, 0).reshape(27 * c_in, c_out)
 
 
-#: bytes of gathered neighbour features per block of :func:`submconv3d_rows` (about the
-#: L2 cache of two cores)
+#: bytes of gathered neighbour features per block of :func:`submconv3d_rows` and per
+#: intra-op thread (about one core's L2 cache; more threads take bigger blocks, so that
+#: every block still splits into cache-sized parts and the number of parallel regions,
+#: each a synchronisation point, stays low)
 CHUNK_BYTES = 1 << 21
 
 
@@ -300,7 +302,7 @@ def submconv3d_rows(
         rows: ``(N, 27)`` one-based neighbour rows (:attr:`NeighbourMap.rows`), int32 or
             int64.
         chunk_rows: voxels per block; ``0`` picks about :data:`CHUNK_BYTES` of gathered
-            features per block; ``None`` gathers all ``N`` at once (the exported graph's
+            features per block and thread; ``None`` gathers all ``N`` at once (the exported graph's
             form: no data-dependent loop), as does autograd (one gather whose backward is
             one ``index_add``).
 
@@ -315,7 +317,7 @@ def submconv3d_rows(
     if chunk_rows is None or grad:  # one block; with autograd: one gather to differentiate
         gathered = padded.index_select(0, flat).view(-1, 27 * c_in)
         return gathered @ weight_matrix if bias is None else torch.addmm(bias, gathered, weight_matrix)
-    step = chunk_rows or max(64, CHUNK_BYTES // (27 * c_in * feat.element_size()))
+    step = chunk_rows or max(64, CHUNK_BYTES * torch.get_num_threads() // (27 * c_in * feat.element_size()))
     out = feat.new_empty(n, weight_matrix.shape[1])
     for start in range(0, n, step):
         end = min(n, start + step)
