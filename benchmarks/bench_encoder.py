@@ -213,7 +213,7 @@ def count_flops(model, batch: PointBatch) -> dict[str, float]:
         register_flop_formula(op)(lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(q, k, v))
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
-        concerto_point_feature(model(batch))
+        concerto_point_feature(model(batch))  # (the counter sees the calling thread's ops only)
     flops: dict[str, float] = defaultdict(float)
     for fqn, ops in counter.get_flop_counts().items():
         parts = fqn.split(".")
@@ -273,9 +273,18 @@ def child(args) -> None:
         if args.child_flops:
             result["flops"] = count_flops(model, batch)
     np.save(args.child_output + ".npy", feat.numpy())
-    result.update(sec=sec, kinds=kinds, threads=torch.get_num_threads(),
-                  peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result.update(sec=sec, kinds=kinds, threads=torch.get_num_threads(), peak_rss_mib=peak_rss_mib())
     Path(args.child_output + ".json").write_text(json.dumps(result))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set (``VmHWM``; ``ru_maxrss`` would include the parent's
+    before ``exec``)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def time_onnxruntime(path: str, batch: PointBatch, repeat: int) -> tuple[float, torch.Tensor]:

@@ -42,7 +42,6 @@ from torch import nn
 from .config import EncoderConfig
 from .geometry import (GeometryLevel, PatchLayout, SparsePoints, attention_patch_size, build_geometry,
                        build_patch_layout, offset_to_batch)
-from .row_blocks import run_row_blocks
 from .sparse_conv import SubMConv3d
 
 __all__ = [
@@ -586,17 +585,18 @@ class SerializedAttention(nn.Module):
         return out[valid]
 
 
-#: bytes of MLP hidden activations per block of rows in :meth:`MLP.forward` (L2-sized)
+#: bytes of MLP hidden activations per block of rows and intra-op thread in
+#: :meth:`MLP.forward` (L2-sized)
 MLP_CHUNK_BYTES = 1 << 20
 
 
 class MLP(nn.Module):
     """``fc1`` -> GELU -> dropout -> ``fc2`` -> dropout.
 
-    In inference (eval mode, no autograd) the rows are processed in blocks of about
-    :data:`MLP_CHUNK_BYTES` of hidden activations, which stay in the cache instead of
-    making a round trip through memory (the hidden layer is 4x wider than the input),
-    spread over the intra-op threads (:func:`~concerto_ros.models.row_blocks.run_row_blocks`).
+    In CPU inference (eval mode, no autograd) the rows are processed in blocks of about
+    :data:`MLP_CHUNK_BYTES` of hidden activations per thread, which stay in the cache
+    instead of making a round trip through memory (the hidden layer is 4x wider than the
+    input).
     """
 
     def __init__(self, in_channels: int, hidden_channels: int, drop: float = 0.0) -> None:
@@ -609,20 +609,17 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, chunk_rows: int | None = 0) -> torch.Tensor:
         """``(M, C)`` -> ``(M, C)``; ``chunk_rows``: rows per block (``0``: from
         :data:`MLP_CHUNK_BYTES`; ``None``: one block, the exported graph's form)."""
-        blocked = chunk_rows is not None and not self.training and not (
+        blocked = chunk_rows is not None and not self.training and x.device.type == "cpu" and not (
             torch.is_grad_enabled() and (x.requires_grad or self.fc1.weight.requires_grad))
         hidden = self.fc1.out_features
-        step = chunk_rows or max(64, MLP_CHUNK_BYTES // (hidden * x.element_size()))
+        step = chunk_rows or max(64, MLP_CHUNK_BYTES * torch.get_num_threads() // (hidden * x.element_size()))
         if not blocked or x.shape[0] <= step or torch.is_autocast_enabled(x.device.type):
             return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
         out = x.new_empty(x.shape[0], self.fc2.out_features)
         w1, w2 = self.fc1.weight.t(), self.fc2.weight.t()
-
-        def block(start: int, end: int) -> None:
-            h = torch.addmm(self.fc1.bias, x[start:end], w1)
-            torch.addmm(self.fc2.bias, self.act(h), w2, out=out[start:end])
-
-        run_row_blocks(x.shape[0], step, block)
+        for start in range(0, x.shape[0], step):
+            h = torch.addmm(self.fc1.bias, x[start:start + step], w1)
+            torch.addmm(self.fc2.bias, self.act(h), w2, out=out[start:start + step])
         return out
 
 

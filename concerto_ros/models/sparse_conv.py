@@ -22,9 +22,8 @@ Backends (one :class:`SubMConv3d` module, same parameters, same results):
   every missing neighbour. The convolution is then a gather of the ``27`` neighbour rows of
   a block of voxels into an ``(R, 27 C_in)`` matrix and one GEMM with the ``(27 C_in,
   C_out)`` kernel (:func:`submconv3d_rows`); blocks of about 2 MB keep the gathered matrix
-  in the L2 cache (3-4x faster than 27 separate gather + GEMM passes over the whole set)
-  and run single-threaded, spread over the intra-op threads. No scatter and no atomics:
-  bit-identical for any number of threads. Default on CPU
+  in the L2 cache (3-4x faster than 27 separate gather + GEMM passes over the whole set).
+  No scatter and no atomics: deterministic for a fixed number of threads. Default on CPU
   and wherever spconv has no wheel, and the form the exported graph uses
   (:mod:`concerto_ros.models.export`). The lookup table of the largest box seen (4 bytes
   per cell, at most :data:`TABLE_MAX_CELLS`) is kept for the next call;
@@ -51,8 +50,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
-from .row_blocks import run_row_blocks
 
 __all__ = [
     "BACKENDS",
@@ -277,8 +274,10 @@ def conv_weight_matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(1, 2, 3, 4, 0).reshape(27 * c_in, c_out)
 
 
-#: bytes of gathered neighbour features per block of :func:`submconv3d_rows` (about one
-#: core's L2 cache); blocks run on all threads (:func:`~concerto_ros.models.row_blocks.run_row_blocks`)
+#: bytes of gathered neighbour features per block of :func:`submconv3d_rows` and per
+#: intra-op thread (about one core's L2 cache; more threads take bigger blocks, so that
+#: every block still splits into cache-sized parts and the number of parallel regions,
+#: each a synchronisation point, stays low)
 CHUNK_BYTES = 1 << 21
 
 
@@ -293,8 +292,8 @@ def submconv3d_rows(
 
     ``out[i] = bias + concat_k(pad(feat)[rows[i, k]]) @ weight_matrix`` where ``pad``
     puts one zero row in front of ``feat`` (absent neighbours, ``rows == 0``, read it).
-    Every block is one single-threaded gather and GEMM, so the result is the same for any
-    number of threads.
+    Every output row is one dot product over the ``27 C_in`` gathered values, so the
+    result does not depend on the block size.
 
     Args:
         feat: ``(N, C_in)`` float features.
@@ -303,10 +302,9 @@ def submconv3d_rows(
         rows: ``(N, 27)`` one-based neighbour rows (:attr:`NeighbourMap.rows`), int32 or
             int64.
         chunk_rows: voxels per block; ``0`` picks about :data:`CHUNK_BYTES` of gathered
-            features per block, blocks spread over the intra-op threads
-            (:func:`~concerto_ros.models.row_blocks.run_row_blocks`); ``None`` gathers all ``N`` at once (the exported graph's
-            form: no data-dependent loop), as does autograd (one gather whose backward is
-            one ``index_add``).
+            features per block and thread; ``None`` gathers all ``N`` at once (the exported graph's
+            form: no data-dependent loop), as do autograd (one gather whose backward is
+            one ``index_add``) and GPUs (one kernel rather than many small ones).
 
     Returns:
         ``(N, C_out)`` in the dtype of ``feat``.
@@ -316,20 +314,18 @@ def submconv3d_rows(
     flat = rows.reshape(-1)
     grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (feat, weight_matrix, bias))
-    if chunk_rows is None or grad:  # one block; with autograd: one gather to differentiate
+    if chunk_rows is None or grad or feat.device.type != "cpu":  # one block (see chunk_rows)
         gathered = padded.index_select(0, flat).view(-1, 27 * c_in)
         return gathered @ weight_matrix if bias is None else torch.addmm(bias, gathered, weight_matrix)
-    step = chunk_rows or max(64, CHUNK_BYTES // (27 * c_in * feat.element_size()))
+    step = chunk_rows or max(64, CHUNK_BYTES * torch.get_num_threads() // (27 * c_in * feat.element_size()))
     out = feat.new_empty(n, weight_matrix.shape[1])
-
-    def block(start: int, end: int) -> None:
+    for start in range(0, n, step):
+        end = min(n, start + step)
         gathered = padded.index_select(0, flat[start * 27:end * 27]).view(end - start, 27 * c_in)
         if bias is None:
             torch.mm(gathered, weight_matrix, out=out[start:end])
         else:
             torch.addmm(bias, gathered, weight_matrix, out=out[start:end])
-
-    run_row_blocks(n, step, block)
     return out
 
 
