@@ -4,8 +4,8 @@ The encoder allocates and frees the same large buffers on every window (a 271,61
 window: (N, 16)..(N, 192) float32 features of 17-210 MB). With glibc's defaults, blocks over
 the dynamic mmap threshold (at most 32 MB) are ``mmap``-ed and returned to the kernel on
 ``free``, and the heap top is trimmed, so each window pays page faults and zeroing for every
-page again: about a third of the encoder time on the 2-core CI machine (a forward of the
-tiny encoder on that window: 712 ms -> 433 ms at 2 threads, same run). :func:`keep_freed_memory`
+page again (on the 2-core CI machine up to a third of the encoder time, more when other jobs
+compete for memory bandwidth; ``benchmarks/bench_encoder.py`` times both settings). :func:`keep_freed_memory`
 asks glibc to serve every block from the heap and to keep freed memory (``mallopt``:
 ``M_MMAP_MAX = 0``, ``M_TRIM_THRESHOLD``, ``M_TOP_PAD``), the effect of the
 jemalloc/tcmalloc preload that the PyTorch CPU performance guide recommends, without a
