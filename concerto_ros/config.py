@@ -114,6 +114,9 @@ class ModelConfig:
     amp: str = _f("none", "Autocast precision of the encoder on CUDA: none (float32), bf16 or fp16. Only none is accepted on the CPU (start-up fails otherwise).", choices=["none", "bf16", "fp16"])
     flash: str = _f("auto", "Attention patches: auto (flash-attn varlen when installed and on CUDA), on (flash patch layout; SDPA where flash-attn is missing), off (the reference's non-flash layout, as in the golden test).", choices=["auto", "on", "off"])
     patch_size: int = _f(0, "Voxels per attention patch in every stage; 0 keeps the checkpoint's (1024 for released Concerto checkpoints).", lo=0, hi=65536)
+    runtime: str = _f("torch", "Encoder runtime: torch (eager PyTorch; the default CPU path) or onnxruntime (the exported ONNX graph under ONNX Runtime: model.onnx, or an export made at start-up). Heads and translator run in torch either way.", choices=["torch", "onnxruntime"])
+    onnx: str = _f("", "ONNX file for model.runtime: onnxruntime, from `concerto export` (it must hold the configured encoder's weights and feature layout). Empty: the encoder is exported at start-up into $XDG_CACHE_HOME/concerto_ros/export (~/.cache/...; once per model, reused afterwards).")
+    onnx_provider: str = _f("auto", "ONNX Runtime execution provider for model.runtime: onnxruntime: auto (cuda on a CUDA model.device, else cpu), cpu, cuda, tensorrt (cuda and tensorrt need the onnxruntime-gpu wheel).", choices=["auto", "cpu", "cuda", "tensorrt"])
     feature: str = _f("concat3", "Per-point feature for the heads: concat3 (last three levels concatenated and copied down, as Concerto's README) or all_levels (every level, as the released linear-probe heads).", choices=["concat3", "all_levels"])
 
 

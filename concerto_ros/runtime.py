@@ -26,7 +26,6 @@ import time
 import traceback
 from typing import Any, Callable, Optional
 
-from concerto_ros.memory import release_free_memory
 from concerto_ros.pipeline import Keyframe, PerceptionPipeline, PipelineResult
 from concerto_ros.sensors.skips import INTERNAL_ERROR, FrameSkipped
 from concerto_ros.sensors.stream import FrameStream
@@ -125,7 +124,6 @@ class StreamingRuntime:
             encoded keyframe; ``tag`` is what :meth:`offer` got with the keyframe's set.
         on_skip: called with every ``FrameSkipped`` (bad input, internal errors).
         queue_depth: synced sets waiting for the integration thread.
-        release_memory: hand freed heap back to the OS after each keyframe (glibc).
 
     Attributes:
         frames_offered, frames_integrated, keyframes_made, keyframes_encoded: counters.
@@ -133,14 +131,13 @@ class StreamingRuntime:
 
     def __init__(self, pipeline: PerceptionPipeline, stream: FrameStream,
                  on_result: Callable[[PipelineResult, Keyframe, Any], Any],
-                 on_skip: Callable[[FrameSkipped], Any], queue_depth: int = 8, release_memory: bool = True):
+                 on_skip: Callable[[FrameSkipped], Any], queue_depth: int = 8):
         self.pipeline, self.stream = pipeline, stream
         self.on_result, self.on_skip = on_result, on_skip
         self.intake = NewestQueue(queue_depth)
         self._slot = _KeyframeSlot()
         self._running = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._release = release_memory
         self.frames_offered = self.frames_integrated = self.keyframes_made = self.keyframes_encoded = 0
 
     @property
@@ -216,8 +213,6 @@ class StreamingRuntime:
             except Exception:  # noqa: BLE001
                 if self._running.is_set():
                     self.on_skip(FrameSkipped("pipeline", INTERNAL_ERROR, traceback.format_exc(limit=4)))
-            if self._release:
-                release_free_memory()
 
 
 class _Offered:

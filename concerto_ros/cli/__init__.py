@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "convert": "convert",
     "replay": "replay",
     "encode": "encode",
+    "export": "export",
     "query": "query",
     "train": "train",
     "info": "info",

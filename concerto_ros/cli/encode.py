@@ -1,11 +1,15 @@
-"""``concerto encode``: run the Concerto PTv3 encoder on a batch stored in an ``.npz``.
+"""concerto encode: run the Concerto PTv3 encoder on a batch stored in an .npz file.
 
-Input keys (the layout of ``../shared/golden/ptv3_golden_a.npz``): ``coord (N, 3)``
-float32 metres after CenterShift, ``grid_coord (N, 3)`` int voxel indices, ``feat (N, C)``
-float32 (C = 9 for Concerto: xyz, rgb/255, normal), ``offset (B,)`` int64 cumulative point
-counts. Output keys: ``last_stage_feat (M, C_last)`` and ``upcast_feat (N, D)`` float32,
-the latter being the Concerto README per-point feature (last three levels concatenated
-and copied down to the input points; Zhang et al., arXiv 2510.23607).
+Input keys (the layout of ../shared/golden/ptv3_golden_a.npz): coord (N, 3) float32 metres
+after CenterShift, grid_coord (N, 3) int voxel indices, feat (N, C) float32 (C = 9 for
+Concerto: xyz, rgb/255, normal), offset (B,) int64 cumulative point counts. Output keys:
+last_stage_feat (M, C_last) and upcast_feat (N, D) float32, the latter being the Concerto
+README per-point feature (last three levels concatenated and copied down to the input
+points; Zhang et al., arXiv 2510.23607).
+
+With --runtime onnxruntime the exported graph runs under ONNX Runtime instead of eager
+PyTorch: --onnx FILE (from `concerto export`, holding the checkpoint's weights), or, without
+it, an export made on the fly and cached in ~/.cache/concerto_ros/export.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import argparse
 import sys
 
 _BACKENDS = ("auto", "torch", "spconv")
+_RUNTIMES = ("torch", "onnxruntime")
+_PROVIDERS = ("cpu", "cuda", "tensorrt")
 _INPUT_KEYS = ("coord", "grid_coord", "feat", "offset")
 
 
@@ -92,8 +98,66 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "(e.g. 'z,z-trans,hilbert,hilbert-trans;hilbert,z,z-trans,hilbert-trans;...'); "
         "default: the config's order for every stage",
     )
+    parser.add_argument("--runtime", choices=_RUNTIMES, default="torch",
+                        help="torch: eager PyTorch; onnxruntime: the exported ONNX graph under ONNX "
+                        "Runtime (default: %(default)s)")
+    parser.add_argument("--onnx", default=None, metavar="FILE",
+                        help="with --runtime onnxruntime: the .onnx file from `concerto export` (it must "
+                        "hold the checkpoint's weights); default: export on the fly into "
+                        "~/.cache/concerto_ros/export")
+    parser.add_argument("--provider", choices=_PROVIDERS, default="cpu",
+                        help="ONNX Runtime execution provider (cuda and tensorrt need the onnxruntime-gpu "
+                        "wheel); default: %(default)s")
     parser.set_defaults(func=run)
     return parser
+
+
+def _read_input(path: str, device: str):
+    """The input arrays as a PointBatch; raises ValueError with a one-line reason."""
+    import numpy as np
+
+    from concerto_ros.models.ptv3 import PointBatch
+
+    try:
+        with np.load(path) as data:
+            missing = [k for k in _INPUT_KEYS if k not in data]
+            if missing:
+                raise ValueError(f"{path} lacks keys {missing}")
+            arrays = {k: data[k] for k in _INPUT_KEYS}
+        return PointBatch.from_arrays(**arrays, device=device)
+    except OSError as exc:
+        raise ValueError(f"cannot read input {path}: {exc}") from None
+
+
+def _encode_torch(model, batch):
+    """``(last_stage_feat, upcast_feat)`` with the eager encoder."""
+    import torch
+
+    from concerto_ros.models.ptv3 import concerto_point_feature
+
+    with torch.inference_mode():
+        output = model(batch)
+        return output.last_feat, concerto_point_feature(output)
+
+
+def _encode_onnx(args, model, batch, overrides: dict):
+    """``(last_stage_feat, upcast_feat, description)`` through ONNX Runtime."""
+    from concerto_ros.models.export import (ExportableModel, ExportedModel, cached_export,
+                                            weights_hash)
+
+    if args.onnx:
+        exported = ExportedModel(args.onnx, provider=args.provider)
+        if exported.weights != weights_hash(model):
+            raise ValueError(f"{args.onnx} holds other weights than {args.checkpoint}")
+    else:
+        path = cached_export(ExportableModel(model.cpu()), "onnx",
+                             log=lambda m: print(m, file=sys.stderr))
+        exported = ExportedModel(path, provider=args.provider)
+    index_overrides = {k: v for k, v in overrides.items() if k in ("stage_orders", "enc_patch_size")}
+    out = exported(batch.coord.cpu(), batch.grid_coord.cpu(), batch.feat.cpu(), batch.offset.cpu(),
+                   **index_overrides)
+    width = sum(exported.config.enc_channels[-3:])
+    return out["last_stage_feat"], out["point_feat"][:, -width:], f"{exported.path.name} ({args.provider})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,25 +168,23 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from concerto_ros.models.allocator import keep_freed_memory
     from concerto_ros.models.checkpoint import load_encoder
-    from concerto_ros.models.ptv3 import PointBatch, concerto_point_feature
     from concerto_ros.models.sparse_conv import resolve_backend
 
+    keep_freed_memory()
     if args.threads is not None:
         if args.threads < 1:
             print("error: --threads must be >= 1", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
+    if args.onnx and args.runtime != "onnxruntime":
+        print("error: --onnx needs --runtime onnxruntime", file=sys.stderr)
+        return 2
     try:
-        with np.load(args.input) as data:
-            missing = [k for k in _INPUT_KEYS if k not in data]
-            if missing:
-                print(f"error: {args.input} lacks keys {missing}", file=sys.stderr)
-                return 2
-            arrays = {k: data[k] for k in _INPUT_KEYS}
-        batch = PointBatch.from_arrays(**arrays, device=args.device)
-    except (OSError, ValueError) as exc:
-        print(f"error: cannot read input {args.input}: {exc}", file=sys.stderr)
+        batch = _read_input(args.input, args.device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
 
     overrides: dict = {"sparse_conv_backend": args.backend}
@@ -141,14 +203,14 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     try:
-        with torch.inference_mode():
-            output = model(batch)
-            upcast = concerto_point_feature(output)
-    except ValueError as exc:
+        if args.runtime == "onnxruntime":
+            last, upcast, backend = _encode_onnx(args, model, batch, overrides)
+        else:
+            last, upcast = _encode_torch(model, batch)
+    except (OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(exc, ValueError) else 1
     elapsed = time.perf_counter() - start
-    last = output.last_feat
     np.savez(
         args.output,
         last_stage_feat=last.float().cpu().numpy(),
@@ -158,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         f"encoded {batch.num_points} points ({batch.batch_size} scenes) -> "
         f"{last.shape[0]} voxels x {last.shape[1]} at the last stage, "
         f"upcast feature {upcast.shape[1]}-d, in {elapsed:.3f} s "
-        f"(backend {backend}, device {args.device}, threads {torch.get_num_threads()}); "
-        f"wrote {args.output}"
+        f"(runtime {args.runtime}, backend {backend}, device {args.device}, "
+        f"threads {torch.get_num_threads()}); wrote {args.output}"
     )
     return 0

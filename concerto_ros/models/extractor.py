@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 
+from concerto_ros.models.allocator import keep_freed_memory
 from concerto_ros.models.checkpoint import encoder_from_dict, load_encoder
 from concerto_ros.models.config import INFERENCE_OVERRIDES
 from concerto_ros.models.heads import LinearSemanticHead
@@ -28,6 +29,9 @@ FEATURES = ("concat3", "all_levels")
 #: ``amp`` values: no autocast, or CUDA autocast to bfloat16 / float16
 AMP_MODES = ("none", "bf16", "fp16")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: ``runtime`` values: eager PyTorch, or the exported ONNX graph under ONNX Runtime
+RUNTIMES = ("torch", "onnxruntime")
 
 #: ``flash`` values: flash-attn varlen patches when flash_attn is importable on CUDA
 #: (``auto``), always the flash patch layout (``on``; SDPA where flash-attn is missing), or
@@ -113,6 +117,9 @@ class FeatureExtractor:
 
     Attributes:
         out_channels: width ``D`` of the per-voxel features.
+        exported: the :class:`~concerto_ros.models.export.ExportedModel` that computes the
+            features instead of the eager encoder (``model.runtime: onnxruntime``, see
+            :meth:`use_onnxruntime`), or ``None``.
 
     Raises:
         ValueError: unknown ``feature`` or ``amp``, or ``amp`` other than ``none`` on a
@@ -130,6 +137,10 @@ class FeatureExtractor:
         self.feature = feature
         self.out_channels = feature_channels(list(encoder.config.enc_channels), feature)
         self.description = description
+        self.exported = None
+        #: whether glibc keeps freed memory for the next window (CPU; see
+        #: :func:`~concerto_ros.models.allocator.keep_freed_memory`)
+        self.keeps_freed_memory = self.device.type == "cpu" and keep_freed_memory()
 
     @classmethod
     def from_config(cls, model_cfg, device: torch.device | str = "cpu",
@@ -141,11 +152,15 @@ class FeatureExtractor:
         note is logged, since its features carry no semantics. Optional settings read when
         present: ``model.amp`` (``none``|``bf16``|``fp16``, default ``none``),
         ``model.flash`` (``auto``|``on``|``off``, default ``auto``) and
-        ``model.patch_size`` (voxels per attention patch, ``0`` = the checkpoint's).
+        ``model.patch_size`` (voxels per attention patch, ``0`` = the checkpoint's),
+        ``model.runtime`` (``torch``|``onnxruntime``, default ``torch``) with ``model.onnx``
+        and ``model.onnx_provider`` (see :meth:`use_onnxruntime`).
 
         Raises:
-            ValueError: ``model.amp`` other than ``none`` on a CPU device, or an unknown
-                ``model.amp`` / ``model.flash`` value.
+            ValueError: ``model.amp`` other than ``none`` on a CPU device or with the
+                onnxruntime runtime, an unknown ``model.amp`` / ``model.flash`` /
+                ``model.runtime`` value, or a ``model.onnx`` file that does not hold this
+                encoder.
             FileNotFoundError: the checkpoint path does not exist.
             concerto_ros.models.checkpoint.CheckpointMismatchError /
             CheckpointFormatError: the checkpoint does not fit the model (see their messages).
@@ -165,7 +180,7 @@ class FeatureExtractor:
                 encoder = build_encoder(model_cfg.preset, **overrides)
             desc = (f"SEEDED RANDOM '{model_cfg.preset}' encoder (seed {model_cfg.seed}; no model.checkpoint "
                     "set): features and labels are not meaningful until a trained checkpoint is configured")
-        return cls._finish(encoder, model_cfg.feature, device, desc, amp, True, log)
+        return cls._finish(encoder, model_cfg, model_cfg.feature, device, desc, amp, True, log)
 
     @classmethod
     def from_blob(cls, blob, model_cfg, feature: str = "concat3", use_color: bool = True,
@@ -185,27 +200,80 @@ class FeatureExtractor:
         device = torch.device(device)
         amp, overrides = cls._runtime(model_cfg, device)
         encoder = encoder_from_dict(blob, source=source, overrides=overrides, device=device)
-        return cls._finish(encoder, feature, device, f"Concerto encoder from {source}", amp, use_color, log)
+        return cls._finish(encoder, model_cfg, feature, device, f"Concerto encoder from {source}", amp, use_color,
+                           log)
 
     @staticmethod
     def _runtime(model_cfg, device: torch.device) -> tuple[str, dict[str, Any]]:
         """``(amp, encoder config overrides)`` of the ``model.*`` inference settings."""
         amp = str(getattr(model_cfg, "amp", "none") or "none")
         check_amp(amp, device)  # fail before loading weights
+        runtime = str(getattr(model_cfg, "runtime", "torch") or "torch")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown model.runtime {runtime!r}, expected one of {RUNTIMES}")
+        if runtime == "onnxruntime" and amp != "none":
+            raise ValueError(f"model.amp '{amp}' applies to model.runtime torch; the exported graph under "
+                             "onnxruntime runs in float32 (set model.amp: none)")
         overrides = inference_overrides(device, model_cfg.sparse_conv_backend,
                                         flash=str(getattr(model_cfg, "flash", "auto") or "auto"),
                                         patch_size=int(getattr(model_cfg, "patch_size", 0) or 0))
         return amp, overrides
 
     @classmethod
-    def _finish(cls, encoder, feature, device, desc, amp, use_color, log) -> "FeatureExtractor":
+    def _finish(cls, encoder, model_cfg, feature, device, desc, amp, use_color, log) -> "FeatureExtractor":
         n_params = sum(p.numel() for p in encoder.parameters())
         extractor = cls(encoder, feature=feature, device=device, description=desc, amp=amp, use_color=use_color)
         backend = resolve_backend(encoder.config.sparse_conv_backend, device)
         log(f"{desc} | {n_params / 1e6:.2f}M parameters, feature '{feature}' "
             f"({extractor.out_channels}-d), device {device}, sparse conv backend '{backend}', "
-            f"flash {encoder.config.enable_flash}, amp {amp}" + ("" if use_color else ", no colour input"))
+            f"flash {encoder.config.enable_flash}, amp {amp}" + ("" if use_color else ", no colour input")
+            + (", freed memory kept for reuse" if extractor.keeps_freed_memory else ""))
+        if str(getattr(model_cfg, "runtime", "torch") or "torch") == "onnxruntime":
+            extractor.use_onnxruntime(str(getattr(model_cfg, "onnx", "") or ""),
+                                      str(getattr(model_cfg, "onnx_provider", "auto") or "auto"), log)
         return extractor
+
+    def use_onnxruntime(self, onnx: str = "", provider: str = "auto",
+                        log: Callable[[str], Any] | None = None) -> None:
+        """Compute the features with the exported ONNX graph under ONNX Runtime.
+
+        Args:
+            onnx: a file from ``concerto export`` holding this encoder's weights and
+                feature layout; ``""`` exports the encoder once into the cache
+                (:func:`~concerto_ros.models.export.cached_export`) and reuses it later.
+            provider: ``auto`` (``cuda`` on a CUDA device, else ``cpu``), ``cpu``, ``cuda`` or
+                ``tensorrt``.
+            log: receives the start-up lines.
+
+        Raises:
+            FileNotFoundError: ``onnx`` does not exist.
+            ValueError: ``onnx`` holds other weights or another feature layout, or is not
+                an exported model.
+            RuntimeError: the provider is not in the installed onnxruntime.
+        """
+        import copy
+
+        from concerto_ros.models.export import ExportableModel, ExportedModel, cached_export, weights_hash
+
+        log = log or (lambda _m: None)
+        provider = ("cuda" if self.device.type == "cuda" else "cpu") if provider == "auto" else provider
+        if onnx:
+            path = Path(onnx).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"model.onnx '{path}' does not exist")
+        else:
+            encoder = self.encoder if self.device.type == "cpu" else copy.deepcopy(self.encoder).cpu()
+            path = cached_export(ExportableModel(encoder, self.feature), "onnx", log=log)
+        exported = ExportedModel(path, provider=provider, device_id=self.device.index or 0)
+        if exported.feature != self.feature:
+            raise ValueError(f"model.onnx {path} computes the '{exported.feature}' feature, the node's is "
+                             f"'{self.feature}'; export it with that feature or change model.feature")
+        if exported.weights != weights_hash(self.encoder):
+            raise ValueError(f"model.onnx {path} holds other encoder weights than the configured model "
+                             f"({self.description}); re-export it with `concerto export` or leave model.onnx "
+                             "empty to export at start-up")
+        self.exported = exported
+        log(f"encoder runtime onnxruntime: {exported.describe()}")
 
     @torch.inference_mode()
     def encode(self, coord, grid_coord, color=None, normal=None) -> torch.Tensor:
@@ -219,6 +287,9 @@ class FeatureExtractor:
             normal: optional ``(M, 3)`` unit normals.
         """
         batch = prepare_input(coord, grid_coord, color=color if self.use_color else None, normal=normal, device=self.device)
+        if self.exported is not None:
+            out = self.exported(batch.coord, batch.grid_coord, batch.feat, batch.offset)["point_feat"]
+            return out.to(self.device, torch.float32)
         with torch.autocast(device_type=self.device.type, dtype=self._amp_dtype or torch.float32,
                             enabled=self._amp_dtype is not None):
             out = self.encoder(batch)

@@ -13,19 +13,25 @@ Data flow with typed structures (instead of the reference's free-form ``Point`` 
 
 * :class:`PointBatch` - the input: voxelized points of ``B`` scenes, concatenated.
 * :class:`SparsePoints` - the geometry one stage works on (coords, batch, serialization,
-  sparse-conv neighbour cache, attention patch layouts).
+  sparse-conv neighbour cache, attention patch layouts), built for every level before the
+  first layer runs (:mod:`concerto_ros.models.geometry`: everything that depends on the
+  positions only).
 * :class:`EncoderOutput` - per level the features, geometry and the pooling inverse map;
   :func:`concerto_point_feature` and :func:`all_levels_feature` map them back to the
   input voxels.
 
-Everything runs in plain torch on CPU (float32); flash-attn and spconv are used on CUDA
-when importable (see :mod:`concerto_ros.models.sparse_conv`).
+Every module computes from explicit index tensors (neighbour rows, patch gather/scatter
+rows, pooling inverse): :meth:`PointTransformerV3Encoder.forward` takes them from the
+geometry's caches, :meth:`PointTransformerV3Encoder.forward_indexed` as inputs, the form
+that is exported (:mod:`concerto_ros.models.export`). Everything runs in plain torch on CPU
+(float32); flash-attn and spconv are used on CUDA when importable (see
+:mod:`concerto_ros.models.sparse_conv`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -34,8 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import EncoderConfig
-from .serialization import Serialization
-from .sparse_conv import SubMConv3d, VoxelGrid
+from .geometry import (GeometryLevel, PatchLayout, SparsePoints, attention_patch_size, build_geometry,
+                       build_patch_layout, offset_to_batch)
+from .sparse_conv import SubMConv3d
 
 __all__ = [
     "PointBatch",
@@ -54,6 +61,7 @@ __all__ = [
     "build_patch_layout",
     "offset_to_batch",
     "upcast_levels",
+    "upcast_features",
     "concerto_point_feature",
     "all_levels_feature",
     "center_shift",
@@ -62,12 +70,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- structures
-
-
-def offset_to_batch(offset: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` cumulative counts -> ``(N,)`` int64 sample index of every point."""
-    counts = torch.diff(offset.long(), prepend=offset.new_zeros(1).long())
-    return torch.repeat_interleave(torch.arange(len(counts), device=offset.device), counts)
 
 
 def _as_tensor(x: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -165,134 +167,6 @@ class PointBatch:
         )
 
 
-@dataclass(frozen=True, eq=False)
-class PatchLayout:
-    """How the serialized sequence of a stage is cut into attention patches.
-
-    Positions refer to the serialized (sorted) sequence of ``N`` points. Each scene's
-    sequence is padded to a multiple of ``patch_size`` when it holds more than
-    ``patch_size`` points; padded slots repeat the points one patch earlier (Wu et al.,
-    PTv3, Sec. 3.2 "patch grouping").
-
-    Attributes:
-        patch_size: ``K``, maximum sequence length.
-        pad: ``(P,)`` int64, the sorted position feeding each of the ``P`` padded slots.
-        unpad: ``(N,)`` int64, the padded slot of each sorted position.
-        cu_seqlens: ``(S + 1,)`` int32 start of each of the ``S`` sequences in the padded
-            slots, then ``P`` (flash-attn varlen convention).
-        uniform: every sequence has exactly ``K`` slots (then ``P = S * K``).
-    """
-
-    patch_size: int
-    pad: torch.Tensor
-    unpad: torch.Tensor
-    cu_seqlens: torch.Tensor
-    uniform: bool
-
-
-def build_patch_layout(offset: torch.Tensor, patch_size: int) -> PatchLayout:
-    """Patch layout of a serialized batch (vectorised; reference padding semantics).
-
-    Args:
-        offset: ``(B,)`` int64 cumulative counts of the scenes.
-        patch_size: ``K >= 1``.
-
-    Returns:
-        The :class:`PatchLayout`. A scene of ``n > K`` points gets ``ceil(n / K)``
-        sequences of ``K`` slots, the last ``K - n % K`` slots (if ``n % K``) copying the
-        positions ``K`` earlier; a scene of ``n <= K`` points is one sequence of ``n``.
-    """
-    device = offset.device
-    k = int(patch_size)
-    counts = torch.diff(offset.long(), prepend=offset.new_zeros(1).long())
-    padded = torch.where(counts > k, (counts + k - 1) // k * k, counts)
-    start = torch.cumsum(counts, 0) - counts
-    start_pad = torch.cumsum(padded, 0) - padded
-    total = int(padded.sum())
-    # unpad: sorted position j of scene b -> j + (start_pad[b] - start[b])
-    unpad = torch.arange(int(counts.sum()), device=device) + torch.repeat_interleave(
-        start_pad - start, counts
-    )
-    # pad: slot t of scene b, local l = t - start_pad[b]; l >= n maps to l - K
-    scene = torch.repeat_interleave(torch.arange(len(counts), device=device), padded)
-    local = torch.arange(total, device=device) - start_pad[scene]
-    local = torch.where(local >= counts[scene], local - k, local)
-    pad = start[scene] + local
-    n_seq = (padded + k - 1) // k
-    seq_scene = torch.repeat_interleave(torch.arange(len(counts), device=device), n_seq)
-    seq_rank = torch.arange(int(n_seq.sum()), device=device) - (
-        torch.cumsum(n_seq, 0) - n_seq
-    )[seq_scene]
-    seq_start = start_pad[seq_scene] + seq_rank * k
-    cu_seqlens = torch.cat([seq_start, seq_start.new_tensor([total])]).to(torch.int32)
-    uniform = bool((padded % k == 0).all())
-    return PatchLayout(patch_size=k, pad=pad, unpad=unpad, cu_seqlens=cu_seqlens, uniform=uniform)
-
-
-@dataclass(eq=False)
-class SparsePoints:
-    """Geometry of one encoder level, shared by the modules of a stage.
-
-    Attributes:
-        coord: ``(M, 3)`` float32 coordinates in metres (mean of the pooled points).
-        grid_coord: ``(M, 3)`` int64 voxel indices at this level's resolution.
-        batch: ``(M,)`` int64 scene index, non-decreasing.
-        offset: ``(B,)`` int64 cumulative counts.
-        serialization: the space-filling-curve orders of ``grid_coord``.
-        voxels: the voxel set with the sparse-convolution caches (neighbour map / spconv
-            indice pairs), built once and reused by every block of the stage.
-    """
-
-    coord: torch.Tensor
-    grid_coord: torch.Tensor
-    batch: torch.Tensor
-    offset: torch.Tensor
-    serialization: Serialization
-    voxels: VoxelGrid
-    _layouts: dict[int, PatchLayout] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def build(
-        cls,
-        coord: torch.Tensor,
-        grid_coord: torch.Tensor,
-        batch: torch.Tensor,
-        offset: torch.Tensor,
-        orders: Sequence[str],
-    ) -> "SparsePoints":
-        """Serialize ``grid_coord`` along ``orders`` and wrap everything up."""
-        ser = Serialization(grid_coord, batch, orders)
-        voxels = VoxelGrid(grid_coord=grid_coord, batch=batch, batch_size=int(offset.numel()))
-        return cls(coord, grid_coord, batch, offset, ser, voxels)
-
-    @property
-    def num_points(self) -> int:
-        return int(self.grid_coord.shape[0])
-
-    @property
-    def counts(self) -> torch.Tensor:
-        """``(B,)`` points per scene."""
-        return torch.diff(self.offset, prepend=self.offset.new_zeros(1))
-
-    def patch_layout(self, patch_size: int) -> PatchLayout:
-        """Cached :func:`build_patch_layout` for this level."""
-        if patch_size not in self._layouts:
-            self._layouts[patch_size] = build_patch_layout(self.offset, patch_size)
-        return self._layouts[patch_size]
-
-    def shuffled_orders(self, perm: Sequence[int]) -> "SparsePoints":
-        """A view with the serialization rows permuted (training-time order shuffling)."""
-        return SparsePoints(
-            self.coord,
-            self.grid_coord,
-            self.batch,
-            self.offset,
-            self.serialization.permuted(perm),
-            self.voxels,
-            self._layouts,
-        )
-
-
 @dataclass(eq=False)
 class EncoderLevel:
     """Output of one encoder stage.
@@ -325,14 +199,47 @@ class EncoderOutput:
         return [int(level.feat.shape[1]) for level in self.levels]
 
 
-def upcast_levels(
-    output: EncoderOutput, num_levels: int, inverse: torch.Tensor | None = None
+def upcast_features(
+    feats: Sequence[torch.Tensor],
+    inverses: Sequence[torch.Tensor | None],
+    num_levels: int,
+    inverse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-input-voxel feature from the last ``num_levels`` levels (Concerto README).
 
     Walking up from the coarsest level, the ``num_levels - 1`` finer levels next to it are
-    concatenated (``parent = cat(parent, child[pooling_inverse])``), below that the
-    feature is only copied down (``parent = child[pooling_inverse]``).
+    concatenated (``parent = cat(parent, child[pooling_inverse])``); below that the
+    feature is only copied down, done here as one gather through the composed inverse maps.
+
+    Args:
+        feats: per level ``(M_s, C_s)`` features, finest first.
+        inverses: per level the ``(M_{s-1},)`` int64 pooling inverse (entry 0 unused).
+        num_levels: ``1 <= num_levels <= len(feats)``.
+        inverse: optional ``(N_raw,)`` int64 map from raw points to level-0 rows.
+
+    Returns:
+        ``(M_0, sum of the last num_levels widths)`` (or ``(N_raw, ...)``), finest of the
+        concatenated levels first.
+
+    Raises:
+        ValueError: ``num_levels`` out of range.
+    """
+    if not 1 <= num_levels <= len(feats):
+        raise ValueError(f"num_levels must be in [1, {len(feats)}], got {num_levels}")
+    first_concat = len(feats) - num_levels
+    feat = feats[-1]
+    for s in range(len(feats) - 1, first_concat, -1):
+        feat = torch.cat([feats[s - 1], feat.index_select(0, inverses[s])], dim=1)
+    index = inverse
+    for s in range(1, first_concat + 1):
+        index = inverses[s] if index is None else inverses[s].index_select(0, index)
+    return feat if index is None else feat.index_select(0, index)
+
+
+def upcast_levels(
+    output: EncoderOutput, num_levels: int, inverse: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`upcast_features` of an :class:`EncoderOutput`.
 
     Args:
         output: the encoder output.
@@ -348,19 +255,8 @@ def upcast_levels(
         ValueError: ``num_levels`` out of range.
     """
     levels = output.levels
-    if not 1 <= num_levels <= len(levels):
-        raise ValueError(f"num_levels must be in [1, {len(levels)}], got {num_levels}")
-    feat = levels[-1].feat
-    first_concat = len(levels) - num_levels
-    for s in range(len(levels) - 1, 0, -1):
-        child_index = levels[s].pooling_inverse
-        if s - 1 >= first_concat:
-            feat = torch.cat([levels[s - 1].feat, feat[child_index]], dim=1)
-        else:
-            feat = feat[child_index]
-    if inverse is not None:
-        feat = feat[inverse]
-    return feat
+    return upcast_features([lv.feat for lv in levels], [lv.pooling_inverse for lv in levels],
+                           num_levels, inverse)
 
 
 def concerto_point_feature(
@@ -551,6 +447,12 @@ class xCPE(nn.ModuleList):  # noqa: N801 - the paper's name
         """``(M, C)`` -> ``(M, C)`` on the voxels of ``points``."""
         return self[2](self[1](self[0](feat, points.voxels)))
 
+    def forward_rows(self, feat: torch.Tensor, rows: torch.Tensor, chunk_rows: int | None = 0
+                     ) -> torch.Tensor:
+        """``(M, C)`` -> ``(M, C)`` with the torch convolution on explicit ``(M, 27)``
+        one-based neighbour rows (see :meth:`SubMConv3d.forward_rows`)."""
+        return self[2](self[1](self[0].forward_rows(feat, rows, chunk_rows)))
+
 
 _FLASH_ATTN: dict[str, Any] = {}
 
@@ -617,39 +519,53 @@ class SerializedAttention(nn.Module):
 
     def patch_size(self, points: SparsePoints) -> int:
         """The patch size ``K`` used on ``points`` (see class docstring)."""
-        if self.enable_flash:
-            return self.patch_size_max
-        return min(int(points.counts.min()), self.patch_size_max)
+        return attention_patch_size(points.counts, self.patch_size_max, self.enable_flash)
 
     def forward(self, feat: torch.Tensor, points: SparsePoints) -> torch.Tensor:
         """``(M, C)`` -> ``(M, C)``."""
-        h, c = self.num_heads, self.channels
-        d = c // h
         k = self.patch_size(points)
-        layout = points.patch_layout(k)
-        ser = points.serialization
-        gather = ser.order(self.order_index)[layout.pad]
-        scatter = layout.unpad[ser.inverse(self.order_index)]
-        qkv = self.qkv(feat[gather])  # (P, 3C), serialized and padded
-        dropout = self.attn_drop if self.training else 0.0
         flash = _flash_attn() if (self.enable_flash and feat.is_cuda) else None
+        layout = points.patch_layout(k)
+        if flash is None and layout.uniform:
+            return self.attend(feat, *points.attention_index(self.order_index, k))
+        h, c = self.num_heads, self.channels
+        ser = points.serialization
+        gather = ser.order(self.order_index).index_select(0, layout.pad)
+        scatter = layout.unpad.index_select(0, ser.inverse(self.order_index))
+        qkv = self.qkv(feat.index_select(0, gather))  # (P, 3C), serialized and padded
+        dropout = self.attn_drop if self.training else 0.0
         if flash is not None:
             half = qkv.dtype if qkv.dtype in (torch.float16, torch.bfloat16) else torch.float16
             out = flash.flash_attn_varlen_qkvpacked_func(
-                qkv.to(half).reshape(-1, 3, h, d),
+                qkv.to(half).reshape(-1, 3, h, c // h),
                 layout.cu_seqlens,
                 max_seqlen=k,
                 dropout_p=dropout,
                 softmax_scale=self.scale,
             ).reshape(-1, c).to(qkv.dtype)
-        elif layout.uniform:
-            q, kk, v = qkv.view(-1, k, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
-            out = F.scaled_dot_product_attention(q, kk, v, dropout_p=dropout, scale=self.scale)
-            out = out.transpose(1, 2).reshape(-1, c)
         else:
             out = self._varlen_sdpa(qkv, layout, dropout)
-        out = self.proj(out[scatter])
-        return self.proj_drop(out)
+        return self.proj_drop(self.proj(out.index_select(0, scatter)))
+
+    def attend(self, feat: torch.Tensor, gather: torch.Tensor, scatter: torch.Tensor) -> torch.Tensor:
+        """Attention over full patches given as explicit rows (the exported graph's form).
+
+        Args:
+            feat: ``(M, C)`` features.
+            gather: ``(S, K)`` int64 rows of ``feat`` forming ``S`` patches of ``K``.
+            scatter: ``(M,)`` int64 row of each point in the ``(S * K, C)`` patch output.
+
+        Returns:
+            ``(M, C)``.
+        """
+        h, c = self.num_heads, self.channels
+        k = gather.shape[1]
+        qkv = self.qkv(feat.index_select(0, gather.reshape(-1)))  # (S * K, 3C)
+        q, kk, v = qkv.view(-1, k, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
+        dropout = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, kk, v, dropout_p=dropout, scale=self.scale)
+        out = out.transpose(1, 2).reshape(-1, c)
+        return self.proj_drop(self.proj(out.index_select(0, scatter)))
 
     def _varlen_sdpa(self, qkv: torch.Tensor, layout: PatchLayout, dropout: float) -> torch.Tensor:
         """Sequences of unequal length (<= K): pad to K, mask the missing keys."""
@@ -669,8 +585,19 @@ class SerializedAttention(nn.Module):
         return out[valid]
 
 
+#: bytes of MLP hidden activations per block of rows and intra-op thread in
+#: :meth:`MLP.forward` (L2-sized)
+MLP_CHUNK_BYTES = 1 << 20
+
+
 class MLP(nn.Module):
-    """``fc1`` -> GELU -> dropout -> ``fc2`` -> dropout."""
+    """``fc1`` -> GELU -> dropout -> ``fc2`` -> dropout.
+
+    In CPU inference (eval mode, no autograd) the rows are processed in blocks of about
+    :data:`MLP_CHUNK_BYTES` of hidden activations per thread, which stay in the cache
+    instead of making a round trip through memory (the hidden layer is 4x wider than the
+    input).
+    """
 
     def __init__(self, in_channels: int, hidden_channels: int, drop: float = 0.0) -> None:
         super().__init__()
@@ -679,8 +606,21 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden_channels, in_channels)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+    def forward(self, x: torch.Tensor, chunk_rows: int | None = 0) -> torch.Tensor:
+        """``(M, C)`` -> ``(M, C)``; ``chunk_rows``: rows per block (``0``: from
+        :data:`MLP_CHUNK_BYTES`; ``None``: one block, the exported graph's form)."""
+        blocked = chunk_rows is not None and not self.training and x.device.type == "cpu" and not (
+            torch.is_grad_enabled() and (x.requires_grad or self.fc1.weight.requires_grad))
+        hidden = self.fc1.out_features
+        step = chunk_rows or max(64, MLP_CHUNK_BYTES * torch.get_num_threads() // (hidden * x.element_size()))
+        if not blocked or x.shape[0] <= step or torch.is_autocast_enabled(x.device.type):
+            return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        out = x.new_empty(x.shape[0], self.fc2.out_features)
+        w1, w2 = self.fc1.weight.t(), self.fc2.weight.t()
+        for start in range(0, x.shape[0], step):
+            h = torch.addmm(self.fc1.bias, x[start:start + step], w1)
+            torch.addmm(self.fc2.bias, self.act(h), w2, out=out[start:start + step])
+        return out
 
 
 class Block(nn.Module):
@@ -741,28 +681,38 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, feat: torch.Tensor, points: SparsePoints) -> torch.Tensor:
-        """``(M, C)`` -> ``(M, C)``."""
-        feat = feat + self.cpe(feat, points)
+        """``(M, C)`` -> ``(M, C)`` on the voxels of ``points``."""
+        return self._residuals(feat, lambda x: self.cpe(x, points), lambda x: self.attn(x, points), 0)
+
+    def forward_indexed(self, feat: torch.Tensor, neighbours: torch.Tensor, gather: torch.Tensor,
+                        scatter: torch.Tensor, chunk_rows: int | None = 0) -> torch.Tensor:
+        """``(M, C)`` -> ``(M, C)`` with explicit index tensors (the exported graph's form):
+        ``neighbours (M, 27)`` for :meth:`xCPE.forward_rows`, ``gather (S, K)`` and
+        ``scatter (M,)`` for :meth:`SerializedAttention.attend`."""
+        return self._residuals(feat, lambda x: self.cpe.forward_rows(x, neighbours, chunk_rows),
+                               lambda x: self.attn.attend(x, gather, scatter), chunk_rows)
+
+    def _residuals(self, feat: torch.Tensor, cpe, attn, chunk_rows: int | None) -> torch.Tensor:
+        feat = feat + cpe(feat)
         shortcut = feat
         if self.pre_norm:
             feat = self.norm1(feat)
-        feat = shortcut + self.drop_path(self.ls1(self.attn(feat, points)))
+        feat = shortcut + self.drop_path(self.ls1(attn(feat)))
         if not self.pre_norm:
             feat = self.norm1(feat)
         shortcut = feat
         if self.pre_norm:
             feat = self.norm2(feat)
-        feat = shortcut + self.drop_path(self.ls2(self.mlp(feat)))
+        feat = shortcut + self.drop_path(self.ls2(self.mlp[0](feat, chunk_rows)))
         if not self.pre_norm:
             feat = self.norm2(feat)
         return feat
 
 
 class GridPooling(nn.Module):
-    """Grid pooling (PTv3 Sec. 3.3): Linear(C_in, C_out), max over the points sharing
-    ``grid_coord // stride`` in the same scene, then LayerNorm and GELU; coordinates are
-    averaged. Clusters are ordered by ``(scene, x, y, z)`` as the reference's
-    ``torch.unique(..., dim=0)`` orders them.
+    """Grid pooling (PTv3 Sec. 3.3): Linear(C_in, C_out), max over the points of each
+    coarse voxel, then LayerNorm and GELU. The clusters (and the coarse voxels' mean
+    coordinates) come from :func:`~concerto_ros.models.geometry.pool_points`.
 
     Args:
         in_channels, out_channels: widths before / after.
@@ -776,30 +726,20 @@ class GridPooling(nn.Module):
         self.norm = nn.Sequential(nn.LayerNorm(out_channels))
         self.act = nn.Sequential(nn.GELU())
 
-    def forward(
-        self, feat: torch.Tensor, points: SparsePoints, orders: Sequence[str]
-    ) -> tuple[torch.Tensor, SparsePoints, torch.Tensor]:
-        """Pool ``(M, C_in)`` features of ``points``.
+    def forward(self, feat: torch.Tensor, inverse: torch.Tensor, num_voxels: int) -> torch.Tensor:
+        """Pool ``(M_prev, C_in)`` features into ``(M, C_out)``.
 
-        Returns:
-            ``(feat (M', C_out), child SparsePoints serialized along orders,
-            pooling_inverse (M,) int64 row of the child for every parent point)``.
+        Args:
+            feat: the fine level's features.
+            inverse: ``(M_prev,)`` int64 coarse voxel of every fine row (each of the ``M``
+                coarse voxels has at least one; see
+                :func:`~concerto_ros.models.geometry.pool_points`).
+            num_voxels: ``M``.
         """
-        g = torch.div(points.grid_coord, self.stride, rounding_mode="floor")
-        key = (points.batch << 48) | (g[:, 0] << 32) | (g[:, 1] << 16) | g[:, 2]
-        ukey, inverse, counts = torch.unique(
-            key, sorted=True, return_inverse=True, return_counts=True
-        )
-        perm = torch.argsort(inverse, stable=True)
         proj = self.proj(feat)
-        pooled = torch.segment_reduce(proj[perm], "max", lengths=counts)
-        coord = torch.segment_reduce(points.coord[perm], "mean", lengths=counts)
-        mask16 = (1 << 16) - 1
-        grid = torch.stack([(ukey >> 32) & mask16, (ukey >> 16) & mask16, ukey & mask16], 1)
-        batch = ukey >> 48
-        offset = torch.cumsum(torch.bincount(batch, minlength=points.offset.numel()), 0)
-        child = SparsePoints.build(coord, grid, batch, offset, orders)
-        return self.act(self.norm(pooled)), child, inverse
+        init = proj.new_full((num_voxels, proj.shape[1]), float("-inf"))
+        pooled = init.scatter_reduce(0, inverse.unsqueeze(1).expand_as(proj), proj, "amax")
+        return self.act(self.norm(pooled))
 
 
 class EncoderStage(nn.Module):
@@ -907,11 +847,12 @@ class PointTransformerV3Encoder(nn.Module):
             return self.config.stage_orders[stage]
         return self.config.order
 
-    def _maybe_shuffle(self, points: SparsePoints) -> SparsePoints:
-        if self.config.shuffle_orders and self.training:
-            perm = torch.randperm(len(points.serialization.orders)).tolist()
-            return points.shuffled_orders(perm)
-        return points
+    def geometry(self, inputs: PointBatch) -> list[GeometryLevel]:
+        """The geometry of every level for ``inputs``
+        (:func:`~concerto_ros.models.geometry.build_geometry`; orders shuffled in training
+        mode when ``config.shuffle_orders``)."""
+        return build_geometry(inputs.coord, inputs.grid_coord, inputs.offset, self.config,
+                              shuffle=self.config.shuffle_orders and self.training)
 
     def forward(self, inputs: PointBatch) -> EncoderOutput:
         """Encode a batch.
@@ -926,24 +867,50 @@ class PointTransformerV3Encoder(nn.Module):
         Raises:
             ValueError: wrong feature width, or a grid too large to serialize.
         """
-        if inputs.feat.shape[1] != self.config.in_channels:
-            raise ValueError(
-                f"feat has {inputs.feat.shape[1]} channels, the encoder expects "
-                f"{self.config.in_channels}"
-            )
+        self._check_width(inputs.feat)
         feat = self.embedding(inputs.feat, inputs.mask)
-        points = SparsePoints.build(
-            inputs.coord, inputs.grid_coord, inputs.batch, inputs.offset, self.stage_orders(0)
-        )
-        points = self._maybe_shuffle(points)
         levels: list[EncoderLevel] = []
+        for s, geo in enumerate(self.geometry(inputs)):
+            stage: EncoderStage = self.enc[f"enc{s}"]
+            if stage.down is not None:
+                feat = stage.down(feat, geo.inverse, geo.points.num_points)
+            for block in stage.blocks():
+                feat = block(feat, geo.points)
+            levels.append(EncoderLevel(feat=feat, points=geo.points, pooling_inverse=geo.inverse))
+        return EncoderOutput(levels=levels)
+
+    def forward_indexed(self, feat: torch.Tensor, index: Mapping[str, torch.Tensor],
+                        chunk_rows: int | None = None) -> list[torch.Tensor]:
+        """The encoder on explicit index tensors (the exported graph's form).
+
+        Args:
+            feat: ``(N, C_in)`` float32 input features.
+            index: the tensors of an :class:`~concerto_ros.models.geometry.EncoderIndex`
+                by name.
+            chunk_rows: sparse-convolution blocking (``None``: one gather per convolution,
+                no data-dependent loop; see
+                :func:`~concerto_ros.models.sparse_conv.submconv3d_rows`).
+
+        Returns:
+            Per level the ``(M_s, C_s)`` features, finest first.
+        """
+        self._check_width(feat)
+        feat = self.embedding(feat)
+        feats = []
         for s in range(self.config.num_stages):
             stage: EncoderStage = self.enc[f"enc{s}"]
-            inverse = None
             if stage.down is not None:
-                feat, points, inverse = stage.down(feat, points, self.stage_orders(s))
-                points = self._maybe_shuffle(points)
-            for block in stage.blocks():
-                feat = block(feat, points)
-            levels.append(EncoderLevel(feat=feat, points=points, pooling_inverse=inverse))
-        return EncoderOutput(levels=levels)
+                feat = stage.down(feat, index[f"s{s}_inverse"], index[f"s{s}_neighbours"].shape[0])
+            for i, block in enumerate(stage.blocks()):
+                j = i % len(self.config.order)
+                feat = block.forward_indexed(feat, index[f"s{s}_neighbours"], index[f"s{s}_o{j}_gather"],
+                                             index[f"s{s}_o{j}_scatter"], chunk_rows)
+            feats.append(feat)
+        return feats
+
+    def _check_width(self, feat: torch.Tensor) -> None:
+        if feat.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"feat has {feat.shape[1]} channels, the encoder expects "
+                f"{self.config.in_channels}"
+            )

@@ -13,27 +13,32 @@ al., arXiv 2510.23607) load unchanged (keys ``...cpe.0.weight`` / ``...cpe.0.bia
 
 Backends (one :class:`SubMConv3d` module, same parameters, same results):
 
-* ``"torch"``: the neighbour map (the row of every voxel's neighbour per kernel offset,
-  a ``(27, N)`` index with a sentinel for "absent") is built once per voxel set by hashing
+* ``"torch"``: the neighbour map (for every voxel, the row of its neighbour at each of the
+  27 kernel offsets, an ``(N, 27)`` index) is built once per voxel set by hashing
   ``(batch, x, y, z)`` into int64 keys and looking them up in a dense int32 table (sorted
-  keys and ``torch.searchsorted`` for very sparse boxes), and cached on
-  :class:`VoxelGrid` (shared by every block of an encoder stage, like spconv's
-  ``indice_key``); the convolution is then, per offset, a row gather and a fused
-  multiply-accumulate ``out.addmm_(...)``. No scatter and no atomics: deterministic, and
-  bit-identical for any number of intra-op threads. Default on CPU and wherever spconv
-  has no wheel. The lookup table of the largest box seen (4 bytes per cell, at most
-  :data:`TABLE_MAX_CELLS`) is kept for the next call; :func:`release_neighbour_tables`
-  frees it. Under ``torch.autocast`` it computes in the autocast dtype.
+  keys and ``torch.searchsorted`` for very sparse boxes), and cached on :class:`VoxelGrid`
+  (shared by every block of an encoder stage, like spconv's ``indice_key``). Rows are stored
+  one-based with 0 for "absent", so that one zero row put in front of the features serves
+  every missing neighbour. The convolution is then a gather of the ``27`` neighbour rows of
+  a block of voxels into an ``(R, 27 C_in)`` matrix and one GEMM with the ``(27 C_in,
+  C_out)`` kernel (:func:`submconv3d_rows`); blocks of about 2 MB keep the gathered matrix
+  in the L2 cache (3-4x faster than 27 separate gather + GEMM passes over the whole set).
+  No scatter and no atomics: deterministic for a fixed number of threads. Default on CPU
+  and wherever spconv has no wheel, and the form the exported graph uses
+  (:mod:`concerto_ros.models.export`). The lookup table of the largest box seen (4 bytes
+  per cell, at most :data:`TABLE_MAX_CELLS`) is kept for the next call;
+  :func:`release_neighbour_tables` frees it. Under ``torch.autocast`` it computes in the
+  autocast dtype.
 * ``"spconv"``: ``spconv.pytorch.SubMConv3d`` with the same weight tensor. Default on CUDA
   when spconv is importable. spconv's CPU kernels are wrong with more than one thread and
   refuse a bias in eval mode, so on CPU this backend runs under ``torch.set_num_threads(1)``
   (restored afterwards) and the bias is always added outside spconv. Under
   ``torch.autocast`` it runs in float32.
 
-On CPU spconv also adds the centre term first and then the offsets in kernel order, so
-the two backends have agreed bit for bit on the golden-a input and on a 271,615-voxel
-Kinect window (``benchmarks/bench_encoder.py`` prints the difference); the tests require
-``<= 1e-5`` per convolution and ``<= 1e-4`` on the golden outputs.
+The two backends sum the 27 terms in different orders, so they agree to float32
+rounding (about 1e-6 on unit-scale features; ``benchmarks/bench_encoder.py`` prints the
+difference); the tests require ``<= 1e-5`` per convolution and ``<= 1e-4`` on the golden
+outputs.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ __all__ = [
     "VoxelGrid",
     "build_neighbour_map",
     "release_neighbour_tables",
+    "conv_weight_matrix",
+    "submconv3d_rows",
     "submconv3d_torch",
     "spconv_available",
     "resolve_backend",
@@ -76,18 +83,28 @@ class NeighbourMap:
     """Neighbours of every voxel of a voxel set under a 3x3x3 submanifold kernel.
 
     Attributes:
-        index: ``(27, N)`` int32 (int64 when ``N >= 2**31 - 1``): ``index[k, i]`` is the row
-            of the voxel at ``grid_coord[i] + KERNEL_OFFSETS[k]`` in the same sample, or
-            ``N`` (a sentinel that addresses an appended zero row) when there is none.
-            Row :data:`CENTER` is ``arange(N)``.
-        counts: ``(27,)`` int64 present neighbours per offset (python ints in
-            :attr:`offset_counts`).
+        rows: ``(N, 27)`` int32 (int64 when ``N >= 2**31 - 1``), one-based:
+            ``rows[i, k] = 1 + j`` where ``j`` is the row of the voxel at
+            ``grid_coord[i] + KERNEL_OFFSETS[k]`` in the same sample, and ``0`` where there
+            is none (it addresses the zero row that :func:`submconv3d_rows` puts in front
+            of the features). Column :data:`CENTER` is ``1 + arange(N)``.
         num_voxels: ``N``.
     """
 
-    index: torch.Tensor
-    counts: torch.Tensor
+    rows: torch.Tensor
     num_voxels: int
+
+    @property
+    def index(self) -> torch.Tensor:
+        """``(27, N)`` zero-based rows with the sentinel ``N`` for "absent" (same dtype)."""
+        n = self.num_voxels
+        index = self.rows.t() - 1
+        return torch.where(index < 0, torch.full_like(index, n), index)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """``(27,)`` int64 present neighbours per kernel offset."""
+        return (self.rows > 0).sum(0)
 
     @property
     def offset_counts(self) -> list[int]:
@@ -96,7 +113,7 @@ class NeighbourMap:
     @property
     def num_pairs(self) -> int:
         """Present (voxel, neighbour) pairs, centre included."""
-        return int(self.counts.sum())
+        return int((self.rows > 0).sum())
 
     def dense_index(self) -> torch.Tensor:
         """``(N, 27)`` int64: neighbour row per offset, ``N`` where absent."""
@@ -105,7 +122,7 @@ class NeighbourMap:
 
 #: the lookup-table neighbour search is used while the padded voxel box has at most
 #: ``max(TABLE_MIN_CELLS, TABLE_CELLS_PER_VOXEL * N)`` cells and at most ``TABLE_MAX_CELLS``
-#: (int32 table: 4 bytes per cell, freed on return); larger boxes use sorted keys
+#: (int32 table: 4 bytes per cell, kept between calls); larger boxes use sorted keys
 TABLE_MIN_CELLS = 1 << 22
 TABLE_CELLS_PER_VOXEL = 160
 TABLE_MAX_CELLS = 1 << 26
@@ -116,13 +133,13 @@ def build_neighbour_map(grid_coord: torch.Tensor, batch: torch.Tensor) -> Neighb
 
     Voxels are hashed to int64 keys ``((b * SX + x') * SY + y') * SZ + z'`` (coordinates
     shifted by one so that offsets never leave the key box). While the key box is small
-    (see :data:`TABLE_MAX_CELLS`) an int32 lookup table ``key -> row`` (``-1`` = empty)
-    is filled and every offset is one gather ``table[key + shift]``. Otherwise the keys
-    are sorted once and the voxels ``(x+dx, y+dy, z-1 .. z+1)`` of a sample, at most three
-    consecutive sorted entries, are found with one ``torch.searchsorted`` per ``(dx, dy)``
-    for four columns; the other half of the offsets follows by symmetry (if ``j`` is the
-    ``+d`` neighbour of ``i``, ``i`` is the ``-d`` neighbour of ``j``). Both give the same
-    map.
+    (see :data:`TABLE_MAX_CELLS`) an int32 lookup table ``key -> 1 + row`` (``0`` = empty)
+    is filled and the 27 offsets of every voxel are one gather ``table[key + shift]``.
+    Otherwise the keys are sorted once and the voxels ``(x+dx, y+dy, z-1 .. z+1)`` of a
+    sample, at most three consecutive sorted entries, are found with one
+    ``torch.searchsorted`` per ``(dx, dy)`` for four columns; the other half of the offsets
+    follows by symmetry (if ``j`` is the ``+d`` neighbour of ``i``, ``i`` is the ``-d``
+    neighbour of ``j``). Both give the same map.
 
     Args:
         grid_coord: ``(N, 3)`` integer voxel indices ``(x, y, z)``, unique within a
@@ -145,11 +162,7 @@ def build_neighbour_map(grid_coord: torch.Tensor, batch: torch.Tensor) -> Neighb
     device = grid_coord.device
     idx_dtype = torch.int32 if n < 2**31 - 1 else torch.int64
     if n == 0:
-        return NeighbourMap(
-            torch.zeros(27, 0, dtype=idx_dtype, device=device),
-            torch.zeros(27, dtype=torch.long, device=device),
-            0,
-        )
+        return NeighbourMap(torch.zeros(0, 27, dtype=idx_dtype, device=device), 0)
     g = grid_coord.long()
     g = g - g.min(0).values + 1
     sx, sy, sz = (g.max(0).values + 2).tolist()
@@ -160,14 +173,13 @@ def build_neighbour_map(grid_coord: torch.Tensor, batch: torch.Tensor) -> Neighb
     key = ((b * sx + g[:, 0]) * sy + g[:, 1]) * sz + g[:, 2]
     shifts = (KERNEL_OFFSETS[:, 0] * sy + KERNEL_OFFSETS[:, 1]) * sz + KERNEL_OFFSETS[:, 2]
     if volume <= min(max(TABLE_MIN_CELLS, TABLE_CELLS_PER_VOXEL * n), TABLE_MAX_CELLS):
-        index = _neighbours_by_table(key, volume, shifts.tolist(), n, idx_dtype)
+        rows = _neighbours_by_table(key, volume, shifts.tolist(), n, idx_dtype)
     else:
-        index = _neighbours_by_sorting(key, volume, sy, sz, n, idx_dtype)
-    counts = (index < n).sum(1)
-    return NeighbourMap(index, counts, n)
+        rows = _neighbours_by_sorting(key, volume, sy, sz, n, idx_dtype)
+    return NeighbourMap(rows, n)
 
 
-#: reusable all ``-1`` lookup tables per (device, dtype); see :func:`release_neighbour_tables`
+#: reusable all-zero lookup tables per (device, dtype); see :func:`release_neighbour_tables`
 _TABLES: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 _TABLES_LOCK = threading.Lock()
 
@@ -177,7 +189,7 @@ def release_neighbour_tables() -> None:
 
     The table of the largest voxel box seen so far (4 bytes per cell, at most
     :data:`TABLE_MAX_CELLS` cells, about 155 MB for a 5-frame 2 cm Kinect window) is kept
-    per device, all ``-1``, so that the next map of a similar box skips allocating and
+    per device, all zero, so that the next map of a similar box skips allocating and
     filling it (only the ``N`` written cells are reset afterwards).
     """
     with _TABLES_LOCK:
@@ -195,32 +207,31 @@ def _neighbours_by_table(
         # normal (not inference-mode) tensors, so that a kept table can be updated in any mode
         with torch.inference_mode(False), torch.no_grad():
             if cached is None or cached.numel() < volume:
-                cached = torch.full((volume,), -1, dtype=dtype, device=device)
-            index = _lookup_neighbours(cached[:volume], key, volume, shifts, n, dtype)
+                cached = torch.zeros((volume,), dtype=dtype, device=device)
+            rows = _lookup_neighbours(cached[:volume], key, volume, shifts, n, dtype)
         if locked:
             _TABLES[slot] = cached
     finally:
         if locked:
             _TABLES_LOCK.release()
-    return index
+    return rows
 
 
 def _lookup_neighbours(
     table: torch.Tensor, key: torch.Tensor, volume: int, shifts: list[int], n: int,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Fill ``table[key] = row``, gather the 27 neighbour rows (one gather of ``27 N``
-    keys), reset ``table[key] = -1``."""
+    """Fill ``table[key] = 1 + row``, gather the ``(N, 27)`` one-based neighbour rows (one
+    gather of ``27 N`` keys, 0 where empty), reset ``table[key] = 0``."""
     device = key.device
-    table[key] = torch.arange(n, dtype=dtype, device=device)
+    table[key] = torch.arange(1, n + 1, dtype=dtype, device=device)
     written = key
     if volume < 2**31:
         key = key.int()  # int32 gathers are faster on CPU
-    probe = key.unsqueeze(0) + torch.tensor(shifts, dtype=key.dtype, device=device).unsqueeze(1)
-    index = table.index_select(0, probe.view(-1)).view(27, n)  # centre row: table[key] = row
-    index.masked_fill_(index < 0, n)
-    table[written] = -1
-    return index
+    probe = key.unsqueeze(1) + torch.tensor(shifts, dtype=key.dtype, device=device).unsqueeze(0)
+    rows = table.index_select(0, probe.view(-1)).view(n, 27)  # centre column: table[key]
+    table[written] = 0
+    return rows
 
 
 def _neighbours_by_sorting(
@@ -249,31 +260,91 @@ def _neighbours_by_sorting(
     out_index = perm[torch.cat([half_out, half_in])]
     in_index = perm[torch.cat([half_in, half_out])]
     k_all = torch.cat([half_k, 26 - half_k])
-    index = torch.full((27, n), n, dtype=dtype, device=device)
-    index[CENTER] = torch.arange(n, dtype=dtype, device=device)
-    index[k_all, out_index] = in_index.to(dtype)
-    return index
+    rows = torch.zeros((n, 27), dtype=dtype, device=device)
+    rows[:, CENTER] = torch.arange(1, n + 1, dtype=dtype, device=device)
+    rows[out_index, k_all] = (in_index + 1).to(dtype)
+    return rows
+
+
+def conv_weight_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """The ``(27 C_in, C_out)`` matrix of a ``(C_out, 3, 3, 3, C_in)`` kernel (spconv
+    layout): rows ``k C_in .. (k+1) C_in - 1`` hold the offset ``k = 9a + 3b + c``
+    (:data:`KERNEL_OFFSETS`), matching the columns of :attr:`NeighbourMap.rows`."""
+    c_out, c_in = weight.shape[0], weight.shape[-1]
+    return weight.permute(1, 2, 3, 4, 0).reshape(27 * c_in, c_out)
+
+
+#: bytes of gathered neighbour features per block of :func:`submconv3d_rows` and per
+#: intra-op thread (about one core's L2 cache; more threads take bigger blocks, so that
+#: every block still splits into cache-sized parts and the number of parallel regions,
+#: each a synchronisation point, stays low)
+CHUNK_BYTES = 1 << 21
+
+
+def submconv3d_rows(
+    feat: torch.Tensor,
+    weight_matrix: torch.Tensor,
+    bias: torch.Tensor | None,
+    rows: torch.Tensor,
+    chunk_rows: int | None = 0,
+) -> torch.Tensor:
+    """Submanifold 3x3x3 convolution as gather + GEMM over blocks of voxels.
+
+    ``out[i] = bias + concat_k(pad(feat)[rows[i, k]]) @ weight_matrix`` where ``pad``
+    puts one zero row in front of ``feat`` (absent neighbours, ``rows == 0``, read it).
+    Every output row is one dot product over the ``27 C_in`` gathered values, so the
+    result does not depend on the block size.
+
+    Args:
+        feat: ``(N, C_in)`` float features.
+        weight_matrix: ``(27 C_in, C_out)`` (:func:`conv_weight_matrix`), dtype of ``feat``.
+        bias: ``(C_out,)`` or ``None``.
+        rows: ``(N, 27)`` one-based neighbour rows (:attr:`NeighbourMap.rows`), int32 or
+            int64.
+        chunk_rows: voxels per block; ``0`` picks about :data:`CHUNK_BYTES` of gathered
+            features per block and thread; ``None`` gathers all ``N`` at once (the exported graph's
+            form: no data-dependent loop), as do autograd (one gather whose backward is
+            one ``index_add``) and GPUs (one kernel rather than many small ones).
+
+    Returns:
+        ``(N, C_out)`` in the dtype of ``feat``.
+    """
+    n, c_in = feat.shape
+    padded = torch.cat([feat.new_zeros(1, c_in), feat])
+    flat = rows.reshape(-1)
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (feat, weight_matrix, bias))
+    if chunk_rows is None or grad or feat.device.type != "cpu":  # one block (see chunk_rows)
+        gathered = padded.index_select(0, flat).view(-1, 27 * c_in)
+        return gathered @ weight_matrix if bias is None else torch.addmm(bias, gathered, weight_matrix)
+    step = chunk_rows or max(64, CHUNK_BYTES * torch.get_num_threads() // (27 * c_in * feat.element_size()))
+    out = feat.new_empty(n, weight_matrix.shape[1])
+    for start in range(0, n, step):
+        end = min(n, start + step)
+        gathered = padded.index_select(0, flat[start * 27:end * 27]).view(end - start, 27 * c_in)
+        if bias is None:
+            torch.mm(gathered, weight_matrix, out=out[start:end])
+        else:
+            torch.addmm(bias, gathered, weight_matrix, out=out[start:end])
+    return out
 
 
 def submconv3d_torch(
     feat: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    neighbours: NeighbourMap,
+    neighbours: NeighbourMap | torch.Tensor,
+    chunk_rows: int | None = 0,
 ) -> torch.Tensor:
-    """Submanifold 3x3x3 convolution as 27 gather + matrix-product-accumulate steps.
-
-    ``out = feat @ W[centre]``, then for every other offset ``k`` with any neighbour
-    ``out += pad(feat)[index[k]] @ W[k]`` (``torch.addmm_``), where ``pad(feat)`` appends
-    one zero row that absent neighbours (sentinel ``N``) read. There is no scatter: every
-    output row is summed over the offsets in the fixed order ``k = 0 .. 26`` by row-parallel
-    kernels, so the result is the same for any number of intra-op threads.
+    """Submanifold 3x3x3 convolution on a neighbour map (:func:`submconv3d_rows`).
 
     Args:
         feat: ``(N, C_in)`` float features, rows aligned with the voxels of ``neighbours``.
         weight: ``(C_out, 3, 3, 3, C_in)`` kernel (spconv layout).
         bias: ``(C_out,)`` or ``None``.
-        neighbours: the map from :func:`build_neighbour_map` for these voxels.
+        neighbours: the map from :func:`build_neighbour_map` for these voxels, or its
+            ``(N, 27)`` one-based :attr:`~NeighbourMap.rows`.
+        chunk_rows: see :func:`submconv3d_rows`.
 
     Returns:
         ``(N, C_out)`` output features, dtype of ``feat`` (under ``torch.autocast``: the
@@ -282,29 +353,21 @@ def submconv3d_torch(
     Raises:
         ValueError: row count or channel mismatch.
     """
+    rows = neighbours.rows if isinstance(neighbours, NeighbourMap) else neighbours
     n, c_in = feat.shape
-    if n != neighbours.num_voxels:
-        raise ValueError(f"feat has {n} rows but the neighbour map {neighbours.num_voxels}")
+    if n != rows.shape[0]:
+        raise ValueError(f"feat has {n} rows but the neighbour map {rows.shape[0]}")
     if tuple(weight.shape[1:]) != (3, 3, 3, c_in):
         raise ValueError(f"weight shape {tuple(weight.shape)} does not fit C_in={c_in}")
     device_type = feat.device.type
     if torch.is_autocast_enabled(device_type):  # AMP: compute in the autocast dtype
         with torch.autocast(device_type=device_type, enabled=False):
             return submconv3d_torch(
-                feat.to(torch.get_autocast_dtype(device_type)), weight, bias, neighbours
+                feat.to(torch.get_autocast_dtype(device_type)), weight, bias, rows, chunk_rows
             )
-    # (27, C_in, C_out): w[k] = weight[:, a, b, c, :].T with k = 9a + 3b + c
-    w = weight.permute(1, 2, 3, 4, 0).reshape(27, c_in, weight.shape[0]).to(feat.dtype)
-    out = feat @ w[CENTER]
-    padded = torch.cat([feat, feat.new_zeros(1, c_in)])
-    counts = neighbours.offset_counts
-    for k in range(27):
-        if k == CENTER or counts[k] == 0:
-            continue
-        out.addmm_(padded.index_select(0, neighbours.index[k]), w[k])
-    if bias is not None:
-        out = out + bias.to(feat.dtype)
-    return out
+    w = conv_weight_matrix(weight).to(feat.dtype)
+    b = None if bias is None else bias.to(feat.dtype)
+    return submconv3d_rows(feat, w, b, rows, chunk_rows)
 
 
 _SPCONV_STATE: dict[str, Any] = {}
@@ -479,6 +542,13 @@ class SubMConv3d(nn.Module):
         conv.weight = self.weight  # share our parameter; spconv holds no copy
         conv.train(self.training)
         return conv
+
+    def forward_rows(self, feat: torch.Tensor, rows: torch.Tensor, chunk_rows: int | None = 0
+                     ) -> torch.Tensor:
+        """The torch backend on explicit ``(N, 27)`` one-based neighbour rows
+        (:attr:`NeighbourMap.rows`): ``(N, C_in)`` -> ``(N, C_out)``. ``chunk_rows=None`` is
+        the exported graph's form (see :func:`submconv3d_rows`)."""
+        return submconv3d_torch(feat, self.weight, self.bias, rows, chunk_rows)
 
     def forward(self, feat: torch.Tensor, voxels: VoxelGrid) -> torch.Tensor:
         """Convolve ``(N, C_in)`` features on ``voxels``; returns ``(N, C_out)``."""

@@ -1,0 +1,58 @@
+"""Keeping freed CPU memory mapped for reuse (glibc ``malloc`` settings).
+
+The encoder allocates and frees the same large buffers on every window (a 271,615-voxel
+window: (N, 16)..(N, 192) float32 features of 17-210 MB). With glibc's defaults, blocks over
+the dynamic mmap threshold (at most 32 MB) are ``mmap``-ed and returned to the kernel on
+``free``, and the heap top is trimmed, so each window pays page faults and zeroing for every
+page again (on the 2-core CI machine up to a third of the encoder time, more when other jobs
+compete for memory bandwidth; ``benchmarks/bench_encoder.py`` times both settings). :func:`keep_freed_memory`
+asks glibc to serve every block from the heap and to keep freed memory (``mallopt``:
+``M_MMAP_MAX = 0``, ``M_TRIM_THRESHOLD``, ``M_TOP_PAD``), the effect of the
+jemalloc/tcmalloc preload that the PyTorch CPU performance guide recommends, without a
+preload. The resident set then stays at its peak instead of shrinking between windows.
+
+Set the environment variable ``CONCERTO_KEEP_FREED_MEMORY=0`` to leave the allocator alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+__all__ = ["keep_freed_memory", "ENV_VAR"]
+
+#: environment variable that disables :func:`keep_freed_memory` when ``0``
+ENV_VAR = "CONCERTO_KEEP_FREED_MEMORY"
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+_STATE: dict[str, bool] = {}
+
+
+def keep_freed_memory(trim_threshold: int = 1 << 30, top_pad: int = 1 << 28) -> bool:
+    """Make glibc keep freed memory for reuse (see the module docstring); once per process.
+
+    Args:
+        trim_threshold: free bytes at the heap top kept before trimming (default 1 GiB).
+        top_pad: extra bytes requested whenever the heap grows (default 256 MiB; virtual
+            until touched).
+
+    Returns:
+        Whether the settings are in effect: ``False`` off Linux, without glibc, or with
+        ``CONCERTO_KEEP_FREED_MEMORY=0``.
+    """
+    if "applied" in _STATE:
+        return _STATE["applied"]
+    applied = False
+    if sys.platform.startswith("linux") and os.environ.get(ENV_VAR, "1") != "0":
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            mallopt = libc.mallopt
+        except (OSError, AttributeError):  # musl and other libcs have no mallopt
+            mallopt = None
+        if mallopt is not None:
+            applied = all(mallopt(param, value) == 1 for param, value in (
+                (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, int(trim_threshold)), (_M_TOP_PAD, int(top_pad))))
+    _STATE["applied"] = applied
+    return applied
