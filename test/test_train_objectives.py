@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from concerto_ros.train.objectives import parse_objective
 from concerto_ros.train.objectives.concerto import joint_embedding_loss
 from concerto_ros.train.objectives.distill import ema_momentum, ema_update, teacher_temperature
-from concerto_ros.train.objectives.msm import MSMDecoder, level_masks, masked_cosine_loss, msm_loss
+from concerto_ros.train.objectives.msm import MSMDecoder, level_masks, masked_cosine_loss, msm_loss, normalize_targets
 from concerto_ros.train.objectives.pointcsp import (CSPBlock, GatedDeltaNet, chunked_gated_delta, geometry_loss,
                                                     naive_gated_delta, serialized_apply, spd_loss)
 
@@ -39,21 +39,26 @@ def test_joint_embedding_cosine_loss_values():
     assert float(z.detach()) == 0.0 and z.requires_grad
 
 
-def test_masked_cosine_loss_counts_masked_rows_only_and_layer_normalises_targets():
+def test_masked_cosine_loss_counts_masked_rows_only_and_normalises_targets_over_voxels():
     torch.manual_seed(0)
     target = torch.randn(6, 8)
-    pred = F.layer_norm(target, (8,)).clone()
+    pred = normalize_targets(target).clone()
+    assert torch.allclose(pred.mean(0), torch.zeros(8), atol=1e-6) and torch.allclose(pred.std(0, unbiased=False),
+                                                                                      torch.ones(8), atol=1e-3)
     mask = torch.tensor([True, True, False, False, True, False])
     pred[~mask] = -pred[~mask]  # wrong predictions where nothing is masked: must not count
     assert float(masked_cosine_loss(pred, target, mask)) == pytest.approx(0.0, abs=1e-6)
     pred[0] = -pred[0]  # one of three masked rows opposite: (2 + 0 + 0) / 3
     assert float(masked_cosine_loss(pred, target, mask)) == pytest.approx(2 / 3, abs=1e-5)
-    # a shifted and scaled target is the same target after layer normalisation
-    assert float(masked_cosine_loss(pred, 5.0 * target + 3.0, mask)) == pytest.approx(2 / 3, abs=1e-5)
+    # a target shifted and scaled per channel is the same target after the normalisation ...
+    shift = torch.randn(8)
+    assert float(masked_cosine_loss(pred, 5.0 * target + shift, mask)) == pytest.approx(2 / 3, abs=1e-5)
+    # ... and a feature every voxel shares is no target at all: only what tells voxels apart counts
+    assert float(masked_cosine_loss(pred, target + 100.0 * torch.randn(1, 8), mask)) == pytest.approx(2 / 3, abs=1e-4)
     assert masked_cosine_loss(pred, target, torch.zeros(6, dtype=torch.bool)) is None
     # msm_loss: the mean over levels that have masked voxels
     t2 = torch.randn(3, 4)
-    p2 = -F.layer_norm(t2, (4,))
+    p2 = -normalize_targets(t2)
     levels = msm_loss([pred, p2, p2], [target, t2, t2], [mask, torch.ones(3, dtype=torch.bool),
                                                          torch.zeros(3, dtype=torch.bool)])
     assert float(levels) == pytest.approx((2 / 3 + 2.0) / 2, abs=1e-5)

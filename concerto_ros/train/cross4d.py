@@ -359,10 +359,12 @@ def _export(cfg: Cross4DTrainConfig, task: Cross4DTask, result, key: str, dim: i
         cross4d_settings={"num_frames": c4.num_frames, "points_per_frame": c4.points_per_frame, "average": "points"},
         metadata={"description": f"Cross4D '{c4.preset}' encoder distilled from {key} ({mode})",
                   "command": "concerto train cross4d", "config": json.loads(json.dumps(to_dict(cfg), default=str)),
-                  "metrics": plain({k: last[k] for k in ("heldout_cos", "baseline_heldout_cos", "train_cos") if k in last})})
+                  "metrics": plain({k: last[k] for k in ("heldout_cos", "baseline_heldout_cos", "train_cos")
+                                    if k in last})})
     bundle_path = save_bundle(bundle, out / "bundle.pt")
     if result.eval_rows:
-        plot_curve(result.eval_rows, out / "heldout_cosine.png", title=f"Cross4D '{c4.preset}' <- {key.split('-')[0]} ({mode})")
+        plot_curve(result.eval_rows, out / "heldout_cosine.png",
+                   title=f"Cross4D '{c4.preset}' <- {key.split('-')[0]} ({mode})")
     losses = result.column("loss")
     summary = {
         "losses": losses, "eval": result.eval_rows, "checkpoint": str(final), "bundle": str(bundle_path),

@@ -49,7 +49,8 @@ from concerto_ros.models.teachers import teacher_cache_key, teacher_grid
 from concerto_ros.sensors.lifting import lift_depth
 from concerto_ros.sensors.types import CameraIntrinsics, PointFrame, RGBDFrame
 
-__all__ = ["RecordingFrame", "Recording", "recording_key", "source_entry", "source_fingerprint", "load_recordings", "load_folder",
+__all__ = ["RecordingFrame", "Recording", "recording_key", "source_entry", "source_fingerprint", "load_recordings",
+           "load_folder",
            "load_bag", "load_pcd", "iter_folder_frames", "list_labelled", "load_labelled_points", "TargetCache",
            "heldout_mask", "ClipFrame", "Clip", "build_clips", "collate"]
 
@@ -333,9 +334,9 @@ def list_labelled(sources: Iterable[dict | str], require_labels: bool = True) ->
     Types: ``pcd`` (a labelled ``.pcd`` file or a folder of them, mOSD format; ``limit``),
     ``points`` (``path`` an ``(N, 3+)`` xyz[rgb] ``.npy``, ``labels`` an ``(N,)`` / ``(N, 1)``
     ``.npy``), ``folder`` (an RGB-D folder with ``labels/`` -- unless ``require_labels`` is
-    false; stays one entry, its windows are made by the node's pipeline), ``auto`` (a folder with ``color/`` and ``depth/`` is
-    ``folder``, anything else ``pcd``). Other keys of a ``folder`` entry (intrinsics,
-    ``depth_scale``) are kept.
+    false; stays one entry, its windows are made by the node's pipeline), ``auto`` (a folder
+    with ``color/`` and ``depth/`` is ``folder``, anything else ``pcd``). Other keys of a
+    ``folder`` entry (intrinsics, ``depth_scale``) are kept.
 
     Raises:
         ValueError: unknown type, a folder with no ``.pcd`` file, an RGB-D folder without

@@ -40,7 +40,8 @@ def expand_sources(sources: list[dict | str]) -> list[dict]:
         src, path = source_entry(src)
         kind = _source_kind(src, path)
         if kind == "pcd":
-            out += [{**src, "type": "pcd", "path": str(f), "limit": 0} for f in _pcd_files(path, int(src.get("limit", 0) or 0))]
+            files = _pcd_files(path, int(src.get("limit", 0) or 0))
+            out += [{**src, "type": "pcd", "path": str(f), "limit": 0} for f in files]
         else:
             out.append({**src, "type": kind, "path": str(path)})
     return out

@@ -247,7 +247,7 @@ class LinearProbeTask(Task):
 def fit_linear_probe(feats: np.ndarray, labels: np.ndarray, class_names: list[str], out_dir: str | Path,
                      epochs: int = 30, batch_size: int = 4096, lr: float = 1e-2, weight_decay: float = 1e-4,
                      class_weight: str = "none", seed: int = 0, ctx: DistContext | None = None,
-                     progress: bool = False, log: Callable[[str], Any] = print):
+                     progress: bool = False, log: Callable[[str], Any] = print, resume: bool = False):
     """Train a :class:`~concerto_ros.models.heads.LinearSemanticHead` with cross-entropy through
     the shared loop (metrics in ``out_dir/metrics.csv``).
 
@@ -280,7 +280,7 @@ def fit_linear_probe(feats: np.ndarray, labels: np.ndarray, class_names: list[st
     task = LinearProbeTask(x, y, k, min(int(batch_size), n_all), None if w is None else w.to(ctx.device), ctx, seed)
     spe = max(1, -(-n_all // task.rows.total))
     plan = LoopPlan(int(epochs) * spe, spe, lr, weight_decay, 0, 0.0, 0, 1, False, seed, False, desc="probe")
-    result = run_loop(task, plan, ctx, out_dir, progress=progress, log=log)
+    result = run_loop(task, plan, ctx, out_dir, resume=resume, progress=progress, log=log)
     head = LinearSemanticHead(x.shape[1], class_names)
     lin = task.model.lin
     with torch.no_grad():  # fold (x - mean) / std into the weights
@@ -393,7 +393,7 @@ def train_probe(cfg: ProbeConfig, progress: bool = True, log: Callable[[str], An
         o = cfg.optim
         head, result = fit_linear_probe(data.ftr, data.ytr, list(cfg.data.classes), cfg.output_dir, cfg.loop.epochs,
                                         cfg.loop.batch_size, o.lr, o.weight_decay, o.class_weight, cfg.seed, ctx,
-                                        progress, log)
+                                        progress, log, resume)
         scores = (evaluate_head(head, data.ftr, data.ytr, ctx), evaluate_head(head, data.fte, data.yte, ctx))
         counts = ctx.all_reduce_sum([(data.ytr >= 0).sum(), (data.yte >= 0).sum()])
         summary = export_probe(cfg, head, pipeline, data.feature_dims, scores, result, counts, data, t0) \

@@ -268,7 +268,7 @@ def _export(cfg: SSLConfig, task: SSLTask, result, scenes: list[SSLScene], desc:
     bundle = bundle_from_parts(
         encoder=export, feature=task.feature, voxel_size=cfg.node.window.voxel_size, use_color=True,
         metadata={"description": f"concerto train ssl ({summary['objective']}): {desc} encoder, {cfg.loop.steps} steps "
-                                 f"on {len(scenes)} scenes ({', '.join(str(s.get('path', s) if isinstance(s, dict) else s) for s in cfg.data.sources)})",
+                                 f"on {len(scenes)} scenes ({', '.join(str(s['path']) for s in cfg.data.sources)})",
                   "command": "concerto train ssl", "config": json.loads(json.dumps(to_dict(cfg), default=str)),
                   "metrics": plain({k: v for k, v in summary.items() if k != "eval"})})
     summary["bundle"] = str(save_bundle(bundle, out_dir / "bundle.pt"))

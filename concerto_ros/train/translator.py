@@ -237,7 +237,7 @@ def train_translator(cfg: TranslatorConfig, progress: bool = True, log: Callable
         mean, std = ctx.mean_std(lf.feats[train])
         translator.feat_mean.copy_(mean)
         translator.feat_std.copy_(std)
-        result = _fit(cfg, ctx, translator, te, lf, labels, train, classes, log, progress)
+        result = _fit(cfg, ctx, translator, te, lf, labels, train, classes, log, progress, resume)
         translator = translator.cpu().eval()
         report = _report(cfg, ctx, translator, te, lf, labels, train, held, classes)
         summary = _export(cfg, translator, te, pipeline, report, result, classes, t0) if ctx.is_main else None
@@ -246,7 +246,8 @@ def train_translator(cfg: TranslatorConfig, progress: bool = True, log: Callable
         ctx.close()
 
 
-def _fit(cfg: TranslatorConfig, ctx: DistContext, translator, te, lf, labels, train, classes, log, progress):
+def _fit(cfg: TranslatorConfig, ctx: DistContext, translator, te, lf, labels, train, classes, log, progress,
+         resume: bool = False):
     from concerto_ros.train.probe import class_weights
 
     dev = ctx.device
@@ -265,7 +266,7 @@ def _fit(cfg: TranslatorConfig, ctx: DistContext, translator, te, lf, labels, tr
     o = cfg.optim
     plan = LoopPlan(cfg.loop.epochs * spe, spe, o.lr, o.weight_decay, o.warmup, o.grad_clip, cfg.loop.checkpoint_every,
                     cfg.loop.keep_checkpoints, False, cfg.seed, False, desc=f"translator ({cfg.mode})")
-    return run_loop(task, plan, ctx, cfg.output_dir, progress=progress, log=log)
+    return run_loop(task, plan, ctx, cfg.output_dir, resume=resume, progress=progress, log=log)
 
 
 def _report(cfg, ctx: DistContext, translator, te, lf, labels, train, held, classes) -> dict:

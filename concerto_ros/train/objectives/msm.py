@@ -16,7 +16,10 @@ For the encoder-only PTv3 the levels are its 5 encoder stages (0.02 ... 0.32 m v
 uses a sparse-conv U-Net: the student sees the masked voxels' positions (as mask tokens, the
 Sonata way of masking a PTv3) rather than dropping them, and the teacher sees the same view
 unmasked, so that every level's voxels correspond one to one between student and teacher.
-The targets are the teacher's level features layer-normalised without affine parameters.
+The targets are the teacher's level features normalised per channel over the voxels of a
+scene's large views (instance normalisation, as data2vec does for its targets): a component
+that every voxel shares is removed, so only what tells voxels apart has to be predicted and a
+constant feature cannot satisfy the loss.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["level_masks", "MSMDecoder", "msm_loss", "masked_cosine_loss"]
+__all__ = ["level_masks", "MSMDecoder", "msm_loss", "masked_cosine_loss", "normalize_targets"]
 
 
 def level_masks(mask0: torch.Tensor, inverses: list[torch.Tensor | None], sizes: list[int]) -> list[torch.Tensor]:
@@ -80,13 +83,20 @@ class MSMDecoder(nn.Module):
         return preds  # type: ignore[return-value]
 
 
+def normalize_targets(target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``(M, C)`` features normalised per channel over the ``M`` rows (zero mean, unit
+    variance; no gradient)."""
+    t = target.float().detach()
+    return (t - t.mean(0)) / (t.var(0, unbiased=False) + eps).sqrt()
+
+
 def masked_cosine_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
-    """``mean(1 - cos)`` over the masked rows of ``(M, C)`` prediction and target (the target
-    layer-normalised, no gradient); ``None`` when no row is masked."""
+    """``mean(1 - cos)`` over the masked rows of ``(M, C)`` prediction and target, the target
+    normalised over all ``M`` rows first (:func:`normalize_targets`); ``None`` when no row is
+    masked."""
     if not bool(mask.any()):
         return None
-    t = F.layer_norm(target[mask].float().detach(), (target.shape[-1],))
-    return (1.0 - F.cosine_similarity(pred[mask].float(), t, dim=-1)).mean()
+    return (1.0 - F.cosine_similarity(pred[mask].float(), normalize_targets(target)[mask], dim=-1)).mean()
 
 
 def msm_loss(preds: list[torch.Tensor], targets: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
