@@ -114,7 +114,7 @@ def _natural_key(p: Path):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
 
 
-def _pcd_files(path: Path, limit: int = 0) -> list[Path]:
+def pcd_files(path: Path, limit: int = 0) -> list[Path]:
     files = sorted(path.glob("*.pcd"), key=_natural_key) if path.is_dir() else [path]
     if not files:
         raise ValueError(f"{path} holds no .pcd file")
@@ -135,7 +135,7 @@ def source_entry(src: dict | str | Path, what: str = "data source") -> tuple[dic
     return src, path
 
 
-def _source_kind(src: dict, path: Path) -> str:
+def source_kind(src: dict, path: Path) -> str:
     kind = str(src.get("type", "auto"))
     if kind != "auto":
         return kind
@@ -168,11 +168,11 @@ def load_recordings(src: dict | str, node, log: Callable[[str], Any] | None = No
         the loaders refuse (see :func:`load_folder`, :func:`load_bag`, :func:`load_pcd`).
     """
     src, path = source_entry(src)
-    kind = _source_kind(src, path)
+    kind = source_kind(src, path)
     intr = {k: src[k] for k in ("fx", "fy", "cx", "cy") if src.get(k) is not None}
     if kind == "pcd":
         return [load_pcd(f, intr, node.lift, fixed_frame=node.fixed_frame)
-                for f in _pcd_files(path, int(src.get("limit", 0) or 0))]
+                for f in pcd_files(path, int(src.get("limit", 0) or 0))]
     if kind == "folder":
         return [load_folder(path, node.lift, intrinsics=intr or None, depth_scale=src.get("depth_scale"),
                             rate_hz=src.get("rate_hz"), fixed_frame=node.fixed_frame,
@@ -350,7 +350,7 @@ def list_labelled(sources: Iterable[dict | str], require_labels: bool = True) ->
         if kind == "auto":
             kind = "folder" if (path / "color").is_dir() and (path / "depth").is_dir() else "pcd"
         if kind == "pcd":
-            scenes += [{"type": "pcd", "path": f} for f in _pcd_files(path, int(src.get("limit", 0) or 0))]
+            scenes += [{"type": "pcd", "path": f} for f in pcd_files(path, int(src.get("limit", 0) or 0))]
         elif kind == "points":
             if "labels" not in src:
                 raise ValueError(f"points source {path} needs 'labels' (an (N,) or (N,1) .npy)")

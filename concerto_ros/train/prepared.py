@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from concerto_ros.train.data import _pcd_files, _source_kind, source_entry, source_fingerprint
+from concerto_ros.train.data import pcd_files, source_kind, source_entry, source_fingerprint
 from concerto_ros.train.dist import DistContext
 
 __all__ = ["expand_sources", "unit_key", "prepare_units"]
@@ -38,9 +38,9 @@ def expand_sources(sources: list[dict | str]) -> list[dict]:
     out = []
     for src in sources:
         src, path = source_entry(src)
-        kind = _source_kind(src, path)
+        kind = source_kind(src, path)
         if kind == "pcd":
-            files = _pcd_files(path, int(src.get("limit", 0) or 0))
+            files = pcd_files(path, int(src.get("limit", 0) or 0))
             out += [{**src, "type": "pcd", "path": str(f), "limit": 0} for f in files]
         else:
             out.append({**src, "type": kind, "path": str(path)})
