@@ -73,8 +73,6 @@ def load_settings(path: Path, quick: bool) -> dict:
     """
     import yaml
 
-    from concerto_ros.train.common import merge_config
-
     if not path.is_file():
         raise FileNotFoundError(f"settings file {path} does not exist")
     s = yaml.safe_load(path.read_text()) or {}
@@ -84,9 +82,9 @@ def load_settings(path: Path, quick: bool) -> dict:
     if missing:
         raise ValueError(f"{path}: missing sections {missing}")
     q = s.pop("quick", None) or {}
-    s.setdefault("perception_overrides", {})
+    s.setdefault("node", {})
     if quick:
-        s = merge_config(s, q)
+        s = _merge(s, q)
     seeds = [int(x) for x in s["scenes"]["seeds"]]
     if not seeds:
         raise ValueError(f"{path}: scenes.seeds is empty")
@@ -94,6 +92,22 @@ def load_settings(path: Path, quick: bool) -> dict:
         raise ValueError(f"{path}: scenes.seeds must not contain {DEMO_SEED}: the demo's room is the evaluation "
                          "scene and must stay out of the training data")
     return s
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """``update`` merged into a copy of ``base``, mapping by mapping."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested node settings as dotted names (``{window: {num_frames: 3}}`` -> ``window.num_frames``)."""
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def _abs(p: str | Path) -> Path:
@@ -155,53 +169,57 @@ def render_scenes(sc: dict, folder: Path, target_cache: Path | None = None) -> l
 
 
 def _node_overrides(settings: dict, **extra: Any) -> dict:
-    return {**dict(settings.get("perception_overrides") or {}), **extra}
+    """The settings' ``node`` section (dotted) plus ``extra`` (dotted names)."""
+    return {**_flat(dict(settings.get("node") or {})), **extra}
 
 
-def ssl_config(settings: dict, work: Path) -> dict:
-    """``concerto train ssl`` defaults <- the ``ssl`` section; output and (unless set) the 2D
-    target cache in the work folder."""
-    from concerto_ros.train.common import merge_config
-    from concerto_ros.train.ssl import DEFAULTS as SSL_DEFAULTS
-
-    cfg = merge_config(SSL_DEFAULTS, settings["ssl"])
-    cfg["output"] = str(work / "ssl")
-    if cfg["data"]["cache_dir"] == SSL_DEFAULTS["data"]["cache_dir"]:
-        cfg["data"]["cache_dir"] = str(work / "target_cache")
+def _step_config(cls, settings: dict, section: str, work: Path, **node_extra: Any):
+    """``cls`` (a training command's config) from its section over the command's defaults, the
+    settings' ``node`` section (and ``node_extra``) under the section's own ``node``; output and
+    (unless set) the cache in the work folder."""
+    values = _merge({"node": dict(settings.get("node") or {})}, settings[section])
+    cfg = cls.from_mapping(values, [(f"node.{k}", v) for k, v in node_extra.items()])
+    cfg.output = str(work / section)
+    cfg.cache_dir = cfg.cache_dir or str(work / "cache")
     return cfg
 
 
+def ssl_config(settings: dict, work: Path):
+    """``concerto train ssl``'s config: defaults <- the ``ssl`` section; output and (unless set)
+    the caches (prepared scenes, 2D targets) in the work folder."""
+    from concerto_ros.train.ssl import SSLConfig
+
+    return _step_config(SSLConfig, settings, "ssl", work)
+
+
 def train_steps(settings: dict, rooms: list[Path], work: Path, progress: bool) -> dict:
-    """Steps 2-4; returns ``{"ssl", "probe", "translator"}`` summaries (each with its ``bundle``)."""
-    from concerto_ros.train.common import merge_config
-    from concerto_ros.train.probe import DEFAULTS as PROBE_DEFAULTS, train_probe
-    from concerto_ros.train.ssl import DEFAULTS as SSL_DEFAULTS, train_ssl
-    from concerto_ros.train.translator import DEFAULTS as TR_DEFAULTS, train_translator
+    """Steps 2-4; returns ``{"ssl", "probe", "translator"}`` summaries (each with its ``bundle``
+    and ``config``)."""
+    from concerto_ros.train.config import to_dict
+    from concerto_ros.train.probe import ProbeConfig, train_probe
+    from concerto_ros.train.ssl import train_ssl
+    from concerto_ros.train.translator import TranslatorConfig, train_translator
 
     folders = [{"type": "folder", "path": str(r)} for r in rooms]
     out: dict[str, dict] = {}
 
     log(f"2/6 concerto train ssl: {len(rooms)} rooms, no labels")
     cfg = ssl_config(settings, work)
-    cfg["data"]["sources"] = [dict(f) for f in folders]
+    cfg.data.sources = [dict(f) for f in folders]
     out["ssl"] = train_ssl(cfg, progress=progress)
-    out["ssl"]["config"] = cfg
+    out["ssl"]["config"] = to_dict(cfg)
 
     log("3/6 concerto train probe: linear head on the SSL encoder's frozen features, label images")
-    cfg = merge_config(PROBE_DEFAULTS, settings["probe"])
-    cfg.update(output=str(work / "probe"),
-               perception_overrides=_node_overrides(settings, **{"model.bundle": out["ssl"]["bundle"]}))
-    cfg["data"]["train"], cfg["data"]["test"] = [dict(f) for f in folders], []
+    cfg = _step_config(ProbeConfig, settings, "probe", work, **{"model.bundle": out["ssl"]["bundle"]})
+    cfg.data.train, cfg.data.test = [dict(f) for f in folders], []
     out["probe"] = train_probe(cfg, progress=progress)
-    out["probe"]["config"] = cfg
+    out["probe"]["config"] = to_dict(cfg)
 
     log("4/6 concerto train translator (labels): the probe bundle's features -> the text encoder's space")
-    cfg = merge_config(TR_DEFAULTS, settings["translator"])
-    cfg.update(output=str(work / "translator"),
-               perception_overrides=_node_overrides(settings, **{"model.bundle": out["probe"]["bundle"]}))
-    cfg["data"]["sources"] = [dict(f) for f in folders]
+    cfg = _step_config(TranslatorConfig, settings, "translator", work, **{"model.bundle": out["probe"]["bundle"]})
+    cfg.data.sources = [dict(f) for f in folders]
     out["translator"] = train_translator(cfg, progress=progress)
-    out["translator"]["config"] = cfg
+    out["translator"]["config"] = to_dict(cfg)
     return out
 
 
@@ -272,7 +290,8 @@ def bundle_metadata(settings: dict, steps: dict, evaluation: dict | None, argv: 
                                                    "heldout_accuracy", "heldout_miou", "iou", "wall_s")},
         },
         # the full configuration of each training command as run (its defaults + the settings)
-        "step_configs": _relativize(json.loads(json.dumps({k: steps[k]["config"] for k in ("ssl", "probe", "translator")}))),
+        "step_configs": _relativize(json.loads(json.dumps({k: steps[k]["config"] for k in ("ssl", "probe", "translator")},
+                                                          default=str))),
         "wall_s": wall_s,
     }
 
@@ -296,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         sc = settings["scenes"]
         log(f"1/6 rendering {len(sc['seeds'])} training rooms (seeds {sc['seeds']}; the demo's room is seed "
             f"{DEMO_SEED}) into {work / 'scenes'}")
-        rooms = render_scenes(sc, work / "scenes", Path(ssl_config(settings, work)["data"]["cache_dir"]).expanduser())
+        rooms = render_scenes(sc, work / "scenes", ssl_config(settings, work).cache_path / "targets")
         steps = train_steps(settings, rooms, work, progress)
 
         log("5/6 the bundle: encoder + head + translator, no vocabulary, fp16 encoder weights")

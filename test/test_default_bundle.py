@@ -87,7 +87,7 @@ def test_make_default_bundle_quick_runs_end_to_end(tmp_path, capsys):
     b = load_bundle(out)
     assert b.components() == ["concerto", "head", "translator"] and b.class_names == list(CLASS_NAMES)
     md = b.metadata
-    assert md["training_seeds"] == [101] and md["settings"]["ssl"]["optim"]["steps"] == 3
+    assert md["training_seeds"] == [101] and md["settings"]["ssl"]["loop"]["steps"] == 3
     assert set(md["metrics"]) >= {"probe_heldout_miou", "translator_heldout_accuracy", "demo_seed0_offline_miou",
                                   "demo_seed0_query_auc_floor"}
     assert (tmp_path / "work" / "report.json").is_file()

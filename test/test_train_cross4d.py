@@ -17,8 +17,8 @@ from concerto_ros.pipeline import PerceptionPipeline
 from concerto_ros.sensors.types import PointFrame
 from concerto_ros.models.cross4d import Cross4DFeatureExtractor, load_cross4d
 from concerto_ros.models.teachers import seeded_vit
-from concerto_ros.train.common import merge_config
-from concerto_ros.train.cross4d import DEFAULTS, train_cross4d
+from concerto_ros.config import PerceptionConfig
+from concerto_ros.train.cross4d import Cross4DTrainConfig, clip_losses, train_cross4d
 from concerto_ros.train.data import TargetCache, build_clips, load_bag, load_folder
 
 from conftest import SLAMBOOK_INTRINSICS
@@ -37,17 +37,17 @@ def _cli(argv: list[str]) -> int:
 
 
 def _fast(tmp_path, folder, steps: int) -> list[str]:
-    return ["--set", f"data.sources={_source(folder)}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
-            "--set", "data.lift.pixel_stride=8", "--set", "data.points_per_frame=256", "--set", "model.preset=tiny",
-            "--set", f"optim.steps={steps}", "--set", "optim.lr=3e-3", "--set", "optim.warmup=2",
-            "--set", "train.steps_per_epoch=10", "--set", "train.checkpoint_every=10",
+    return ["--set", f"data.sources={_source(folder)}", "--set", "node.lift.pixel_stride=8",
+            "--set", "node.cross4d.points_per_frame=256", "--set", "node.cross4d.preset=tiny",
+            "--set", f"loop.steps={steps}", "--set", "optim.lr=3e-3", "--set", "optim.warmup=2",
+            "--set", "loop.steps_per_epoch=8", "--set", "loop.checkpoint_every=8",
             "--output", str(tmp_path / "run"), "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, slambook_dir):
     tmp = tmp_path_factory.mktemp("c4d")
-    rc = _cli(["train", "cross4d", *_fast(tmp, slambook_dir, 20)])
+    rc = _cli(["train", "cross4d", *_fast(tmp, slambook_dir, 16)])
     return tmp, rc
 
 
@@ -61,9 +61,9 @@ def test_short_run_lowers_the_loss_and_writes_outputs(trained):
     assert rc == 0
     run = tmp / "run"
     steps = _rows(run / "metrics.csv")
-    assert [int(r["step"]) for r in steps] == list(range(1, 21))
+    assert [int(r["step"]) for r in steps] == list(range(1, 17))
     loss = np.array([float(r["loss"]) for r in steps])
-    assert loss[-5:].mean() < loss[:5].mean() - 0.1, loss
+    assert loss[-4:].mean() < loss[:4].mean() - 0.1, loss
     assert all(float(r["points_per_s"]) > 0 for r in steps)
     ev = _rows(run / "eval.csv")
     assert [int(r["epoch"]) for r in ev] == [1, 2]
@@ -71,7 +71,8 @@ def test_short_run_lowers_the_loss_and_writes_outputs(trained):
     assert float(ev[-1]["heldout_cos"]) > float(ev[0]["heldout_cos"])
     assert int(ev[0]["heldout_points"]) > 500
     assert (run / "heldout_cosine.png").stat().st_size > 1000
-    assert sorted(p.name for p in (run / "checkpoints").glob("step_*.pt"))[-1] == "step_00000020.pt"
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*.pt"))[-1] == "step_00000016.pt"
+    assert sorted(p.name for p in (run / "cache").iterdir()) == ["cross4d_clips", "targets"]  # under --output
     # the node loads the final encoder by path
     enc, blob = load_cross4d(run / "cross4d.pt")
     assert blob["extra"]["preset"] == "tiny" and blob["extra"]["teacher_dim"] == 64
@@ -94,40 +95,47 @@ def test_short_run_lowers_the_loss_and_writes_outputs(trained):
     assert r.features.shape == (len(r.coord), 32) and torch.isfinite(r.features).all()
 
 
-def test_resume_continues_and_targets_come_from_the_cache(trained, slambook_dir):
+def test_resume_continues_and_clips_come_from_the_cache(trained, slambook_dir):
     tmp, _ = trained
-    cfg = merge_config(DEFAULTS, {
-        "output": str(tmp / "run"), "data": {"sources": yaml.safe_load(_source(slambook_dir)),
-                                             "cache_dir": str(tmp / "cache"), "lift": {"pixel_stride": 8},
-                                             "points_per_frame": 256},
-        "model": {"preset": "tiny"}, "optim": {"steps": 22, "lr": 3e-3, "warmup": 2},
-        "train": {"steps_per_epoch": 10, "checkpoint_every": 10}})
+    cfg = Cross4DTrainConfig.from_mapping({
+        "output": str(tmp / "run"), "data": {"sources": yaml.safe_load(_source(slambook_dir))},
+        "node": {"lift": {"pixel_stride": 8}, "cross4d": {"points_per_frame": 256, "preset": "tiny"}},
+        "loop": {"steps": 18, "steps_per_epoch": 8, "checkpoint_every": 8}, "optim": {"lr": 3e-3, "warmup": 2}})
     notes = []
     s = train_cross4d(cfg, log=notes.append, progress=False, resume=True)
-    assert any("resumed" in n and "step 20" in n for n in notes)
-    assert s["cache"] == (5, 0)  # every frame's teacher grid read from disk
-    assert len(s["losses"]) == 2
-    assert [int(r["step"]) for r in _rows(tmp / "run" / "metrics.csv")] == list(range(1, 23))
+    assert any("resumed" in n and "step 16" in n for n in notes)
+    assert any("1 of 1 recordings from the cache, 0 built" in n for n in notes)  # clips prepared once
+    assert len(s["losses"]) == 18
+    assert [int(r["step"]) for r in _rows(tmp / "run" / "metrics.csv")] == list(range(1, 19))
 
 
 def test_print_config_and_bad_keys(capsys, tmp_path):
-    assert _cli(["train", "cross4d", "--print-config", "--set", "optim.steps=7", "--device", "cpu"]) == 0
+    assert _cli(["train", "cross4d", "--print-config", "--set", "loop.steps=7", "--device", "cpu"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
-    assert cfg["optim"]["steps"] == 7 and cfg["device"] == "cpu" and cfg["teacher"]["lookup"] == "bilinear"
-    assert set(cfg) == set(DEFAULTS)
+    assert cfg["loop"]["steps"] == 7 and cfg["device"] == "cpu" and cfg["teacher"]["lookup"] == "bilinear"
+    assert cfg["node"]["cross4d"]["preset"] == "small"  # the command's default for the node's student preset
     assert _cli(["train", "cross4d", "--set", "optim.stepz=7", "--print-config"]) == 2
     assert "optim.stepz" in capsys.readouterr().err
     assert _cli(["train", "cross4d", "--output", str(tmp_path)]) == 1  # no data source
     assert "data.sources" in capsys.readouterr().err
 
 
+def test_clip_losses_per_clip():
+    pred = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]], [[[1.0, 0.0], [1.0, 0.0]]]])  # (B=2, T=1, Q=2, 2)
+    batch = {"targets": torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]] * 2),
+             "train_mask": torch.tensor([[[True, True]], [[True, False]]]),
+             "global_target": torch.tensor([[0.0, 1.0], [1.0, 0.0]])}
+    np.testing.assert_allclose(clip_losses(pred, batch, "dense").numpy(), [0.5, 0.0], atol=1e-6)
+    np.testing.assert_allclose(clip_losses(pred[:, 0, 0], batch, "global").numpy(), [1.0, 0.0], atol=1e-6)
+
+
 def test_global_target_mode(tmp_path, slambook_dir):
-    cfg = merge_config(DEFAULTS, {
+    cfg = Cross4DTrainConfig.from_mapping({
         "output": str(tmp_path / "g"), "target": {"mode": "global"},
-        "data": {"sources": yaml.safe_load(_source(slambook_dir)), "cache_dir": str(tmp_path / "cache"),
-                 "lift": {"pixel_stride": 8}, "points_per_frame": 128},
-        "model": {"preset": "tiny"}, "optim": {"steps": 12, "lr": 3e-3, "warmup": 1, "batch_size": 2},
-        "train": {"steps_per_epoch": 12, "checkpoint_every": 0, "eval": False}})
+        "data": {"sources": yaml.safe_load(_source(slambook_dir))},
+        "node": {"lift": {"pixel_stride": 8}, "cross4d": {"points_per_frame": 128, "preset": "tiny"}},
+        "loop": {"steps": 10, "batch_size": 2, "steps_per_epoch": 10, "checkpoint_every": 0, "eval": False},
+        "optim": {"lr": 3e-3, "warmup": 1}})
     s = train_cross4d(cfg, log=lambda m: None, progress=False)
     assert np.mean(s["losses"][-3:]) < np.mean(s["losses"][:3])
     enc, blob = load_cross4d(s["checkpoint"])
@@ -139,13 +147,11 @@ def test_bag_and_folder_give_the_same_clips(tmp_path, slambook_dir):
 
     bag = tmp_path / "slambook_bag"
     convert_rgbd_folder(slambook_dir, bag, intrinsics=SLAMBOOK_INTRINSICS, depth_scale=1000, progress=False)
-    lift = {"min_depth": 0.1, "max_depth": 8.0, "pixel_stride": 8}
-    from concerto_ros.config import PerceptionConfig
     pc = PerceptionConfig()
-    pc.lift.pixel_stride = 8
+    pc.lift.pixel_stride = 8  # one lifting setting, the node's, for bags and folders alike
     rb = load_bag(bag, pc, max_frames=3)
     fx, fy, cx, cy = SLAMBOOK_INTRINSICS
-    rf = load_folder(slambook_dir, lift, intrinsics=dict(fx=fx, fy=fy, cx=cx, cy=cy), depth_scale=1000, max_frames=3)
+    rf = load_folder(slambook_dir, pc.lift, intrinsics=dict(fx=fx, fy=fy, cx=cx, cy=cy), depth_scale=1000, max_frames=3)
     assert len(rb.frames) == len(rf.frames) == 3
     for a, b in zip(rb.frames, rf.frames):
         assert a.points.num_points == b.points.num_points

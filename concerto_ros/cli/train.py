@@ -1,34 +1,48 @@
-"""``concerto train``: on-site training commands (``ssl``, ``cross4d``, ``translator``, ``probe``).
+"""``concerto train``: on-site training commands (``ssl``, ``cross4d``, ``probe``, ``translator``).
 
-The on-site chain: ``ssl`` (no labels) -> ``probe`` (a few labelled scenes) ->
-``translator`` (free-text queries); each writes ``<output>/bundle.pt``, and the next one
-reads it with ``--set perception_overrides="{model.bundle: <previous>/bundle.pt}"``; the
-node runs the last one with ``model.bundle``.
+The on-site chain: ``ssl`` (no labels) -> ``probe`` (a few labelled scenes) -> ``translator``
+(free-text queries); each writes <output>/bundle.pt and the next one reads it with
+--set node.model.bundle=<previous>/bundle.pt; the node runs the last one with model.bundle.
 
-Every ``train`` sub-command shares the options of :mod:`concerto_ros.train.common`:
-``--config`` YAML, ``--set key=value`` overrides, ``--print-config``, ``--output``,
-``--device``, ``--seed``, ``--resume``, ``--log csv|tensorboard``, ``--no-progress``.
+Every command has one typed config: a YAML file (--config; its defaults with --print-config,
+each key with its description), --set KEY=VALUE for any key (dotted, YAML value; e.g.
+--set loop.steps=200, --set node.window.voxel_size=0.05, --set node.model.bundle=B.pt), and
+the flags --output, --device, --seed, --log. The 'node' section is the node's own
+configuration (config/perception.yaml, or node_config): voxel size, window, lifting, topics
+and the models features are computed with, one source of truth with the node.
+
+Scale-out: every command runs unchanged under torchrun, e.g.
+  torchrun --nproc_per_node 4 -m concerto_ros.cli train ssl --config config/train_ssl.yaml --device cuda
+(NCCL on CUDA, gloo on the CPU; add --nnodes/--node_rank/--rdzv_endpoint for several
+machines). loop.batch_size is the global batch over all processes; rank 0 writes logs,
+checkpoints and bundles; --resume works with the same or another number of processes.
+
+Exit codes: 0 done, 1 training failed (the reason on one line), 2 bad configuration.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
-#: train sub-command -> (help, default config file name under config/)
+#: train sub-command -> (help, default config file under config/, "module:ConfigClass:function")
 TRAIN_COMMANDS = {
-    "ssl": ("self-supervised training of the Concerto PTv3 encoder on unlabelled recordings: Sonata-style "
-            "student/EMA-teacher self-distillation across augmented views + 2D-3D joint embedding of a "
-            "frozen image model's patch features (Concerto, arXiv 2510.23607)", "train_ssl.yaml"),
+    "ssl": ("self-supervised training of the Concerto PTv3 encoder on unlabelled recordings; objectives "
+            "(ssl.objective, combinable with '+'): concerto (3D self-distillation + 2D-3D joint embedding, arXiv "
+            "2510.23607), msm (Masked Scene Modeling, arXiv 2504.06719), pointcsp (cross-sample propagation + "
+            "geometry, arXiv 2605.01759)", "train_ssl.yaml", "concerto_ros.train.ssl:SSLConfig:train_ssl"),
     "cross4d": ("distil a frozen 2D teacher (DINOv2 or a seeded ViT) into the Cross4D 4D point-cloud-video "
-                "encoder (Cross4D-JEPA, arXiv 2607.00514)", "train_cross4d.yaml"),
+                "encoder (Cross4D-JEPA, arXiv 2607.00514)", "train_cross4d.yaml",
+                "concerto_ros.train.cross4d:Cross4DTrainConfig:train_cross4d"),
     "translator": ("fit the language translator (node features -> text-encoder space) with labels, for "
                    "free-text queries and open-vocabulary labels (Concerto, arXiv 2510.23607)",
-                   "train_translator.yaml"),
-    "probe": ("linear probe: fit a linear semantic head on the node's frozen encoder features with labelled "
-              "PCD files (mOSD) or point arrays; reports held-out mIoU, per-class IoU, accuracy "
-              "(Sonata/Concerto protocol)", "train_probe.yaml"),
+                   "train_translator.yaml", "concerto_ros.train.translator:TranslatorConfig:train_translator"),
+    "probe": ("linear probe: a linear semantic head on the node's frozen encoder features (or, with "
+              "finetune.enabled, encoder and head trained together) with labelled PCD files, point arrays or "
+              "RGB-D folders; reports test mIoU, per-class IoU, accuracy", "train_probe.yaml",
+              "concerto_ros.train.probe:ProbeConfig:train_probe"),
 }
 
 
@@ -46,66 +60,111 @@ def _default_config(name: str) -> str | None:
         return None
 
 
+def add_common_args(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
+    """The options every training command shares."""
+    parser.add_argument("--config", default=default_config, metavar="YAML",
+                        help="training config (YAML, nested keys); every key and its default: --print-config"
+                        + (" (default file: %(default)s)" if default_config else ""))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="set any config key (dotted name, YAML value), after --config; repeatable. E.g. "
+                        "--set loop.steps=200, --set node.window.voxel_size=0.05 (metres), "
+                        "--set node.model.bundle=outputs/ssl/bundle.pt")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (every key, with its description and range) and exit")
+    parser.add_argument("--output", default=None, metavar="DIR",
+                        help="output folder: bundle, checkpoints, logs, plots and caches (sets 'output')")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:N or auto (sets 'device'; under torchrun with cuda each process "
+                        "uses cuda:LOCAL_RANK)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (sets 'seed')")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in <output>/checkpoints (any number of processes)")
+    parser.add_argument("--log", choices=["csv", "tensorboard"], default=None,
+                        help="metric log format (sets 'log'); metrics.csv is always written")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``train`` and its sub-commands."""
-    from concerto_ros.train.common import add_common_args
-
-    parser = subparsers.add_parser("train", help="train models on recordings (ssl, cross4d, translator, probe)",
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser("train", help="train models on recordings (ssl, cross4d, probe, translator)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="train_command", metavar="MODEL")
     sub.required = True
-    for name, (help_text, cfg_name) in TRAIN_COMMANDS.items():
+    for name, (help_text, cfg_name, _) in TRAIN_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_common_args(p, default_config=_default_config(cfg_name))
-        p.add_argument("--source", action="append", default=[], metavar="PATH",
-                       help="rosbag2 recording or RGB-D folder (adds to data.sources; intrinsics of folders "
-                       "without camera.yaml via --set); repeatable")
+        if name == "probe":
+            p.add_argument("--train", action="append", default=[], metavar="PATH",
+                           help="labelled training source: a PCD file or folder (mOSD format) or an RGB-D folder with "
+                           "labels/; replaces data.train; repeatable. Without --test, data.test is emptied and the "
+                           "probe is scored on held-out cubes of these sources")
+            p.add_argument("--test", action="append", default=[], metavar="PATH",
+                           help="labelled test source (same kinds); replaces data.test; repeatable. A path that is "
+                           "also a training source is refused")
+        else:
+            p.add_argument("--source", action="append", default=[], metavar="PATH",
+                           help="recording to train on, added to data.sources: a rosbag2, an RGB-D folder (its "
+                           "camera.yaml, else set fx fy cx cy via --set data.sources=[...])" +
+                           (" with labels/" if name == "translator" else " or organized PCD files") + "; repeatable")
         p.set_defaults(func=run)
     return parser
 
 
+def _sets(args: argparse.Namespace) -> list[tuple[str, object]]:
+    from concerto_ros.train.config import parse_set_items
+
+    sets = parse_set_items(args.overrides)
+    sets += [(flag, getattr(args, flag)) for flag in ("output", "device", "seed", "log")
+             if getattr(args, flag, None) is not None]
+    return sets
+
+
+def _resolve(args: argparse.Namespace):
+    import yaml
+
+    mod_name, cls_name, fn_name = TRAIN_COMMANDS[args.train_command][2].split(":")
+    mod = importlib.import_module(mod_name)
+    values = {}
+    if args.config:
+        p = Path(args.config)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {p}")
+        values = yaml.safe_load(p.read_text()) or {}
+    cfg = getattr(mod, cls_name).from_mapping(values, _sets(args))
+    if args.train_command == "probe":
+        if args.train:
+            cfg.data.train = [{"type": "auto", "path": s} for s in args.train]
+            cfg.data.test = [] if not args.test else cfg.data.test
+        if args.test:
+            cfg.data.test = [{"type": "auto", "path": s} for s in args.test]
+    else:
+        cfg.data.sources = list(cfg.data.sources) + [{"path": s} for s in args.source]
+    cfg.validate()
+    return cfg, getattr(mod, fn_name)
+
+
 def run(args: argparse.Namespace) -> int:
     """Exit codes: 0 ok, 1 training error, 2 bad configuration."""
-    from concerto_ros.train.common import dump_config, resolve_config
+    from concerto_ros.train.config import dump_config
 
-    if args.train_command == "ssl":
-        from concerto_ros.train.ssl import DEFAULTS, train_ssl as train_fn
-    elif args.train_command == "cross4d":
-        from concerto_ros.train.cross4d import DEFAULTS, train_cross4d as train_fn
-    elif args.train_command == "translator":
-        from concerto_ros.train.translator import DEFAULTS, train_translator as train_fn
-    elif args.train_command == "probe":
-        from concerto_ros.train.probe import DEFAULTS, train_probe as train_fn
-    else:  # pragma: no cover - argparse restricts the choices
-        print(f"error: unknown train command {args.train_command}", file=sys.stderr)
-        return 2
     try:
-        cfg = resolve_config(DEFAULTS, args)
+        cfg, train_fn = _resolve(args)
     except (FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
-    if args.source and args.train_command == "probe":
-        cfg["data"]["train"] = list(cfg["data"]["train"]) + [{"type": "pcd", "path": s} for s in args.source]
-    elif args.source:
-        kind = {"translator": {"type": "folder"}}.get(args.train_command, {})
-        cfg["data"]["sources"] = list(cfg["data"]["sources"]) + [{"path": s, **kind} for s in args.source]
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
     try:
-        if args.train_command in ("cross4d", "ssl"):
-            train_fn(cfg, progress=not args.no_progress, resume=args.resume)
-        else:
-            train_fn(cfg, progress=not args.no_progress)
+        train_fn(cfg, progress=not args.no_progress, resume=args.resume)
     except (FileNotFoundError, ValueError, KeyError, ImportError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 1
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m concerto_ros.cli.train cross4d ...`` (same as ``concerto train cross4d ...``)."""
+    """``python -m concerto_ros.cli.train ssl ...`` (same as ``concerto train ssl ...``)."""
     parser = argparse.ArgumentParser(prog="concerto")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])

@@ -3,26 +3,33 @@
 Cross4D-JEPA (arXiv 2607.00514): every 3D point of a clip takes the teacher's patch feature
 at the pixel it projects to in its own frame (:mod:`concerto_ros.train.data`); the student
 (:class:`~concerto_ros.models.cross4d.Cross4DEncoder`) plus a per-token head
-(:class:`DistillHead`) predicts it under a cosine loss — no masking, no negatives, no
+(:class:`DistillHead`) predicts it under a cosine loss -- no masking, no negatives, no
 decoder. ``target.mode: global`` instead predicts one clip-level target (the mean patch
 feature of the clip's frames) from the mean token.
+
+Clips are the node's windows: ``node.cross4d.num_frames`` frames, ``node.window.voxel_size``
+voxels, ``node.cross4d.points_per_frame`` points per frame, lifting ``node.lift.*``; the
+student is ``node.cross4d.preset``. They are prepared once into ``<cache>/cross4d_clips``
+(:mod:`concerto_ros.train.prepared`); a step draws ``loop.batch_size`` clips (an epoch
+permutation: the distributed sampler over clips) and each process encodes its share, clips of
+equal length together.
 
 After every epoch the mean cosine similarity between predictions and targets is measured
 on the held-out points (every point of every frame, in held-out cubes, as the node
 evaluates whole windows), together with the cosine of the best constant prediction (the mean
 training target) as a baseline. Outputs in ``output``: ``cross4d.pt`` (the encoder the node
 loads, :func:`~concerto_ros.models.cross4d.load_cross4d`), ``bundle.pt`` (the same encoder
-with its window settings and ``data.voxel_size`` as a model bundle, for ``model.bundle``),
-``checkpoints/`` (resume),
-``metrics.csv`` (per step), ``eval.csv`` (per epoch), ``heldout_cosine.png`` and
-``config.yaml``.
+with its window settings and voxel size, for ``model.bundle``), ``checkpoints/``,
+``metrics.csv`` (per step), ``eval.csv`` (per epoch), ``heldout_cosine.png``, ``config.yaml``
+and ``summary.json``.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -32,54 +39,54 @@ import torch.nn.functional as F
 from torch import nn
 
 from concerto_ros.models.bundle import bundle_from_parts, save_bundle
-from concerto_ros.models.cross4d import (Cross4DEncoder, count_parameters, cross4d_config, cross4d_to_dict,
-                                         save_cross4d)
-from concerto_ros.models.teachers import build_teacher
-from concerto_ros.train.common import (Checkpointer, MetricLogger, Progress, autocast, cosine_lr, dump_config,
-                                       make_adamw, make_grad_scaler, print_summary, resolve_device, seed_everything)
-from concerto_ros.train.data import TargetCache, build_clips, collate, load_source
+from concerto_ros.models.cross4d import Cross4DEncoder, count_parameters, cross4d_config, cross4d_to_dict, save_cross4d
+from concerto_ros.train.common import autocast, fmt, plain, print_summary, seed_everything
+from concerto_ros.train.config import (LoopConfig, OptimConfig, TeacherConfig, TrainConfig, dump_config, section,
+                                       setting, to_dict)
+from concerto_ros.train.data import Clip, TargetCache, build_clips, collate, load_recordings
+from concerto_ros.train.dist import DistContext, EpochSampler
+from concerto_ros.train.loop import LoopPlan, StepOutput, Task, run_loop, step_seed
 
-__all__ = ["DEFAULTS", "DistillHead", "train_cross4d", "evaluate", "plot_curve"]
+__all__ = ["Cross4DTrainConfig", "DistillHead", "train_cross4d", "evaluate", "plot_curve", "clip_losses"]
 
-#: Default configuration (``concerto train cross4d --print-config`` prints it merged).
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "device": "cpu",
-    "amp": True,
-    "output": "outputs/cross4d",
-    "log": "csv",
-    "data": {
-        # each: {path, type: auto|bag|folder, fx, fy, cx, cy, depth_scale, rate_hz, max_frames}
-        "sources": [],
-        "perception_config": "",  # YAML of the node (topics, sync, tf, lift, fixed_frame) for bags
-        "fixed_frame": "world",
-        "lift": {"min_depth": 0.1, "max_depth": 8.0, "pixel_stride": 1},
-        "num_frames": 4,  # clip length T (the node's cross4d window)
-        "voxel_size": 0.02,  # m
-        "min_frames": 1,  # shortest window turned into a clip
-        "points_per_frame": 2048,  # encoder input N per frame
-        "heldout_fraction": 0.2,  # of the heldout_block cubes
-        "heldout_block": 0.25,  # m
-        "cache_dir": "~/.cache/concerto_ros/cross4d_targets",
-    },
-    "teacher": {
-        "name": "seeded_vit",  # seeded_vit | dinov2_vits14 | dinov2_vitb14 | <timm name> | module:FILE.pt
-        "weights": "",  # local weights file for DINOv2
-        "backend": "auto",  # DINOv2: auto | timm | builtin
-        "seed": 0,
-        "embed_dim": 64,  # seeded_vit only
-        "depth": 2,
-        "num_heads": 2,
-        "patch_size": 14,
-        "short_side": 224,  # px, teacher input short side
-        "lookup": "bilinear",  # nearest | bilinear
-        "zbuffer_tolerance": 0.05,  # m
-    },
-    "model": {"preset": "small", "use_color": True, "overrides": {}},
-    "target": {"mode": "dense"},  # dense | global
-    "optim": {"lr": 1.0e-3, "weight_decay": 0.05, "steps": 150, "warmup": 10, "batch_size": 1, "grad_clip": 1.0},
-    "train": {"steps_per_epoch": 15, "checkpoint_every": 50, "eval": True},
-}
+
+@dataclass
+class Cross4DDataConfig:
+    sources: list[dict] = setting(None, "Recordings: rosbag2 (RGB-D + CameraInfo + /tf) or RGB-D folders (fx fy cx cy "
+                                        "depth_scale when no camera.yaml).", factory=list)
+    min_frames: int = setting(1, "Shortest window turned into a clip (frames).", lo=1, hi=64)
+    heldout_fraction: float = setting(0.2, "Share of the heldout_block cubes whose targets are never trained on.",
+                                      lo=0.0, hi=1.0)
+    heldout_block: float = setting(0.25, "Held-out cube edge, metres.", lo=0.01, hi=100.0)
+
+
+@dataclass
+class Cross4DModelConfig:
+    use_color: bool = setting(True, "RGB as extra point channels.")
+    overrides: dict = setting(None, "Cross4DConfig fields over the preset (node.cross4d.preset), e.g. "
+                                    "{num_anchors: 96}.", factory=dict)
+
+
+@dataclass
+class TargetConfig:
+    mode: str = setting("dense", "dense (per point) | global (per clip).", choices=["dense", "global"])
+
+
+@dataclass
+class Cross4DTrainConfig(TrainConfig):
+    """``concerto train cross4d`` (``--print-config`` lists every key with its description)."""
+
+    NODE_DEFAULTS = {"cross4d.preset": "small"}
+
+    output: str = setting("outputs/cross4d", "Output folder (cross4d.pt, bundle.pt, logs, plots, checkpoints, cache).")
+    data: Cross4DDataConfig = section(Cross4DDataConfig, "Recordings and the held-out split.")
+    teacher: TeacherConfig = section(TeacherConfig, "The frozen 2D teacher.")
+    model: Cross4DModelConfig = section(Cross4DModelConfig, "Student input and architecture overrides.")
+    target: TargetConfig = section(TargetConfig, "What is distilled.")
+    loop: LoopConfig = section(lambda: LoopConfig(steps=150, batch_size=1, steps_per_epoch=15, checkpoint_every=50),
+                               "Steps, global batch (clips), evaluation and checkpoints.")
+    optim: OptimConfig = section(lambda: OptimConfig(lr=1e-3, weight_decay=0.05, warmup=10, grad_clip=1.0),
+                                 "AdamW with warm-up and cosine decay.")
 
 
 class DistillHead(nn.Module):
@@ -109,17 +116,20 @@ def _forward(encoder, head, batch, mode: str, use_color: bool):
     return head(out.point_feat)
 
 
-def _loss(pred, batch, mode: str) -> torch.Tensor:
+def clip_losses(pred: torch.Tensor, batch: dict, mode: str) -> torch.Tensor:
+    """``(B,)`` per-clip losses: ``1 - cos`` of the clip's prediction and global target
+    (``global``), or the mean ``1 - cos`` over the clip's training points (``dense``; 0 with
+    gradient for a clip without one)."""
     if mode == "global":
-        return (1.0 - F.cosine_similarity(pred.float(), batch["global_target"], dim=-1)).mean()
-    m = batch["train_mask"]
-    if not bool(m.any()):
-        return pred.sum() * 0.0
-    return (1.0 - F.cosine_similarity(pred.float()[m], batch["targets"][m], dim=-1)).mean()
+        return 1.0 - F.cosine_similarity(pred.float(), batch["global_target"], dim=-1)
+    m = batch["train_mask"].flatten(1)
+    err = (1.0 - F.cosine_similarity(pred.float(), batch["targets"], dim=-1)).flatten(1)
+    return (err * m).sum(1) / m.sum(1).clamp_min(1)
 
 
 @torch.no_grad()
-def evaluate(encoder, head, clips, cfg: dict, device: torch.device, baseline: Optional[torch.Tensor] = None) -> dict:
+def evaluate(encoder, head, clips, cfg, device: torch.device, baseline: Optional[torch.Tensor] = None,
+             ctx: Optional[DistContext] = None) -> dict:
     """Mean cosine similarity on held-out (and training) points of ``clips``.
 
     Every point of every clip frame is queried (``collate(full_query=True)``); inputs are the
@@ -136,13 +146,12 @@ def evaluate(encoder, head, clips, cfg: dict, device: torch.device, baseline: Op
     """
     encoder.eval()
     head.eval()
-    mode = cfg["target"]["mode"]
-    use_color = bool(cfg["model"]["use_color"])
+    mode, use_color = cfg.target.mode, cfg.model.use_color
     sums = {"h": 0.0, "t": 0.0, "b": 0.0, "c": 0.0}
     n_h = n_t = 0
-    for clip in clips:
-        batch = _to(collate([clip], cfg["data"]["points_per_frame"], rng=None, full_query=mode == "dense"), device)
-        with autocast(device, bool(cfg["amp"])):
+    for clip in (ctx.shard(clips) if ctx is not None else clips):
+        batch = _to(collate([clip], cfg.node.cross4d.points_per_frame, rng=None, full_query=mode == "dense"), device)
+        with autocast(device, cfg.amp):
             pred = _forward(encoder, head, batch, mode, use_color).float()
         if mode == "global":
             c = F.cosine_similarity(pred, batch["global_target"], dim=-1)
@@ -164,6 +173,10 @@ def evaluate(encoder, head, clips, cfg: dict, device: torch.device, baseline: Op
         n_t += int(batch["train_mask"].sum())
     encoder.train()
     head.train()
+    if ctx is not None:
+        sums["h"], sums["t"], sums["b"], sums["c"], n_h, n_t = ctx.all_reduce_sum(
+            [sums["h"], sums["t"], sums["b"], sums["c"], n_h, n_t])
+        n_h, n_t = int(n_h), int(n_t)
     return {"heldout_cos": sums["h"] / max(n_h, 1), "train_cos": sums["t"] / max(n_t, 1),
             "baseline_heldout_cos": sums["b"] / max(n_h, 1) if baseline is not None else float("nan"),
             "heldout_centered_cos": sums["c"] / max(n_h, 1) if baseline is not None else float("nan"),
@@ -202,185 +215,174 @@ def plot_curve(rows: list[dict], path: str | Path, title: str = "Cross4D distill
     return path
 
 
-def _sample_batch(groups: dict[int, list], batch_size: int, rng: np.random.Generator) -> list:
-    keys = sorted(groups)
-    sizes = np.array([len(groups[k]) for k in keys], dtype=np.float64)
-    g = groups[keys[rng.choice(len(keys), p=sizes / sizes.sum())]]
-    idx = rng.choice(len(g), batch_size, replace=len(g) < batch_size)
-    return [g[i] for i in idx]
+class _Student(nn.Module):
+    """Encoder + head; ``forward(groups)`` with the share's clips collated by length."""
+
+    def __init__(self, encoder: Cross4DEncoder, head: DistillHead, cfg: Cross4DTrainConfig, ctx: DistContext):
+        super().__init__()
+        self.encoder, self.head, self.cfg, self.ctx = encoder, head, cfg, ctx
+
+    def forward(self, share: tuple[list[dict], int]) -> StepOutput:
+        groups, total = share
+        losses = [clip_losses(_forward(self.encoder, self.head, b, self.cfg.target.mode, self.cfg.model.use_color),
+                              b, self.cfg.target.mode) for b in groups]
+        per_clip = torch.cat(losses)
+        points = sum(int(np.prod(b["points"].shape[:3])) for b in groups)
+        return StepOutput(self.ctx.share_loss(per_clip.sum(), total), {"loss": float(per_clip.detach().sum())},
+                          len(per_clip), points)
 
 
-def train_cross4d(cfg: dict, log: Callable[[str], Any] = print, progress: bool = True, resume: bool = False) -> dict:
-    """Run the distillation described by ``cfg`` (see :data:`DEFAULTS`).
+class Cross4DTask(Task):
+    """Distillation step over this process's share of the clips."""
 
-    Returns:
-        summary dict: ``losses`` (per step), ``eval`` (per-epoch rows), ``checkpoint`` (path
-        of ``cross4d.pt``), ``bundle`` (path of ``bundle.pt``), ``parameters`` (encoder), ``head_parameters``, ``final_heldout_cos``,
-        ``points_per_s``, ``cache`` (hits, misses), ``steps``.
+    def __init__(self, cfg: Cross4DTrainConfig, ctx: DistContext, clips: list[Clip], teacher_dim: int, batch: int):
+        torch.manual_seed(cfg.seed)  # the same initial weights on every process
+        enc_cfg = cross4d_config(cfg.node.cross4d.preset, point_channels=3 if cfg.model.use_color else 0,
+                                 **cfg.model.overrides)
+        self.encoder = Cross4DEncoder(enc_cfg).to(ctx.device)
+        self.head = DistillHead(enc_cfg.dim, teacher_dim).to(ctx.device)
+        self.model = _Student(self.encoder, self.head, cfg, ctx)
+        self.cfg, self.ctx, self.clips = cfg, ctx, clips
+        self.sampler = EpochSampler(len(clips), batch, cfg.seed)
+        self.baseline = _mean_target(clips, teacher_dim)
 
-    Raises:
-        ValueError: no data source, bad mode, or a source that cannot be read.
-    """
-    cfg = copy.deepcopy(cfg)
-    dcfg, tcfg, ocfg = cfg["data"], cfg["teacher"], cfg["optim"]
-    mode = cfg["target"]["mode"]
-    if mode not in ("dense", "global"):
-        raise ValueError(f"target.mode must be dense or global, got {mode!r}")
-    if not dcfg["sources"]:
-        raise ValueError("no data: set data.sources (a list of {path: ...} entries of bags or RGB-D folders)")
-    seed_everything(int(cfg["seed"]))
-    device = resolve_device(cfg["device"])
-    out_dir = Path(cfg["output"]).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(dump_config(cfg))
+    def batch(self, step: int) -> tuple[list[dict], int]:
+        """This process's clips of the step, collated by length; each clip's points drawn with
+        a seed of ``(seed, step, slot)``, so the batch does not depend on the process count."""
+        npf = self.cfg.node.cross4d.points_per_frame
+        by_len: dict[int, list[dict]] = {}
+        for slot, k in self.sampler.share(step, self.ctx):
+            clip = self.clips[k]
+            one = collate([clip], npf, rng=np.random.default_rng(step_seed(self.cfg.seed, step, slot)))
+            by_len.setdefault(clip.num_frames, []).append(one)
+        groups = [{key: torch.cat([b[key] for b in g]) for key in g[0]} for _, g in sorted(by_len.items())]
+        return [_to(g, self.ctx.device) for g in groups], self.sampler.batch
 
-    # ---- teacher and targets
-    tkw = {k: tcfg[k] for k in ("embed_dim", "depth", "num_heads", "patch_size")} if tcfg["name"] == "seeded_vit" else {}
-    teacher = build_teacher(tcfg["name"], weights=tcfg["weights"] or None, seed=int(tcfg["seed"]), device=device,
-                            backend=tcfg["backend"], **tkw)
-    cache = TargetCache(dcfg["cache_dir"], teacher, int(tcfg["short_side"]), device=device)
-    pcfg = None
-    if dcfg.get("perception_config"):
-        from concerto_ros.config import load_config
-        pcfg = load_config(dcfg["perception_config"])
-    clips = []
-    t0 = time.perf_counter()
-    for src in dcfg["sources"]:
-        src = {"path": src} if isinstance(src, str) else dict(src)
-        rec = load_source(src, {**dcfg["lift"]}, perception_cfg=pcfg, log=log)
-        clips += build_clips(rec, cache, int(dcfg["num_frames"]), float(dcfg["voxel_size"]), lookup=tcfg["lookup"],
-                             zbuffer_tolerance=float(tcfg["zbuffer_tolerance"]),
-                             heldout_block=float(dcfg["heldout_block"]),
-                             heldout_fraction=float(dcfg["heldout_fraction"]), min_frames=int(dcfg["min_frames"]))
-        log(f"{rec.path}: {len(rec.frames)} frames -> clips so far {len(clips)}")
-    del teacher
-    teacher_dim = int(clips[0].global_target.shape[0])
-    log(f"{len(clips)} clips in {time.perf_counter() - t0:.1f} s; teacher {cache.teacher_key} ({teacher_dim}-d); "
-        f"target cache {cache.root} ({cache.hits} hits, {cache.misses} misses)")
+    def evaluate(self, step: int) -> dict[str, float]:
+        return evaluate(self.encoder, self.head, self.clips, self.cfg, self.ctx.device, self.baseline, self.ctx)
 
-    # constant baseline: the mean training target
-    tsum = torch.zeros(teacher_dim)
-    tcount = 0
+
+def _mean_target(clips: list[Clip], dim: int) -> torch.Tensor:
+    """The constant baseline: the mean training target over every clip frame."""
+    tsum, count = torch.zeros(dim), 0
     for c in clips:
         for f in c.frames:
             m = torch.as_tensor(f.visible & ~f.heldout)
             tsum += f.targets[m].float().sum(0)
-            tcount += int(m.sum())
-    baseline = tsum / max(tcount, 1)
+            count += int(m.sum())
+    return tsum / max(count, 1)
 
-    # ---- student
-    mcfg = cfg["model"]
-    use_color = bool(mcfg["use_color"])
-    enc_cfg = cross4d_config(mcfg["preset"], point_channels=3 if use_color else 0, **(mcfg.get("overrides") or {}))
-    encoder = Cross4DEncoder(enc_cfg).to(device)
-    head = DistillHead(enc_cfg.dim, teacher_dim).to(device)
-    n_enc, n_head = count_parameters(encoder), count_parameters(head)
-    log(f"Cross4D student '{mcfg['preset']}': {n_enc:,} encoder + {n_head:,} head parameters; device {device}")
-    params = list(encoder.parameters()) + list(head.parameters())
-    optim = make_adamw(params, float(ocfg["lr"]), float(ocfg["weight_decay"]))
-    scaler = make_grad_scaler(device, bool(cfg["amp"]))
-    ckpt = Checkpointer(out_dir, every=int(cfg["train"]["checkpoint_every"]))
-    start, eval_rows = 0, []
-    if resume:
-        blob = ckpt.load_latest()
-        if blob is None:
-            log(f"--resume: no checkpoint in {ckpt.dir}; starting from scratch")
-        else:
-            encoder.load_state_dict(blob["encoder"])
-            head.load_state_dict(blob["head"])
-            optim.load_state_dict(blob["optim"])
-            start, eval_rows = int(blob["step"]), list(blob.get("eval_rows", []))
-            log(f"resumed from {blob['path']} at step {start}")
-    metrics = MetricLogger(out_dir, tensorboard=cfg["log"] == "tensorboard", append=resume and start > 0)
-    evals = MetricLogger(out_dir, append=resume and start > 0, name="eval")
 
-    groups: dict[int, list] = {}
-    for c in clips:
-        groups.setdefault(c.num_frames, []).append(c)
-    rng = np.random.default_rng(int(cfg["seed"]) + start)
-    total = int(ocfg["steps"])
-    spe = max(1, int(cfg["train"]["steps_per_epoch"]))
-    bs = int(ocfg["batch_size"])
-    npf = int(dcfg["points_per_frame"])
-    bar = Progress(total, initial=start, desc="train cross4d", enabled=progress)
-    losses: list[float] = []
-    rate = 0.0
-    encoder.train()
-    head.train()
-    t_train = time.perf_counter()
-    pts_total = 0
+def prepare_clips(cfg: Cross4DTrainConfig, ctx: DistContext, log) -> tuple[list[Clip], str]:
+    """Clips of every source (with dense targets), built by the processes together and cached
+    in ``<cache>/cross4d_clips``.
 
-    def state(step):
-        return {"encoder": encoder.state_dict(), "head": head.state_dict(), "optim": optim.state_dict(),
-                "config": cfg, "eval_rows": eval_rows}
+    Raises:
+        ValueError: no source or no clip.
+    """
+    from concerto_ros.train.prepared import expand_sources, prepare_units
 
-    for step in range(start, total):
-        lr = cosine_lr(step, total, float(ocfg["lr"]), int(ocfg["warmup"]))
-        for g in optim.param_groups:
-            g["lr"] = lr
-        batch = _to(collate(_sample_batch(groups, bs, rng), npf, rng=rng), device)
-        with autocast(device, bool(cfg["amp"])):
-            pred = _forward(encoder, head, batch, mode, use_color)
-        loss = _loss(pred, batch, mode)
-        optim.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if float(ocfg["grad_clip"]) > 0:
-            scaler.unscale_(optim)
-            torch.nn.utils.clip_grad_norm_(params, float(ocfg["grad_clip"]))
-        scaler.step(optim)
-        scaler.update()
-        n_pts = int(batch["points"].shape[0] * batch["points"].shape[1] * batch["points"].shape[2])
-        pts_total += n_pts
-        lv = float(loss.detach())
-        losses.append(lv)
-        rate = bar.update(lv, lr, n_pts)
-        metrics.log({"step": step + 1, "loss": lv, "lr": lr, "points_per_s": rate})
-        done = step + 1
-        if cfg["train"]["eval"] and (done % spe == 0 or done == total):
-            ev = evaluate(encoder, head, clips, cfg, device, baseline)
-            row = {"epoch": math.ceil(done / spe), "step": done, **ev}
-            eval_rows.append(row)
-            evals.log(row)
-            bar.bar.write(f"epoch {row['epoch']} (step {done}): held-out cosine {ev['heldout_cos']:.4f}, "
-                          f"train {ev['train_cos']:.4f}, constant baseline {ev['baseline_heldout_cos']:.4f}, "
-                          f"held-out mean-centred {ev['heldout_centered_cos']:.4f}")
-        if ckpt.due(done):
-            ckpt.save(done, state(done))
-    bar.close()
-    ckpt.save(total, state(total))
-    metrics.close()
-    final = out_dir / "cross4d.pt"
-    extra = {"preset": mcfg["preset"], "teacher": cache.teacher_key, "teacher_dim": teacher_dim, "target_mode": mode,
-             "num_frames": int(dcfg["num_frames"]), "points_per_frame": npf, "voxel_size": float(dcfg["voxel_size"]),
-             "use_color": use_color, "steps": total}
-    save_cross4d(final, encoder, head, extra=extra)
-    metrics = {k: eval_rows[-1][k] for k in ("heldout_cos", "baseline_heldout_cos", "train_cos")
-               if eval_rows and k in eval_rows[-1]}
+    d, node, t = cfg.data, cfg.node, cfg.teacher
+    if not d.sources:
+        raise ValueError("no data: set data.sources (a list of {path: ...} entries of bags or RGB-D folders) or give "
+                         "--source PATH")
+    cache = TargetCache(cfg.cache_path / "targets", t.build(ctx.device), t.short_side, ctx.device)
+    settings = {"node": {k: to_dict(getattr(node, k)) for k in ("lift", "window", "topics", "sync", "tf")},
+                "fixed_frame": node.fixed_frame, "frames": node.cross4d.num_frames, "min_frames": d.min_frames,
+                "heldout": [d.heldout_block, d.heldout_fraction], "teacher": [cache.teacher_key, t.lookup,
+                                                                             t.zbuffer_tolerance]}
+
+    def build(unit: dict) -> list[Clip]:
+        return [c for rec in load_recordings(unit, node, log) for c in build_clips(
+            rec, cache, node.cross4d.num_frames, node.window.voxel_size, lookup=t.lookup,
+            zbuffer_tolerance=t.zbuffer_tolerance, heldout_block=d.heldout_block,
+            heldout_fraction=d.heldout_fraction, min_frames=d.min_frames)]
+
+    clips = [c for items in prepare_units(expand_sources(d.sources), settings, cfg.cache_path / "cross4d_clips",
+                                          build, ctx, log) for c in items]
+    if not clips:
+        raise ValueError("no clip: the sources gave no frame with points")
+    return clips, cache.teacher_key
+
+
+def train_cross4d(cfg: Cross4DTrainConfig, log: Callable[[str], Any] = print, progress: bool = True,
+                  resume: bool = False) -> dict:
+    """Run the distillation (see the module docstring); under torchrun every process calls it
+    and rank 0 writes the outputs.
+
+    Returns:
+        summary dict (every process): ``losses`` (per step), ``eval`` (per-epoch rows),
+        ``checkpoint`` (``cross4d.pt``), ``bundle``, ``parameters`` (encoder),
+        ``head_parameters``, ``final_heldout_cos``, ``baseline_heldout_cos``,
+        ``points_per_s``, ``clips``, ``steps``, ``world_size``.
+
+    Raises:
+        ValueError: no data source or a source that cannot be read.
+    """
+    ctx = DistContext.from_env(cfg.device)
+    log = ctx.main_only(log)
+    try:
+        seed_everything(cfg.seed)
+        if ctx.is_main:
+            cfg.output_dir.mkdir(parents=True, exist_ok=True)
+            (cfg.output_dir / "config.yaml").write_text(dump_config(cfg))
+        t0 = time.perf_counter()
+        clips, key = prepare_clips(cfg, ctx, log)
+        dim = int(clips[0].global_target.shape[0])
+        log(f"{len(clips)} clips in {time.perf_counter() - t0:.1f} s; teacher {key} ({dim}-d)")
+        batch = max(cfg.loop.batch_size, ctx.world_size)
+        task = Cross4DTask(cfg, ctx, clips, dim, batch)
+        log(f"Cross4D student '{cfg.node.cross4d.preset}': {count_parameters(task.encoder):,} encoder + "
+            f"{count_parameters(task.head):,} head parameters; global batch {batch} on {ctx.world_size} process(es), "
+            f"{ctx.device}")
+        plan = LoopPlan(cfg.loop.steps, cfg.loop.steps_per_epoch, cfg.optim.lr, cfg.optim.weight_decay,
+                        cfg.optim.warmup, cfg.optim.grad_clip, cfg.loop.checkpoint_every, cfg.loop.keep_checkpoints,
+                        cfg.loop.eval, cfg.seed, cfg.amp, desc="train cross4d")
+        result = run_loop(task, plan, ctx, cfg.output_dir, resume=resume, progress=progress,
+                          tensorboard=cfg.log == "tensorboard", log=log)
+        summary = _export(cfg, task, result, key, dim, ctx) if ctx.is_main else None
+        return ctx.broadcast_object(summary)
+    finally:
+        ctx.close()
+
+
+def _export(cfg: Cross4DTrainConfig, task: Cross4DTask, result, key: str, dim: int, ctx: DistContext) -> dict:
+    """Rank 0: ``cross4d.pt``, ``bundle.pt``, the curve, ``summary.json`` and the table."""
+    out, c4, mode = cfg.output_dir, cfg.node.cross4d, cfg.target.mode
+    extra = {"preset": c4.preset, "teacher": key, "teacher_dim": dim, "target_mode": mode,
+             "num_frames": c4.num_frames, "points_per_frame": c4.points_per_frame,
+             "voxel_size": cfg.node.window.voxel_size, "use_color": cfg.model.use_color, "steps": cfg.loop.steps}
+    final = save_cross4d(out / "cross4d.pt", task.encoder, task.head, extra=extra)
+    last = result.eval_rows[-1] if result.eval_rows else {}
     bundle = bundle_from_parts(
-        cross4d=cross4d_to_dict(encoder, extra=extra), voxel_size=float(dcfg["voxel_size"]),
-        cross4d_settings={"num_frames": int(dcfg["num_frames"]), "points_per_frame": npf, "average": "points"},
-        metadata={"description": f"Cross4D '{mcfg['preset']}' encoder distilled from {cache.teacher_key} ({mode})",
-                  "command": "concerto train cross4d", "config": cfg, "metrics": metrics})
-    bundle_path = save_bundle(bundle, out_dir / "bundle.pt")
-    log(f"model bundle {bundle_path} (Cross4D encoder only): run it with model.bundle: {bundle_path}")
-    if eval_rows:
-        plot_curve(eval_rows, out_dir / "heldout_cosine.png",
-                   title=f"Cross4D '{mcfg['preset']}' <- {cache.teacher_key.split('-')[0]} ({mode})")
-    wall = time.perf_counter() - t_train
+        cross4d=cross4d_to_dict(task.encoder, extra=extra), voxel_size=cfg.node.window.voxel_size,
+        cross4d_settings={"num_frames": c4.num_frames, "points_per_frame": c4.points_per_frame, "average": "points"},
+        metadata={"description": f"Cross4D '{c4.preset}' encoder distilled from {key} ({mode})",
+                  "command": "concerto train cross4d", "config": json.loads(json.dumps(to_dict(cfg), default=str)),
+                  "metrics": plain({k: last[k] for k in ("heldout_cos", "baseline_heldout_cos", "train_cos")
+                                    if k in last})})
+    bundle_path = save_bundle(bundle, out / "bundle.pt")
+    if result.eval_rows:
+        plot_curve(result.eval_rows, out / "heldout_cosine.png",
+                   title=f"Cross4D '{c4.preset}' <- {key.split('-')[0]} ({mode})")
+    losses = result.column("loss")
     summary = {
-        "losses": losses, "eval": eval_rows, "checkpoint": str(final), "parameters": n_enc, "head_parameters": n_head,
-        "final_heldout_cos": eval_rows[-1]["heldout_cos"] if eval_rows else float("nan"),
-        "baseline_heldout_cos": eval_rows[-1]["baseline_heldout_cos"] if eval_rows else float("nan"),
-        "points_per_s": pts_total / max(wall, 1e-9), "cache": (cache.hits, cache.misses), "steps": total,
-        "clips": len(clips), "bundle": str(bundle_path),
-    }
+        "losses": losses, "eval": result.eval_rows, "checkpoint": str(final), "bundle": str(bundle_path),
+        "parameters": count_parameters(task.encoder), "head_parameters": count_parameters(task.head),
+        "final_heldout_cos": last.get("heldout_cos", float("nan")),
+        "baseline_heldout_cos": last.get("baseline_heldout_cos", float("nan")),
+        "points_per_s": result.points_per_s, "clips": len(task.clips), "steps": cfg.loop.steps,
+        "world_size": ctx.world_size, "wall_s": result.wall_s}
+    (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "losses"}, indent=2,
+                                                 default=str))
     print_summary("concerto train cross4d", [
-        ("clips", len(clips)), ("teacher", cache.teacher_key), ("student", f"{mcfg['preset']} ({n_enc:,} params)"),
-        ("target mode", mode), ("steps", total), ("first / last loss",
-                                                   f"{losses[0]:.4f} / {losses[-1]:.4f}" if losses else "-"),
-        ("held-out cosine", summary["final_heldout_cos"]), ("constant baseline", summary["baseline_heldout_cos"]),
-        ("held-out mean-centred cosine", eval_rows[-1]["heldout_centered_cos"] if eval_rows else float("nan")),
-        ("points/s", f"{summary['points_per_s']:,.0f}"), ("wall time", f"{wall:.1f} s"), ("checkpoint", str(final)),
-        ("bundle", str(bundle_path)),
-    ])
+        ("clips", len(task.clips)), ("teacher", key), ("student", f"{c4.preset} ({summary['parameters']:,} params)"),
+        ("target mode", mode), ("steps x global batch", f"{cfg.loop.steps} x {task.sampler.batch}"),
+        ("processes", ctx.world_size),
+        ("first / last loss", f"{fmt(losses[0])} / {fmt(losses[-1])}" if losses else "-"),
+        ("held-out cosine", fmt(summary["final_heldout_cos"])),
+        ("constant baseline", fmt(summary["baseline_heldout_cos"])),
+        ("held-out mean-centred cosine", fmt(last.get("heldout_centered_cos"))),
+        ("points/s", f"{result.points_per_s:,.0f}"), ("wall time", f"{result.wall_s:.1f} s"),
+        ("checkpoint", str(final)), ("bundle", str(bundle_path))])
     return summary

@@ -1,4 +1,12 @@
-"""Training clips from recordings, with the node's lifting and windowing, and the target cache.
+"""Every training command's data access: recordings, labelled scenes, the target cache, clips.
+
+One function reads a ``data.sources`` entry for the self-supervised commands,
+:func:`load_recordings` (the point to swap when the ``recordings`` package lands); for the
+labelled commands :func:`list_labelled` expands ``data.train`` / ``data.test`` /
+``data.sources`` entries and :func:`load_labelled_points` / :func:`iter_folder_frames` read
+them. Lifting, topics, sync, TF and the fixed frame always come from the node's
+:class:`~concerto_ros.config.PerceptionConfig` (``node.*`` of the training config), for bags,
+RGB-D folders and PCD files alike.
 
 Sources are rosbag2 recordings (RGB-D + CameraInfo + TF, decoded exactly as the node does
 with :class:`~concerto_ros.pipeline.RGBDFrameAssembler` and the bag's TF tree) or RGB-D
@@ -25,9 +33,11 @@ measured on them.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -39,9 +49,10 @@ from concerto_ros.models.teachers import teacher_cache_key, teacher_grid
 from concerto_ros.sensors.lifting import lift_depth
 from concerto_ros.sensors.types import CameraIntrinsics, PointFrame, RGBDFrame
 
-__all__ = ["RecordingFrame", "Recording", "load_folder", "load_bag", "load_pcd", "load_source", "load_sources",
-           "TargetCache",
-           "ClipFrame", "Clip", "build_clips", "heldout_mask", "collate", "recording_key"]
+__all__ = ["RecordingFrame", "Recording", "recording_key", "source_entry", "source_fingerprint", "load_recordings",
+           "load_folder",
+           "load_bag", "load_pcd", "iter_folder_frames", "list_labelled", "load_labelled_points", "TargetCache",
+           "heldout_mask", "ClipFrame", "Clip", "build_clips", "collate"]
 
 
 @dataclass
@@ -82,55 +93,153 @@ def recording_key(path: str | Path) -> str:
     return f"{p.name}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
 
 
-def _lift(frame: RGBDFrame, T: np.ndarray, lift_cfg: dict, fixed_frame: str) -> PointFrame:
-    return lift_depth(frame, T, min_depth=float(lift_cfg.get("min_depth", 0.1)),
-                      max_depth=float(lift_cfg.get("max_depth", 8.0)), stride=int(lift_cfg.get("pixel_stride", 1)),
-                      fixed_frame=fixed_frame)
+def source_fingerprint(path: str | Path) -> str:
+    """sha1 of the relative name, size and modification time of every file under ``path`` (or
+    of ``path`` itself): changes when a recording is re-written, for cache keys."""
+    p = Path(path).expanduser()
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    h = hashlib.sha1(str(p.resolve()).encode())
+    for q in files:
+        st = q.stat()
+        h.update(f"{q.relative_to(p) if p.is_dir() else q.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
 
 
-def load_folder(folder: str | Path, lift_cfg: dict, intrinsics: Optional[dict] = None, depth_scale: Optional[float] = None,
-                rate_hz: float = 30.0, fixed_frame: str = "world", color_order: str = "bgr",
-                max_frames: Optional[int] = None) -> Recording:
-    """Read and lift an RGB-D folder (format of :mod:`concerto_ros.bag.convert_rgbd`).
+def _lift(frame: RGBDFrame, T: np.ndarray, lift, fixed_frame: str) -> PointFrame:
+    return lift_depth(frame, T, min_depth=float(lift.min_depth), max_depth=float(lift.max_depth),
+                      stride=int(lift.pixel_stride), fixed_frame=fixed_frame)
 
-    Args:
-        folder: the folder.
-        lift_cfg: ``min_depth``/``max_depth`` metres, ``pixel_stride`` (the node's ``lift.*``).
-        intrinsics: ``{"fx", "fy", "cx", "cy"}`` pixels; default from ``camera.yaml``.
-        depth_scale: depth units per metre; default ``camera.yaml``'s or 1000.
-        rate_hz: frame rate for the stamps when the pose file has none (``camera.yaml``'s
-            ``rate_hz`` wins when present).
+
+def _natural_key(p: Path):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
+
+
+def pcd_files(path: Path, limit: int = 0) -> list[Path]:
+    files = sorted(path.glob("*.pcd"), key=_natural_key) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"{path} holds no .pcd file")
+    return files[:limit] if limit > 0 else files
+
+
+def source_entry(src: dict | str | Path, what: str = "data source") -> tuple[dict, Path]:
+    """A source entry as ``(dict with "path", its expanded path)``: a plain path stands for
+    ``{path: PATH}``.
 
     Raises:
-        ValueError / FileNotFoundError: see :func:`scan_rgbd_folder`; missing intrinsics.
+        FileNotFoundError: the path does not exist (the message names ``what``).
     """
-    from concerto_ros.bag.convert_rgbd import _read_color, _read_depth, _resolve_intrinsics, scan_rgbd_folder
+    src = {"path": src} if isinstance(src, (str, Path)) else dict(src)
+    path = Path(str(src["path"])).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    return src, path
+
+
+def source_kind(src: dict, path: Path) -> str:
+    kind = str(src.get("type", "auto"))
+    if kind != "auto":
+        return kind
+    if (path / "color").is_dir() and (path / "depth").is_dir():
+        return "folder"
+    if path.suffix == ".pcd" or (path.is_dir() and any(path.glob("*.pcd"))):
+        return "pcd"
+    return "bag"
+
+
+# ----------------------------------------------------------------------------- recordings
+def load_recordings(src: dict | str, node, log: Callable[[str], Any] | None = None) -> list[Recording]:
+    """Read and lift one ``data.sources`` entry of the self-supervised commands.
+
+    Args:
+        src: a path, or ``{"path", "type": auto|bag|folder|pcd, "fx", "fy", "cx", "cy",
+            "depth_scale", "rate_hz", "max_frames", "limit"}`` (auto: a folder with ``color/``
+            and ``depth/`` is an RGB-D folder, ``.pcd`` files are PCD, anything else a bag). A
+            ``pcd`` source gives one one-frame recording per file (natural order, the first
+            ``limit`` when > 0), in the camera optical frame.
+        node: the node's :class:`~concerto_ros.config.PerceptionConfig`: ``lift.*`` for every
+            type; topics, sync, TF and ``fixed_frame`` for bags; ``fixed_frame`` names the
+            frame of folders and PCD files.
+
+    Returns:
+        The recordings, each with its frames in time order.
+
+    Raises:
+        FileNotFoundError: a path that does not exist. ValueError: an unknown type or data
+        the loaders refuse (see :func:`load_folder`, :func:`load_bag`, :func:`load_pcd`).
+    """
+    src, path = source_entry(src)
+    kind = source_kind(src, path)
+    intr = {k: src[k] for k in ("fx", "fy", "cx", "cy") if src.get(k) is not None}
+    if kind == "pcd":
+        return [load_pcd(f, intr, node.lift, fixed_frame=node.fixed_frame)
+                for f in pcd_files(path, int(src.get("limit", 0) or 0))]
+    if kind == "folder":
+        return [load_folder(path, node.lift, intrinsics=intr or None, depth_scale=src.get("depth_scale"),
+                            rate_hz=src.get("rate_hz"), fixed_frame=node.fixed_frame,
+                            max_frames=src.get("max_frames"))]
+    if kind == "bag":
+        return [load_bag(path, node, max_frames=src.get("max_frames"), log=log)]
+    raise ValueError(f"data source type must be auto, bag, folder or pcd, got {kind!r}")
+
+
+def iter_folder_frames(folder: str | Path, intrinsics: Optional[dict] = None, depth_scale: Optional[float] = None,
+                       rate_hz: Optional[float] = None, max_frames: Optional[int] = None, labels: bool = False,
+                       color_order: str = "bgr") -> Iterator[tuple[str, RGBDFrame, np.ndarray]]:
+    """The frames of an RGB-D folder (format of :mod:`concerto_ros.bag.convert_rgbd`), in order.
+
+    Args:
+        intrinsics: ``{"fx", "fy", "cx", "cy"}`` pixels; default from ``camera.yaml``.
+        depth_scale: depth units per metre; default ``camera.yaml``'s or 1000.
+        rate_hz: frame rate for the stamps when the pose file has none (default
+            ``camera.yaml``'s ``rate_hz`` or 30).
+        labels: read ``labels/<n>.png`` into ``RGBDFrame.labels`` (``(H, W) int32``).
+
+    Yields:
+        ``(frame key, RGBDFrame (optical frame "camera", stamp in ns), T_world_cam (4, 4)
+        float64)``.
+
+    Raises:
+        ValueError / FileNotFoundError: see :func:`~concerto_ros.bag.convert_rgbd.scan_rgbd_folder`;
+        missing intrinsics; ``labels`` without a ``labels/`` folder.
+    """
+    from concerto_ros.bag.convert_rgbd import _read_color, _read_depth, _read_labels, _resolve_intrinsics, scan_rgbd_folder
 
     f = scan_rgbd_folder(folder)
+    if labels and not f.labels:
+        raise ValueError(f"RGB-D folder {folder} has no labels/ folder: labelled frames are needed")
     (fx, fy, cx, cy), _ = _resolve_intrinsics(intrinsics, f.camera, f.root)
     scale = float(depth_scale if depth_scale is not None else f.camera.get("depth_scale", 1000.0))
-    rate = float(f.camera.get("rate_hz", rate_hz))
-    frames = []
-    n = len(f.stems) if max_frames is None else min(max_frames, len(f.stems))
+    rate = float(rate_hz if rate_hz is not None else f.camera.get("rate_hz", 30.0))
+    n = len(f.stems) if max_frames is None else min(int(max_frames), len(f.stems))
     for i in range(n):
-        rgb = _read_color(f.color[i], color_order)
         depth = _read_depth(f.depth[i])
         intr = CameraIntrinsics(fx=fx, fy=fy, cx=cx, cy=cy, width=depth.shape[1], height=depth.shape[0])
         stamp = f.stamps_ns[i] if f.stamps_ns is not None else int(round(i * 1e9 / rate))
-        rgbd = RGBDFrame(stamp_ns=stamp, frame_id="camera", color=rgb, depth=depth, depth_scale=scale, intrinsics=intr)
-        T = np.asarray(f.poses[i], dtype=np.float64)
-        frames.append(RecordingFrame(f.stems[i], rgb, _lift(rgbd, T, lift_cfg, fixed_frame), intr, T))
+        lab = _read_labels(f.labels[i]).astype(np.int32) if labels else None
+        yield f.stems[i], RGBDFrame(stamp_ns=stamp, frame_id="camera", color=_read_color(f.color[i], color_order),
+                                    depth=depth, depth_scale=scale, intrinsics=intr, labels=lab), \
+            np.asarray(f.poses[i], dtype=np.float64)
+
+
+def load_folder(folder: str | Path, lift, intrinsics: Optional[dict] = None, depth_scale: Optional[float] = None,
+                rate_hz: Optional[float] = None, fixed_frame: str = "world",
+                max_frames: Optional[int] = None) -> Recording:
+    """Read and lift an RGB-D folder (see :func:`iter_folder_frames`) with the node's ``lift``
+    settings (:class:`~concerto_ros.config.LiftConfig`: ``min_depth``/``max_depth`` metres,
+    ``pixel_stride``)."""
+    frames = [RecordingFrame(key, fr.color, _lift(fr, T, lift, fixed_frame), fr.intrinsics, T)
+              for key, fr, T in iter_folder_frames(folder, intrinsics, depth_scale, rate_hz, max_frames)]
     return Recording(recording_key(folder), Path(folder), frames)
 
 
-def load_bag(bag: str | Path, perception_cfg=None, max_frames: Optional[int] = None,
+def load_bag(bag: str | Path, node=None, max_frames: Optional[int] = None,
              log: Callable[[str], Any] | None = None) -> Recording:
     """Decode and lift the RGB-D frames of a rosbag2 exactly as offline replay and the node do
     (same topics, approximate-time sync, TF lookup in ``fixed_frame``, ``lift.*``).
 
     Args:
         bag: rosbag2 directory or file.
-        perception_cfg: a :class:`~concerto_ros.config.PerceptionConfig` (defaults when None).
+        node: the node's :class:`~concerto_ros.config.PerceptionConfig` (defaults when None).
 
     Raises:
         ValueError: the bag lacks the configured topics, or no frame could be used.
@@ -141,7 +250,7 @@ def load_bag(bag: str | Path, perception_cfg=None, max_frames: Optional[int] = N
     from concerto_ros.pipeline import FrameSkipped, RGBDFrameAssembler
     from concerto_ros.sensors.tf_buffer import TransformUnavailable
 
-    cfg = perception_cfg or PerceptionConfig()
+    cfg = node or PerceptionConfig()
     topics = {"color": cfg.topics.color, "depth": cfg.topics.depth, "camera_info": cfg.topics.camera_info}
     summary = bag_summary(bag)
     missing = [t for t in topics.values() if t not in summary]
@@ -150,7 +259,6 @@ def load_bag(bag: str | Path, perception_cfg=None, max_frames: Optional[int] = N
     stream_of = {v: k for k, v in topics.items()}
     tf = load_tf(bag)
     asm = RGBDFrameAssembler(cfg, note=log)
-    lift_cfg = {"min_depth": cfg.lift.min_depth, "max_depth": cfg.lift.max_depth, "pixel_stride": cfg.lift.pixel_stride}
     frames: list[RecordingFrame] = []
     skipped = 0
     for m in iter_messages(bag, topics=list(topics.values())):
@@ -160,7 +268,7 @@ def load_bag(bag: str | Path, perception_cfg=None, max_frames: Optional[int] = N
             try:
                 fr = asm.to_frame(synced)
                 T = tf.lookup(cfg.fixed_frame, fr.frame_id, fr.stamp_ns)
-                pf = _lift(fr, T, lift_cfg, cfg.fixed_frame)
+                pf = _lift(fr, T, cfg.lift, cfg.fixed_frame)
             except (FrameSkipped, TransformUnavailable, ValueError):
                 skipped += 1
                 continue
@@ -173,7 +281,7 @@ def load_bag(bag: str | Path, perception_cfg=None, max_frames: Optional[int] = N
     return Recording(recording_key(bag), Path(bag), frames)
 
 
-def load_pcd(path: str | Path, intrinsics: dict, lift_cfg: dict, fixed_frame: str = "camera") -> Recording:
+def load_pcd(path: str | Path, intrinsics: dict, lift, fixed_frame: str = "camera") -> Recording:
     """One organized RGB PCD file (e.g. mOSD) as a one-frame recording.
 
     The file's points are already in the camera optical frame, so the frame's pose is the
@@ -186,6 +294,7 @@ def load_pcd(path: str | Path, intrinsics: dict, lift_cfg: dict, fixed_frame: st
         path: the ``.pcd`` file (``WIDTH x HEIGHT`` organized, ``rgb``/``rgba`` field).
         intrinsics: ``{"fx", "fy", "cx", "cy"}`` pixels of the camera (mOSD / Kinect:
             525, 525, 319.5, 239.5).
+        lift: the node's :class:`~concerto_ros.config.LiftConfig`.
 
     Raises:
         ValueError: an unorganized cloud, no colour field, or intrinsics missing.
@@ -207,8 +316,7 @@ def load_pcd(path: str | Path, intrinsics: dict, lift_cfg: dict, fixed_frame: st
     image = image.reshape(h, w, 3)
     z = c.xyz[:, 2]
     with np.errstate(invalid="ignore"):
-        keep = np.isfinite(c.xyz).all(axis=1) & (z >= float(lift_cfg.get("min_depth", 0.1))) \
-            & (z <= float(lift_cfg.get("max_depth", 8.0)))
+        keep = np.isfinite(c.xyz).all(axis=1) & (z >= float(lift.min_depth)) & (z <= float(lift.max_depth))
     intr = CameraIntrinsics(fx=float(intrinsics["fx"]), fy=float(intrinsics["fy"]), cx=float(intrinsics["cx"]),
                             cy=float(intrinsics["cy"]), width=w, height=h)
     eye = np.eye(4, dtype=np.float64)
@@ -219,43 +327,71 @@ def load_pcd(path: str | Path, intrinsics: dict, lift_cfg: dict, fixed_frame: st
     return Recording(recording_key(path), Path(path), [RecordingFrame(key, image, pf, intr, eye)])
 
 
-def load_sources(src: dict, lift_cfg: dict, perception_cfg=None, log=None) -> list[Recording]:
-    """Like :func:`load_source`, plus ``type: pcd`` (``path``: a ``.pcd`` file or a folder of
-    them, ``limit``, intrinsics ``fx fy cx cy``): each PCD file is its own one-frame
-    recording (:func:`load_pcd`), in natural file order.
+# ----------------------------------------------------------------------------- labelled scenes
+def list_labelled(sources: Iterable[dict | str], require_labels: bool = True) -> list[dict]:
+    """Expand labelled sources into one entry per scene: ``{"type", "path", "labels"?, ...}``.
+
+    Types: ``pcd`` (a labelled ``.pcd`` file or a folder of them, mOSD format; ``limit``),
+    ``points`` (``path`` an ``(N, 3+)`` xyz[rgb] ``.npy``, ``labels`` an ``(N,)`` / ``(N, 1)``
+    ``.npy``), ``folder`` (an RGB-D folder with ``labels/`` -- unless ``require_labels`` is
+    false; stays one entry, its windows are made by the node's pipeline), ``auto`` (a folder
+    with ``color/`` and ``depth/`` is ``folder``, anything else ``pcd``). Other keys of a
+    ``folder`` entry (intrinsics, ``depth_scale``) are kept.
 
     Raises:
-        FileNotFoundError: a path that does not exist. ValueError: see the loaders.
+        ValueError: unknown type, a folder with no ``.pcd`` file, an RGB-D folder without
+            ``labels/``, a points source without ``labels``.
+        FileNotFoundError: a path that does not exist.
     """
-    path = Path(str(src["path"])).expanduser()
-    if src.get("type", "auto") != "pcd":
-        return [load_source(src, lift_cfg, perception_cfg=perception_cfg, log=log)]
-    if not path.exists():
-        raise FileNotFoundError(f"pcd source {path} does not exist")
-    from concerto_ros.train.probe import list_scenes
-
-    files = [s["path"] for s in list_scenes([{"type": "pcd", "path": str(path), "limit": src.get("limit", 0)}])]
-    intr = {k: src.get(k) for k in ("fx", "fy", "cx", "cy")}
-    return [load_pcd(f, intr, lift_cfg, fixed_frame=str(src.get("fixed_frame", "camera"))) for f in files]
-
-
-def load_source(src: dict, lift_cfg: dict, perception_cfg=None, log=None) -> Recording:
-    """Load one ``data.sources`` entry: ``{"path", "type": auto|bag|folder, "fx", "fy", "cx",
-    "cy", "depth_scale", "rate_hz", "max_frames"}`` (auto: a folder with ``color/`` and
-    ``depth/`` is an RGB-D folder, anything else a bag)."""
-    path = Path(src["path"]).expanduser()
-    kind = src.get("type", "auto")
-    if kind == "auto":
-        kind = "folder" if (path / "color").is_dir() and (path / "depth").is_dir() else "bag"
-    if kind == "folder":
-        intr = {k: src[k] for k in ("fx", "fy", "cx", "cy") if src.get(k) is not None} or None
-        return load_folder(path, lift_cfg, intrinsics=intr, depth_scale=src.get("depth_scale"),
-                           rate_hz=float(src.get("rate_hz", 30.0)), max_frames=src.get("max_frames"))
-    if kind == "bag":
-        return load_bag(path, perception_cfg, max_frames=src.get("max_frames"), log=log)
-    raise ValueError(f"data source type must be auto, bag or folder, got {kind!r}")
+    scenes = []
+    for src in sources:
+        src, path = source_entry(src, "labelled source")
+        kind = str(src.get("type", "auto"))
+        if kind == "auto":
+            kind = "folder" if (path / "color").is_dir() and (path / "depth").is_dir() else "pcd"
+        if kind == "pcd":
+            scenes += [{"type": "pcd", "path": f} for f in pcd_files(path, int(src.get("limit", 0) or 0))]
+        elif kind == "points":
+            if "labels" not in src:
+                raise ValueError(f"points source {path} needs 'labels' (an (N,) or (N,1) .npy)")
+            scenes.append({"type": "points", "path": path, "labels": Path(str(src["labels"])).expanduser()})
+        elif kind == "folder":
+            if require_labels and not (path / "labels").is_dir():
+                raise ValueError(f"RGB-D folder {path} has no labels/ folder: labelled frames are needed")
+            scenes.append({**src, "type": "folder", "path": path})
+        else:
+            raise ValueError(f"labelled source type must be 'pcd', 'points', 'folder' or 'auto', got {kind!r}")
+    return scenes
 
 
+def load_labelled_points(scene: dict) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """``(xyz (N,3) float32 metres, rgb (N,3) uint8 or None, raw labels (N,) int64)`` of a
+    ``pcd`` or ``points`` entry of :func:`list_labelled` (NaN points dropped).
+
+    Raises:
+        ValueError: a PCD without a ``label`` field, or points and labels of different lengths.
+    """
+    if scene["type"] == "pcd":
+        from concerto_ros.bag.pcd import read_pcd
+
+        c = read_pcd(scene["path"])
+        if c.label is None:
+            raise ValueError(f"{scene['path']} has no 'label' field")
+        return c.xyz, c.rgb, c.label
+    arr = np.load(scene["path"])
+    lab = np.load(scene["labels"]).reshape(-1).astype(np.int64)
+    if arr.ndim != 2 or arr.shape[1] < 3:
+        raise ValueError(f"{scene['path']}: expected (N, 3+) points, got {arr.shape}")
+    if len(arr) != len(lab):
+        raise ValueError(f"{scene['path']}: {len(arr)} points but {len(lab)} labels")
+    keep = np.isfinite(arr[:, :3]).all(axis=1)
+    arr, lab = arr[keep], lab[keep]
+    xyz = arr[:, :3].astype(np.float32)
+    rgb = np.clip(np.nan_to_num(arr[:, 3:6]), 0, 255).astype(np.uint8) if arr.shape[1] >= 6 else None
+    return xyz, rgb, lab
+
+
+# ----------------------------------------------------------------------------- targets and clips
 class TargetCache:
     """Teacher patch grids on disk: ``<root>/<recording key>/<teacher key>/<frame key>.pt``.
 
@@ -288,7 +424,7 @@ class TargetCache:
         self.misses += 1
         g = teacher_grid(self.teacher, rgb, self.short_side, self.device)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp")
+        tmp = p.with_suffix(f".{os.getpid()}.tmp")  # several processes may fill one cache
         torch.save(g.half(), tmp)
         tmp.replace(p)
         return g.half().float()
