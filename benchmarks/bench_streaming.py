@@ -103,6 +103,7 @@ class Session:
         self.frame, self.rate, self.seconds = frame, rate, seconds
         self.rss_start = rss_mib()
         self.pipeline = PerceptionPipeline(cfg, log=None)
+        self.pipeline.feature_colors_wanted = False  # as the node while nobody views ~/feature_points
         self.tf = TransformBuffer(cache_time_s=30.0)
         self.skips = SkipCounter()
         self.stream = FrameStream(cfg, lookup=self.tf.lookup, skips=self.skips, timer=self.pipeline.timer)

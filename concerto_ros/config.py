@@ -93,7 +93,7 @@ class MapConfig:
     voxel_size: float = _f(0.0, "Voxel edge of the map (metres); 0 = window.voxel_size (then the map reuses the window's voxelisation of each frame).", lo=0.0, hi=1.0)
     max_voxels: int = _f(500_000, "Memory bound of the map in voxels (0 = none); beyond it the farthest voxels from the sensor, then the oldest, are evicted. About 0.93 kB per voxel with 20 classes and 384-d embeddings (500k voxels: ~470 MB).", lo=0, hi=50_000_000)
     radius: float = _f(0.0, "Voxels farther than this many metres from the newest sensor position are evicted (0 = no radius bound).", lo=0.0, hi=100000.0)
-    evict_slack: float = _f(0.05, "Eviction amortisation: the count bound evicts once the map exceeds (1 + evict_slack) x max_voxels (down to max_voxels); the radius bound is checked when the sensor moved evict_slack x radius.", lo=0.0, hi=1.0)
+    evict_slack: float = _f(0.1, "Eviction amortisation: the count bound evicts once the map exceeds (1 + evict_slack) x max_voxels, down to (1 - evict_slack) x max_voxels; the radius bound is checked when the sensor moved evict_slack x radius.", lo=0.0, hi=0.5)
     fusion_threads: int = _f(0, "Threads of the embedding fusion kernel (0 = min(4, CPU count)).", lo=0, hi=64)
     publish_rate: float = _f(1.0, "Rate (Hz) of ~/map/semantic_points (x y z rgb label confidence observations), published only while subscribed; 0 = off.", lo=0.0, hi=30.0)
     features_rate: float = _f(0.2, "Rate (Hz) of ~/map/language_features, which carries only the voxels updated since its previous message, published only while subscribed; 0 = off.", lo=0.0, hi=10.0)
@@ -154,6 +154,8 @@ class QueryConfig:
     default_top_k: int = _f(20, "Best-matching points returned when a request gives top_k = 0.", lo=1, hi=100000)
     max_top_k: int = _f(1000, "Largest top_k a request may ask for; larger requests are capped to it (said in the answer's message).", lo=1, hi=1000000)
     max_negatives: int = _f(16, "Most negative texts a request may carry; empty ones are dropped, extra ones are refused with a message.", lo=0, hi=1000)
+    max_regions: int = _f(10, "Most regions (connected voxels with relevance >= the threshold) a query answers with, best mean relevance first.", lo=1, hi=1000)
+    min_region_voxels: int = _f(20, "Smallest region reported, in voxels (20 voxels of 0.02 m: about 80 square centimetres of surface); smaller fragments are left out of the regions (not of the relevance cloud).", lo=1, hi=1000000)
     negatives: list = _f(None, "Default negative texts the query is contrasted with (LERF-style relevance).", factory=lambda: ["object", "things", "stuff", "texture"])
 
 

@@ -103,9 +103,15 @@ class Translator(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.in_dim:
             raise TranslatorMismatchError(f"translator expects (N, {self.in_dim}) features, got {tuple(x.shape)}")
         dev = self.proj.weight.device
-        out = [F.normalize(self(x[i:i + batch_size].to(dev, torch.float32)), dim=-1).cpu()
-               for i in range(0, x.shape[0], batch_size)]
-        return torch.cat(out).numpy() if out else np.zeros((0, self.text_dim), np.float32)
+        # the standardisation folded into the projection: W' = W / std, b' = b - W' mean
+        w = (self.proj.weight / self.feat_std).float()
+        b = (self.proj.bias - w @ self.feat_mean).float() if self.proj.bias is not None else -(w @ self.feat_mean)
+        out = np.empty((x.shape[0], self.text_dim), dtype=np.float32)
+        for i in range(0, x.shape[0], batch_size):  # written in place: no (N, D) temporaries
+            y = torch.addmm(b, x[i:i + batch_size].to(dev, torch.float32), w.t())
+            y.div_(torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min_(1e-12))
+            out[i:i + y.shape[0]] = y.cpu().numpy()
+        return out
 
     # -- persistence -------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

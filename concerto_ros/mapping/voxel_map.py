@@ -15,7 +15,7 @@ Two kinds of updates, both fully vectorised (no per-voxel Python):
   are combined first, which is the same as fusing them one after the other.
 
 Memory bound: with ``max_voxels`` the map evicts once it holds more than
-``(1 + evict_slack) * max_voxels`` voxels, down to ``max_voxels``; with ``radius`` it evicts
+``(1 + evict_slack) * max_voxels`` voxels, down to ``(1 - evict_slack) * max_voxels``; with ``radius`` it evicts
 every voxel farther than ``radius`` metres from the newest sensor origin, checked whenever
 that origin moved ``evict_slack * radius`` since the last check or the count bound triggers.
 Order: beyond the radius, then farthest, then oldest (:mod:`concerto_ros.mapping.eviction`).
@@ -396,8 +396,10 @@ class SemanticVoxelMap:
         self._sweep_origin = self._origin.copy()
         centres = (self._cols["ijk"] + 0.5) * self.voxel_size - self._origin
         dist2 = np.einsum("ij,ij->i", centres, centres)
-        rows, n_out = select_evictions(dist2, self._cols["last_seen"], self.radius,
-                                       self.max_voxels if over else 0)
+        # hysteresis: down to (1 - slack) x max_voxels, so a map that grows by a frame's worth
+        # of new space every frame evicts every few frames, not every frame
+        target = max(1, int(self.max_voxels * (1.0 - self.evict_slack))) if over else 0
+        rows, n_out = select_evictions(dist2, self._cols["last_seen"], self.radius, target)
         if rows.shape[0]:
             self._index.remap(self._cols.remove(rows))
             self._counters.evicted_radius += n_out

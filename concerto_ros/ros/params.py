@@ -16,7 +16,7 @@ from concerto_ros.config import SPECS, PerceptionConfig, ParamSpec, from_flat
 #: settings that may change while the node runs (applied to the next frame)
 RUNTIME_PARAMETERS = {"skip_log_period", "publish.features", "tf.timeout", "language.vocabulary",
                       "query.default_threshold", "query.default_top_k", "query.negatives", "query.max_top_k",
-                      "query.max_negatives"}
+                      "query.max_negatives", "query.max_regions", "query.min_region_voxels"}
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
           float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,

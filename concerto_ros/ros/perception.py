@@ -273,6 +273,8 @@ class PerceptionShell:
         self.pubs["semantic"].publish(msg)
         if fmsg is not None:
             self.pubs["features"].publish(fmsg)
+        # PCA colours cost tens of ms a keyframe: only while someone looks at them
+        p.feature_colors_wanted = self.pubs["features"].get_subscription_count() > 0
         if offered_at is not None:
             p.timer.add("latency", (time.monotonic() - offered_at) * 1e3)
 

@@ -25,10 +25,6 @@ from concerto_ros.pipeline import QueryError
 
 __all__ = ["PerceptionServices", "bounded_query_args"]
 
-#: most regions returned by ~/query
-MAX_REGIONS = 20
-
-
 def bounded_query_args(negatives: list[str], top_k: int, max_negatives: int,
                        max_top_k: int) -> tuple[list[str], int, list[str]]:
     """Apply the node's query bounds.
@@ -110,7 +106,8 @@ class PerceptionServices:
         if qr.centroid is not None:
             response.centroid = to_point(qr.centroid)
         response.window_stamp.sec, response.window_stamp.nanosec = divmod(int(target.stamp_ns), 1_000_000_000)
-        regions = find_regions(target.ijk, qr.relevance, target.voxel_size, qr.threshold, MAX_REGIONS)
+        regions = find_regions(target.ijk, qr.relevance, target.voxel_size, qr.threshold, q.max_regions,
+                               min_voxels=q.min_region_voxels)
         response.regions = [region_msg(r) for r in regions]
         response.success = True
         response.message = (f"'{qr.text}' over the {scope}: {qr.n_above} of {len(qr.relevance)} voxels with relevance "
