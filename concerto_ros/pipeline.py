@@ -587,8 +587,9 @@ class PerceptionPipeline:
         """
         points = frame if isinstance(frame, PointFrame) else self.lift_frame(frame)
         before = self.window.frames
-        with self.timer.stage("window"):
-            self._push_points(points)
+        t0 = time.perf_counter()
+        self._push_points(points)
+        window_ms = (time.perf_counter() - t0) * 1e3
         newest = self.window.frames[-1]
         if self.cfg.map.enabled:
             with self.timer.stage("integrate"):
@@ -597,9 +598,11 @@ class PerceptionPipeline:
         pose = newest.T_fixed_sensor if newest.T_fixed_sensor is not None else np.eye(4)
         decision = self.keyframes.update(pose, newest.stamp_ns) if keyframe_policy else None
         if not force_keyframe and (decision is None or not decision.is_keyframe):
+            self.timer.add("window", window_ms)
             return None
-        with self.timer.stage("window"):
-            window = self.window.build()
+        t0 = time.perf_counter()
+        window = self.window.build()
+        self.timer.add("window", window_ms + (time.perf_counter() - t0) * 1e3)  # one sample a frame
         return Keyframe(window=window, reason="forced" if force_keyframe else decision.reason,
                         integrated_at=time.perf_counter(), frames_before=before)
 

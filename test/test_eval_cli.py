@@ -114,7 +114,7 @@ def test_frame_stream_pairs_label_images_and_checks_them():
 
 def test_compare_writes_one_table_and_one_plot(sequence, tmp_path):
     out = tmp_path / "cmp"
-    rc = main(["eval", "--data", str(sequence), "--compare", "random", "seed1={model.seed: 1, window.num_frames: 1}",
+    rc = main(["eval", "--data", str(sequence), "--compare", "random", "seed1={model.bundle: '', model.seed: 1, window.num_frames: 1}",
                "--max-frames", "1", "-o", str(out), "--no-progress"])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
@@ -183,3 +183,14 @@ def test_cli_errors_are_one_line(sequence, tmp_path, capsys, argv, needle):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+def test_map_output_scores_the_same_points_and_equals_the_window_after_one_keyframe(sequence, tmp_path):
+    """``--outputs window map``: the fused map is scored at the same points; after a single
+    keyframe the map holds exactly that window's argmax, so both confusions are equal."""
+    out = tmp_path / "one"
+    assert main(["eval", "--data", str(sequence), "--outputs", "window", "map", "--max-frames", "1",
+                 "--set", "window.num_frames=2", "-o", str(out), "--no-progress"]) == 0
+    p = json.loads((out / "metrics.json").read_text())["predictions"]
+    assert p["map"]["num_points"] == p["window"]["num_points"] > 0
+    assert p["map"]["per_class_iou"] == pytest.approx(p["window"]["per_class_iou"])

@@ -67,7 +67,7 @@ def test_eval_probe_cli_on_point_arrays(tmp_path):
     src = [f"{{type: points, path: {p}, labels: {l}, label_names: [unlabeled, low, high]}}" for p, l in paths]
     out = tmp_path / "probe"
     rc = main(["eval", "probe", "--train", src[0], "--test", src[1], "--epochs", "10", "--batch-size", "1024",
-               "--set", "window.voxel_size=0.1", "-o", str(out), "--no-progress"])
+               "--bundle", "random", "--set", "window.voxel_size=0.1", "-o", str(out), "--no-progress"])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["classes"] == ["low", "high"] and m["feature_dim"] == 240

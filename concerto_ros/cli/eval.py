@@ -99,6 +99,10 @@ def register(subparsers) -> None:
     p.add_argument("--compare", nargs="+", metavar="SPEC", default=None,
                    help="compare models: [LABEL=]default|random|BUNDLE.pt|CONFIG.yaml|'{settings}'")
     p.add_argument("--max-frames", type=int, default=0, help="stop each source after N processed frames (0: all)")
+    p.add_argument("--outputs", nargs="+", choices=["window", "map"], default=["window"],
+                   help="what is scored at every keyframe's newest points: the window's labels (~/semantic_points, "
+                        "the default) and/or the persistent map's fused labels at the same points (map); the first "
+                        "one is the headline mIoU, each gets its own entry under 'predictions' in metrics.json")
     _model_args(p)
     _data_args(p)
     p.set_defaults(func=run, eval_command=None)
@@ -235,7 +239,7 @@ def _header(args, sources) -> list[str]:
 def run(args) -> int:
     """``concerto eval`` (one model, or ``--compare``). Exit codes: 0 ok, 2 bad input."""
     from concerto_ros.evaluation.report import fmt, write_compare_report, write_eval_report
-    from concerto_ros.evaluation.run import evaluate
+    from concerto_ros.evaluation.run import PREDICTIONS, evaluate
 
     out = _opt(args, "output", Path("outputs/eval"))
     try:
@@ -255,6 +259,7 @@ def run(args) -> int:
         try:
             res = evaluate(cfg, sources, yaw_deg=_opt(args, "yaw", 0.0), up=_opt(args, "up", "z"),
                            scenes=_opt(args, "scenes", "auto"), max_frames=args.max_frames,
+                           predictions=[PREDICTIONS[name]() for name in args.outputs],
                            progress=_opt(args, "progress", True))
         except _user_errors() as exc:
             return _fail(exc)

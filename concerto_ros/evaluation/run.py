@@ -36,7 +36,7 @@ import numpy as np
 
 from concerto_ros.evaluation.confusion import ClassConfusion
 
-__all__ = ["PredictionSource", "WindowPrediction", "EvalResult", "evaluate", "open_labelled", "describe_models",
+__all__ = ["PredictionSource", "WindowPrediction", "MapPrediction", "PREDICTIONS", "EvalResult", "evaluate", "open_labelled", "describe_models",
            "LABEL_TOPIC", "source_frames", "is_scene_collection"]
 
 #: label-image topic written by ``concerto convert rgbd`` (used when a bag source names none)
@@ -68,6 +68,34 @@ class WindowPrediction:
     def frame_labels(self, pipeline, result) -> tuple[np.ndarray, Sequence[str]]:
         labels, _conf = result.frame_labels(-1)
         return labels, result.class_names
+
+
+class MapPrediction:
+    """The persistent map's labels at the newest frame's points, right after the keyframe was
+    fused: every point takes the fused label of its map voxel (-1 where the map has no class
+    yet). Scored on the same frames and points as :class:`WindowPrediction`, so the two
+    compare the fused map with the per-window output on the same voxels."""
+
+    name = "map"
+
+    def frame_labels(self, pipeline, result) -> tuple[np.ndarray, Sequence[str]]:
+        from concerto_ros.mapping.keys import pack_keys, voxel_indices
+
+        vmap = pipeline.map
+        points = pipeline.window.frames[-1].points
+        labels = np.full(points.shape[0], -1, dtype=np.int64)
+        if vmap is None or points.shape[0] == 0:
+            return labels, result.class_names
+        with vmap.lock:
+            rows = vmap.rows_of(pack_keys(voxel_indices(points, vmap.voxel_size, "map prediction")))
+            held = rows >= 0
+            labels[held] = vmap.labels(rows[held])
+            names = list(vmap.class_names)
+        return labels, names
+
+
+#: prediction sources by the names ``concerto eval --outputs`` takes
+PREDICTIONS = {"window": WindowPrediction, "map": MapPrediction}
 
 
 @dataclass
