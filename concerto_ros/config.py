@@ -62,6 +62,8 @@ class LiftConfig:
     max_depth: float = _f(8.0, "Farthest valid depth of the depth camera (metres); farther pixels are dropped.", lo=0.01, hi=200.0)
     min_range: float = _f(0.3, "Nearest valid LiDAR return (metres, Euclidean range from the sensor origin) for PointCloud2 input; closer points (the robot itself, and no-return pixels that drivers such as Ouster's report as zeros) are dropped.", lo=0.0, hi=100.0)
     pixel_stride: int = _f(1, "Use every n-th pixel in u and v (1 = all pixels).", lo=1, hi=16)
+    colorize_points: bool = _f(True, "When a colour camera is configured beside the LiDAR (topics.color and topics.camera_info with topics.points), give the LiDAR points the camera sees (z-buffered) the colour of their pixel in the nearest colour image; the others keep their intensity grey. The camera's pose relative to the LiDAR comes from TF.")
+    colorize_max_dt: float = _f(0.1, "Largest time difference (seconds) between a cloud and the colour image that colours it.", lo=0.0, hi=5.0)
     max_range: float = _f(100.0, "Farthest valid LiDAR return (metres, Euclidean range from the sensor origin) for PointCloud2 input; separate from the depth camera's max_depth. 64-beam sensors (Ouster OS1-64, Velodyne HDL-64E) are rated to about 120 m.", lo=0.1, hi=1000.0)
 
 

@@ -60,7 +60,8 @@ def load_tf(bag: str | Path, cache_time_s: float = 1e9):
 
 def bag_streams(summary: dict, cfg: PerceptionConfig) -> dict[str, str]:
     """``{topic: stream}`` of the configured inputs present in a bag: the RGB-D topics when all
-    three are there, and ``topics.points`` when set and there.
+    three are there, ``topics.points`` when set and there, and with it the colour camera
+    (colour and camera info) that colours the points (``lift.colorize_points``).
 
     Raises:
         ValueError: neither complete RGB-D topics nor the points topic (message lists what the
@@ -70,6 +71,9 @@ def bag_streams(summary: dict, cfg: PerceptionConfig) -> dict[str, str]:
     out = dict(rgbd) if all(t in summary for t in rgbd) else {}
     if cfg.topics.points and cfg.topics.points in summary:
         out[cfg.topics.points] = "points"
+        camera = {cfg.topics.color: "color", cfg.topics.camera_info: "camera_info"}
+        if cfg.lift.colorize_points and all(t and t in summary for t in camera):
+            out.update(camera)  # a colour camera beside the LiDAR colours its points
     if not out:
         wanted = list(rgbd) + ([cfg.topics.points] if cfg.topics.points else [])
         raise ValueError(f"bag has none of the configured inputs {wanted}; it has {sorted(summary)} "

@@ -24,7 +24,8 @@ import numpy as np
 
 from .types import CameraIntrinsics, PointFrame, RGBDFrame
 
-__all__ = ["RayGrid", "ray_grid", "clear_ray_cache", "lift_depth", "lift_pointcloud", "check_pose", "GREY"]
+__all__ = ["RayGrid", "ray_grid", "clear_ray_cache", "lift_depth", "lift_pointcloud", "check_pose", "GREY",
+           "intensity_to_grey"]
 
 #: Colour given to points without colour or intensity information.
 GREY = 128
@@ -278,8 +279,10 @@ def lift_depth(
     )
 
 
-def _intensity_to_grey(intensity: np.ndarray, intensity_range) -> np.ndarray:
-    """Map intensities to ``(N,) uint8`` grey levels (linear over ``intensity_range``)."""
+def intensity_to_grey(intensity: np.ndarray, intensity_range=None) -> np.ndarray:
+    """Map intensities to ``(N,) uint8`` grey levels: linear from ``intensity_range = (lo, hi)``
+    to 0..255; by default ``lo = min(0, min)`` and ``hi`` = the 99th percentile (non-finite
+    values give 0)."""
     vals = intensity.astype(np.float32, copy=False)
     finite = np.isfinite(vals)
     if intensity_range is None:
@@ -383,7 +386,7 @@ def lift_pointcloud(
     if colors is not None:
         out_colors = np.ascontiguousarray(colors[idx])
     elif intensity is not None:
-        grey = _intensity_to_grey(intensity[idx], intensity_range)
+        grey = intensity_to_grey(intensity[idx], intensity_range)
         out_colors = np.repeat(grey[:, None], 3, axis=1)
     else:
         out_colors = np.full((idx.shape[0], 3), GREY, dtype=np.uint8)

@@ -37,6 +37,8 @@ from concerto_ros.msgs.image import (COLOR_ENCODINGS, DEPTH_ENCODINGS, color_to_
 from concerto_ros.msgs.pointcloud2 import FieldError, cloud_layout_problem, xyz_from_pointcloud2
 from concerto_ros.msgs.transforms import stamp_to_ns
 from concerto_ros.recordings.frame import SensorCloud, SensorFrame
+from concerto_ros.sensors.colorize import CameraHistory, colorize_points
+from concerto_ros.sensors.lifting import GREY, intensity_to_grey
 from concerto_ros.sensors.skips import FrameSkipped, SkipCounter
 from concerto_ros.sensors.sync import ApproximateTimeSync, SyncedSet
 from concerto_ros.sensors.tf_buffer import TransformUnavailable
@@ -237,6 +239,13 @@ class FrameStream:
         self.assembler = RGBDFrameAssembler(cfg, note=note, skips=self.skips, label_topic=label_topic)
         v = cfg.validation
         self.guard = StampGuard(max_jump_s=v.max_stamp_jump, confirm=v.jump_confirm)
+        t = cfg.topics
+        #: RGB-D frames are made only with a depth topic; colour and camera info alone serve
+        #: to colour LiDAR points (:mod:`concerto_ros.sensors.colorize`)
+        self.rgbd = bool(t.depth and t.color and t.camera_info)
+        self.camera = (CameraHistory() if t.points and t.color and t.camera_info and cfg.lift.colorize_points
+                       else None)
+        self.points_colored = 0
         self._lock = threading.Lock()
         #: topic name of every stream
         self.topics = dict(self.assembler.topics, points=cfg.topics.points or "points")
@@ -295,9 +304,11 @@ class FrameStream:
             items = released if verdict == StampVerdict.JUMP else [(stamp, (stream, msg))]
             out = []
             for s_ns, (s, m) in items:
+                if self.camera is not None:
+                    self.camera.add(s, s_ns, m)
                 if s == "points":
                     out += self._admit_points(s_ns, m)
-                else:
+                elif self.rgbd:
                     out += self._admit_sets(self.assembler.add(s, m, stamp_ns=s_ns))
             return out
 
@@ -345,6 +356,8 @@ class FrameStream:
             frame_id = str(pending.msg.header.frame_id)
             cloud, labels = self._decode_cloud(pending.msg, topic, frame_id)
             T = self.pose(frame_id, pending.stamp_ns, topic)
+            if self.camera is not None:
+                self._colorize(cloud, pending.stamp_ns)
             return SensorFrame(pending.stamp_ns, str(pending.stamp_ns), T, cloud=cloud, labels=labels)
         frame = self.assembler.to_frame(pending)
         T = self.pose(frame.frame_id, frame.stamp_ns, self.topics["depth"])
@@ -362,6 +375,32 @@ class FrameStream:
         cloud = SensorCloud(xyz=xyz, colors=extra.get("rgb"), frame_id=frame_id,
                             intensity=None if intensity is None else intensity.astype(np.float32, copy=False))
         return cloud, None if labels is None else labels.astype(np.int32, copy=False)
+
+    def _colorize(self, cloud: SensorCloud, stamp_ns: int) -> None:
+        """Colour the points the camera sees (nearest colour image and camera info within
+        ``lift.colorize_max_dt``, camera pose from TF); nothing happens without them."""
+        max_dt = int(self.cfg.lift.colorize_max_dt * 1e9)
+        image = self.camera.nearest("color", stamp_ns, max_dt)
+        info = self.camera.nearest("camera_info", stamp_ns, max_dt)
+        if image is None or info is None or self.lookup is None or len(cloud.xyz) == 0:
+            return
+        try:
+            fx, fy, cx, cy, width, height, _ = intrinsics_from_camera_info(info[1])
+            if intrinsics_problem(fx, fy, cx, cy, width, height) is not None:
+                return
+            rgb = color_to_rgb(image[1])
+            T = self.lookup(cloud.frame_id, str(image[1].header.frame_id), int(stamp_ns))
+        except (ValueError, TypeError, TransformUnavailable):
+            return  # no colour this time: the points keep their intensity grey
+        if rgb.shape[:2] != (height, width) or pose_problem(T, self.cfg.validation.max_translation) is not None:
+            return
+        base = cloud.colors
+        if base is None:
+            grey = intensity_to_grey(cloud.intensity) if cloud.intensity is not None else np.full(len(cloud), GREY)
+            base = np.repeat(grey.astype(np.uint8)[:, None], 3, axis=1)
+        intr = CameraIntrinsics(fx=fx, fy=fy, cx=cx, cy=cy, width=width, height=height)
+        cloud.colors, n = colorize_points(cloud.xyz, base, rgb, intr, np.asarray(T, dtype=np.float64))
+        self.points_colored += n
 
     def pose(self, frame_id: str, stamp_ns: int, topic: str) -> np.ndarray:
         """``T_fixed_sensor`` at ``stamp_ns``, validated (identity when ``fixed_frame`` is empty).
