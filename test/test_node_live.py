@@ -7,7 +7,6 @@ Each test uses its own ROS_DOMAIN_ID so parallel CI jobs on one machine do not m
 
 from __future__ import annotations
 
-import threading
 import time
 
 import cv2
@@ -17,10 +16,8 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (run scripts/setup.sh)")
 pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not built (run scripts/setup.sh)")
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import TransformStamped  # noqa: E402
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointField  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
 from concerto_ros.bag.convert_rgbd import convert_rgbd_folder  # noqa: E402
@@ -34,6 +31,7 @@ from concerto_ros.msgs.transforms import fill_transform_stamped  # noqa: E402
 
 from concerto_ros.bag.convert_rgbd import read_poses  # noqa: E402
 from concerto_ros.sensors.types import CameraIntrinsics  # noqa: E402
+from concerto_ros.testing.harness import Harness  # noqa: E402
 from conftest import SLAMBOOK_INTRINSICS  # noqa: E402
 from test_lifting import nn_distance, visible_in  # noqa: E402
 
@@ -102,42 +100,25 @@ def test_node_publishes_the_fused_kinect_window(tmp_path, slambook_dir, ros_doma
             assert np.median(d) < limit, f"frame {i + 1} vs {j + 1}: median {np.median(d):.3f} m"
 
 
-class _Sender:
-    """Publishes hand-made camera frames into the node and reads its outputs."""
+class _Sender(Harness):
+    """The test harness plus hand-made camera frames (48x64, a wall 1.5 m away)."""
 
     H, W = 48, 64
+    TOPICS = {"color": "/camera/color/image_raw", "depth": "/camera/depth/image_raw",
+              "info": "/camera/color/camera_info"}
 
     def __init__(self):
-        self.node = rclpy.create_node("bad_input_sender")
-        q = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
-        self.pub = {n: self.node.create_publisher(t, topic, q) for n, t, topic in (
-            ("color", Image, "/camera/color/image_raw"), ("depth", Image, "/camera/depth/image_raw"),
-            ("info", CameraInfo, "/camera/color/camera_info"))}
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.tf_static = self.node.create_publisher(TFMessage, "/tf_static", latched)
-        self.clouds, self.diag = [], {}
-        self.node.create_subscription(PointCloud2, "/perception_node/semantic_points", self.clouds.append, 10)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
-        self.executor = rclpy.executors.SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
+        super().__init__(depth=20, name="bad_input_sender")
+        self.pub = {n: self.publisher(t, typ) for (n, t), typ in zip(self.TOPICS.items(), (Image, Image, CameraInfo))}
 
-    def _spin(self):
-        while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=0.05)
-
-    def _on_diag(self, msg):
-        for st in msg.status:
-            if st.name.startswith("perception_node"):
-                self.diag = {kv.key: kv.value for kv in st.values}
+    @property
+    def clouds_msgs(self):
+        return [m for _, m in self.clouds]
 
     def send_static_tf(self):
         ts = TransformStamped()
         fill_transform_stamped(ts, np.eye(4), "odom", "cam", 0)
-        self.tf_static.publish(TFMessage(transforms=[ts]))
+        self.publish([("/tf_static", TFMessage(transforms=[ts]))])
 
     def send(self, t_s, color_enc="rgb8", depth=None, frame_id="cam", info=True, color_size=None):
         stamp = int(t_s * 1e9)
@@ -147,11 +128,8 @@ class _Sender:
         if depth is None:
             depth = np.full((self.H, self.W), 1500, dtype=np.uint16)  # a wall 1.5 m away
         enc = "16UC1" if depth.dtype == np.uint16 else "32FC1"
-        if color_enc == "rgb8":
-            img = fill_image(Image(), color, "rgb8", stamp, frame_id)
-        else:  # a valid-looking message with an encoding the node cannot decode
-            img = fill_image(Image(), color, "rgb8", stamp, frame_id)
-            img.encoding = color_enc
+        img = fill_image(Image(), color, "rgb8", stamp, frame_id)
+        img.encoding = color_enc  # a valid-looking message, perhaps with an encoding the node cannot decode
         self.pub["color"].publish(img)
         self.pub["depth"].publish(fill_image(Image(), depth, enc, stamp, frame_id))
         if info:
@@ -159,17 +137,7 @@ class _Sender:
                                                       self.W, self.H, stamp, frame_id))
 
     def wait(self, pred, timeout=60.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if pred():
-                return True
-            time.sleep(0.05)
-        return False
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(2)
-        self.node.destroy_node()
+        return Harness.wait(pred, timeout)
 
 
 def test_bad_input_is_skipped_counted_and_the_node_keeps_running(tmp_path, ros_domain):
@@ -206,7 +174,7 @@ def test_bad_input_is_skipped_counted_and_the_node_keeps_running(tmp_path, ros_d
         log = node.tail(100)
         assert "skipped message on '/camera/color/image_raw' (bad_image)" in log and "yuv422" in log
         assert "(no_transform)" in log and "somewhere_else" in log
-        cloud = cloud_arrays(sender.clouds[-1])
+        cloud = cloud_arrays(sender.clouds_msgs[-1])
         np.testing.assert_allclose(np.median(cloud["coord"][:, 2]), 1.5, atol=0.02)  # the wall, in odom
     finally:
         sender.close()
@@ -252,7 +220,7 @@ def test_node_runs_a_model_bundle_and_refuses_a_bad_one(tmp_path, ros_domain):
         sender.close()
         rclpy.shutdown()
         node.stop()
-    cloud = cloud_arrays(sender.clouds[0])
+    cloud = cloud_arrays(sender.clouds_msgs[0])
     assert len(cloud["label"]) > 100 and (cloud["label"] == 2).all()
     np.testing.assert_allclose(cloud["confidence"], np.exp(5.0) / (2 + np.exp(5.0)), rtol=1e-5)
     assert f"model bundle {tmp_path / 'good.pt'}" in (tmp_path / "node.log").read_text()
