@@ -82,10 +82,12 @@ def test_metadata_and_cache_reuse(golden_files):
 
 def _window_batch(slambook_dir):
     from concerto_ros.cloud.window import VideoPointCloud
-    from concerto_ros.train.data import load_folder
+    from concerto_ros.config import PerceptionConfig
+    from concerto_ros.train.data import load_recording
 
-    rec = load_folder(slambook_dir, {"min_depth": 0.1, "max_depth": 8.0},
-                      intrinsics={"fx": 518.0, "fy": 519.0, "cx": 325.5, "cy": 253.5}, depth_scale=1000.0)
+    cfg = PerceptionConfig()  # depth 0.1 .. 8 m, every pixel
+    rec = load_recording({"path": str(slambook_dir), "fx": 518.0, "fy": 519.0, "cx": 325.5, "cy": 253.5,
+                          "depth_scale": 1000.0}, cfg)
     window = VideoPointCloud(len(rec.frames), 0.02)
     for frame in rec.frames:
         window.push(frame.points)

@@ -86,10 +86,16 @@ def test_probe_train_and_test_flags_replace_the_lists_and_refuse_overlap(tmp_pat
     learn.mkdir(), test.mkdir()
     assert main(["train", "probe", "--train", str(learn), "--print-config"]) == 0
     out = yaml.safe_load(capsys.readouterr().out)
-    assert out["data"]["train"] == [{"type": "auto", "path": str(learn)}] and out["data"]["test"] == []
-    assert main(["train", "probe", "--train", str(learn), "--test", str(test), "--print-config"]) == 0
+    assert out["data"]["train"] == [{"path": str(learn)}] and out["data"]["test"] == []
+    # inline YAML in the Source schema of `concerto eval`, as in every training command
+    assert main(["train", "probe", "--train", str(learn), "--test",
+                 f"{{type: pcd, path: {test}, label_names: mosd, max_frames: 2}}", "--print-config"]) == 0
     out = yaml.safe_load(capsys.readouterr().out)
-    assert out["data"]["test"] == [{"type": "auto", "path": str(test)}]
+    assert out["data"]["test"] == [{"path": str(test), "type": "pcd", "label_names": "mosd", "max_frames": 2}]
+    assert main(["train", "ssl", "--data", f"{{path: {learn}, fx: 525}}", "--print-config"]) == 2
+    assert "give all four intrinsics" in capsys.readouterr().err  # the schema's own check, exit code 2
+    assert main(["train", "translator", "--data", f"{{path: {learn}, lables: x.npy}}", "--print-config"]) == 2
+    assert "did you mean 'labels'" in capsys.readouterr().err
     # a test source inside a training source: refused before anything is computed
     assert main(["train", "probe", "--train", str(tmp_path), "--test", str(test), "--print-config"]) == 2
     assert "overlap" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from concerto_ros.models.cross4d import Cross4DFeatureExtractor, load_cross4d
 from concerto_ros.models.teachers import seeded_vit
 from concerto_ros.config import PerceptionConfig
 from concerto_ros.train.cross4d import Cross4DTrainConfig, clip_losses, train_cross4d
-from concerto_ros.train.data import TargetCache, build_clips, load_bag, load_folder
+from concerto_ros.train.data import TargetCache, build_clips, load_recording
 
 from conftest import SLAMBOOK_INTRINSICS
 
@@ -149,10 +149,12 @@ def test_bag_and_folder_give_the_same_clips(tmp_path, slambook_dir):
     convert_rgbd_folder(slambook_dir, bag, intrinsics=SLAMBOOK_INTRINSICS, depth_scale=1000, progress=False)
     pc = PerceptionConfig()
     pc.lift.pixel_stride = 8  # one lifting setting, the node's, for bags and folders alike
-    rb = load_bag(bag, pc, max_frames=3)
+    rb = load_recording({"path": str(bag), "max_frames": 3}, pc)  # the node's frame stream
     fx, fy, cx, cy = SLAMBOOK_INTRINSICS
-    rf = load_folder(slambook_dir, pc.lift, intrinsics=dict(fx=fx, fy=fy, cx=cx, cy=cy), depth_scale=1000, max_frames=3)
+    rf = load_recording(f"{{path: '{slambook_dir}', fx: {fx}, fy: {fy}, cx: {cx}, cy: {cy}, depth_scale: 1000, "
+                        "max_frames: 3}", pc)  # inline YAML, as on a command line
     assert len(rb.frames) == len(rf.frames) == 3
+    assert rb.path == bag and rf.path == slambook_dir and rb.key != rf.key
     for a, b in zip(rb.frames, rf.frames):
         assert a.points.num_points == b.points.num_points
         np.testing.assert_allclose(a.points.points, b.points.points, atol=1e-4)

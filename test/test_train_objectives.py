@@ -184,13 +184,13 @@ def _bundle_features_differ_from_random(out, seq):
     from concerto_ros.config import default_config_path, load_config
     from concerto_ros.models.bundle import load_bundle
     from concerto_ros.pipeline import PerceptionPipeline
-    from concerto_ros.train.data import load_folder
+    from concerto_ros.train.data import load_recording
 
     b = load_bundle(out / "bundle.pt")
     assert b.components() == ["concerto"] and b.feature == "all_levels" and b.voxel_size == pytest.approx(0.05)
     node = {"window.num_frames": 2, "window.voxel_size": 0.05}
     cfg = load_config(default_config_path(), {**node, "model.bundle": str(out / "bundle.pt")})
-    frame = load_folder(seq, cfg.lift, max_frames=1).frames[0].points
+    frame = load_recording({"path": str(seq), "max_frames": 1}, cfg).frames[0].points
     res = PerceptionPipeline(cfg, log=None).process_points(frame)
     rand = PerceptionPipeline(load_config(default_config_path(), {**node, "model.feature": "all_levels",
                                                                   "model.bundle": ""}), log=None).process_points(frame)

@@ -117,6 +117,9 @@ def test_probe_mosd_end_to_end(shared_dir, tmp_path):
         "output": str(out), "node": {"window": {"voxel_size": 0.02}},
         "data": {"train": [{"type": "pcd", "path": str(mosd / "learn"), "limit": 3}],
                  "test": [{"type": "pcd", "path": str(mosd / "test"), "limit": 2}], **MOSD_DATA},
+        # 3 training scenes are too few to learn yaw-robust features (the augmentation's own
+        # tests are in test_train_augment.py)
+        "augment": {"yaw": False},
         "loop": {"epochs": 8}})
     s = train_probe(cfg, progress=False, log=lambda m: None)
     assert s["train_scenes"] == 3 and s["test_scenes"] == 2 and s["voxel_size"] == 0.02
@@ -158,7 +161,7 @@ def test_probe_on_rgbd_folders_uses_the_node_windows_and_their_voxel_labels(tmp_
     from concerto_ros.demo.scene import CLASS_NAMES, write_sequence
     from concerto_ros.models.bundle import load_bundle
     from concerto_ros.pipeline import PerceptionPipeline
-    from concerto_ros.train.data import list_labelled
+    from concerto_ros.train.data import expand_sources
     from concerto_ros.train.features import source_features
 
     seq = write_sequence(tmp_path / "seq", seed=7, num_frames=3, width=160, height=120)
@@ -168,6 +171,7 @@ def test_probe_on_rgbd_folders_uses_the_node_windows_and_their_voxel_labels(tmp_
         "output": str(out), "node": node,
         "data": {"train": [{"type": "folder", "path": str(seq)}], "test": [], "classes": list(CLASS_NAMES),
                  "ignore_index": 0, "label_map": {}, "window_stride": 1, "heldout_fraction": 0.3, "heldout_block": 0.5},
+        "augment": {"yaw": False},  # the unrotated room: the numbers below (yaw: test_train_augment.py)
         "loop": {"epochs": 10, "batch_size": 8192}, "optim": {"class_weight": "balanced", "lr": 0.02}})
     s = train_probe(cfg, progress=False, log=lambda m: None)
     assert s["train_scenes"] == 1 and s["split"].startswith("held-out")
@@ -186,23 +190,27 @@ def test_probe_on_rgbd_folders_uses_the_node_windows_and_their_voxel_labels(tmp_
     # only pushed into the window, not encoded), which equals the last window of the stride-1
     # walk (the pipeline is reset per folder)
     pipe = PerceptionPipeline(load_config(default_config_path(), node), log=None)
-    scenes = list_labelled([{"type": "folder", "path": str(seq)}])
-    a = source_features(scenes, pipe, 0.02, window_stride=1, progress=False)
-    b = source_features(scenes, pipe, 0.02, window_stride=3, progress=False)
+    units = expand_sources([{"type": "rgbd_folder", "path": str(seq)}])
+    assert len(units) == 1 and units[0].frame is None  # a sequence: one unit
+    a = source_features(units, pipe, window_stride=1, progress=False)
+    b = source_features(units, pipe, window_stride=3, progress=False)
     f1, r1, c1, f3, r3, c3 = a.feats, a.labels, a.coords, b.feats, b.labels, b.coords
     assert len(f1) > len(f3) > 1000 and f1.shape[1] == f3.shape[1] == 192
     np.testing.assert_array_equal(c1[-len(c3):], c3)
     np.testing.assert_array_equal(r1[-len(r3):], r3)
     np.testing.assert_allclose(f1[-len(f3):], f3, rtol=0, atol=1e-5)
     assert set(np.unique(r3)) <= set(range(len(CLASS_NAMES))) | {-1} and (r3 >= 1).mean() > 0.8
+    # raw inputs of the same window: its voxel coordinates and colours / 255
+    r = source_features(units, pipe, window_stride=3, raw=True, progress=False)
+    np.testing.assert_array_equal(r.coords, c3)
+    np.testing.assert_allclose(r.feats[:, :3], c3, atol=1e-6)
+    assert r.feats.shape == (len(c3), 6) and 0.0 <= r.feats[:, 3:].min() and r.feats[:, 3:].max() <= 1.0
     # refusals, with the reason
-    with pytest.raises(ValueError, match="no labels/ folder"):
-        import shutil
+    import shutil
 
-        shutil.rmtree(seq / "labels")
-        list_labelled([{"type": "folder", "path": str(seq)}])
-    with pytest.raises(ValueError, match="raw is not available for folder sources"):
-        source_features(scenes, None, 0.02, raw=True, progress=False)
+    shutil.rmtree(seq / "labels")
+    with pytest.raises(ValueError, match="has no labels"):
+        source_features(expand_sources([str(seq)]), pipe, progress=False)
 
 
 def test_finetuning_with_spd_trains_the_encoder_and_exports_it(tmp_path):

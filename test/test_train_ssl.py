@@ -176,10 +176,10 @@ def test_ssl_run_lowers_the_loss_resumes_and_writes_a_bundle_the_node_loads(ssl_
         assert torch.equal(v.float(), b.encoder["state_dict"][k].float()), k
     cfg = load_config(default_config_path(), {"model.bundle": str(run / "bundle.pt"), "window.num_frames": 2})
     pipe = PerceptionPipeline(cfg, log=None)
-    from concerto_ros.train.data import load_folder
+    from concerto_ros.train.data import load_recording
 
     cfg.lift.pixel_stride = 2
-    rec = load_folder(seq, cfg.lift)
+    rec = load_recording(seq, cfg)
     res = pipe.process_points(rec.frames[0].points)
     assert res.features.shape == (len(res.coord), 240) and torch.isfinite(res.features).all()
     # different from the random initialisation it started from (the node's seeded random tiny)
@@ -197,7 +197,7 @@ def test_bad_ssl_settings_fail_with_exit_code_and_message(tmp_path, capsys):
     assert "views.global_views" in capsys.readouterr().err
     assert main(["train", "ssl", "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "z"),
                  "--no-progress"]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert "missing: no such file or folder" in capsys.readouterr().err  # one line, the recordings owner's
     assert main(["train", "ssl", "--set", "views.nope=1", "--print-config"]) == 2
     assert main(["train", "ssl", "--print-config", "--set", "loop.steps=7"]) == 0
     out = capsys.readouterr().out

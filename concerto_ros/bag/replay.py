@@ -52,12 +52,6 @@ class ReplayReport:
     map: Any = None
 
 
-def load_tf(bag: str | Path, cache_time_s: float = 1e9):
-    """Every ``/tf`` and ``/tf_static`` transform of ``bag`` in a ``TransformBuffer`` (bad ones
-    ignored): :meth:`concerto_ros.recordings.BagRecording.transforms`."""
-    return open_recording({"type": "bag", "path": str(bag)}).transforms(cache_time_s)
-
-
 def bag_streams(summary: dict, cfg: PerceptionConfig) -> dict[str, str]:
     """``{topic: stream}`` of the configured inputs present in a bag: the RGB-D topics when all
     three are there, ``topics.points`` when set and there, and with it the colour camera

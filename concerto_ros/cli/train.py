@@ -94,18 +94,21 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_common_args(p, default_config=_default_config(cfg_name))
         if name == "probe":
-            p.add_argument("--train", action="append", default=[], metavar="PATH",
-                           help="labelled training source: a PCD file or folder (mOSD format) or an RGB-D folder with "
-                           "labels/; replaces data.train; repeatable. Without --test, data.test is emptied and the "
-                           "probe is scored on held-out cubes of these sources")
-            p.add_argument("--test", action="append", default=[], metavar="PATH",
+            p.add_argument("--train", action="append", default=[], metavar="SOURCE",
+                           help="labelled training source, a path or inline YAML as in concerto eval, e.g. "
+                           "\"{type: pcd, path: ../shared/data/mosd/learn, label_names: mosd}\" or \"{type: points, "
+                           "path: X.npy, labels: L.npy, label_names: nyu40}\"; replaces data.train; repeatable. "
+                           "Without --test, data.test is emptied and the probe is scored on held-out cubes of these "
+                           "sources")
+            p.add_argument("--test", action="append", default=[], metavar="SOURCE",
                            help="labelled test source (same kinds); replaces data.test; repeatable. A path that is "
                            "also a training source is refused")
         else:
-            p.add_argument("--source", action="append", default=[], metavar="PATH",
-                           help="recording to train on, added to data.sources: a rosbag2, an RGB-D folder (its "
-                           "camera.yaml, else set fx fy cx cy via --set data.sources=[...])" +
-                           (" with labels/" if name == "translator" else " or organized PCD files") + "; repeatable")
+            p.add_argument("--data", "--source", dest="source", action="append", default=[], metavar="SOURCE",
+                           help="recording to train on, added to data.sources: a path or inline YAML as in concerto "
+                           "eval (a bag, an RGB-D folder" + (" with labels/" if name == "translator" else "") +
+                           ", PCD files, point arrays; e.g. \"{path: DIR, fx: 518, fy: 519, cx: 325.5, cy: 253.5, "
+                           "depth_scale: 1000}\" for an RGB-D folder without camera.yaml); repeatable")
         p.set_defaults(func=run)
     return parser
 
@@ -133,14 +136,45 @@ def _resolve(args: argparse.Namespace):
     cfg = getattr(mod, cls_name).from_mapping(values, _sets(args))
     if args.train_command == "probe":
         if args.train:
-            cfg.data.train = [{"type": "auto", "path": s} for s in args.train]
+            cfg.data.train = [_entry(s) for s in args.train]
             cfg.data.test = [] if not args.test else cfg.data.test
         if args.test:
-            cfg.data.test = [{"type": "auto", "path": s} for s in args.test]
+            cfg.data.test = [_entry(s) for s in args.test]
+        lists = {"data.train": cfg.data.train, "data.test": cfg.data.test}
     else:
-        cfg.data.sources = list(cfg.data.sources) + [{"path": s} for s in args.source]
+        cfg.data.sources = list(cfg.data.sources) + [_entry(s) for s in args.source]
+        lists = {"data.sources": cfg.data.sources}
+    _check_sources(lists)
     cfg.validate()
     return cfg, getattr(mod, fn_name)
+
+
+def _entry(text: str) -> dict:
+    """A ``--data`` / ``--train`` / ``--test`` value (a path or inline YAML) as a config entry.
+
+    Raises:
+        ValueError: an invalid source (concerto_ros.recordings.SourceError).
+    """
+    from concerto_ros.recordings import parse_source
+
+    return parse_source(text).to_dict()
+
+
+def _check_sources(lists: dict[str, list]) -> None:
+    """Every entry of the source lists follows the Source schema (keys and values; files are
+    opened when training starts).
+
+    Raises:
+        ValueError: the list and the reason.
+    """
+    from concerto_ros.recordings import SourceError, parse_source
+
+    for name, entries in lists.items():
+        for i, e in enumerate(entries):
+            try:
+                parse_source(e)
+            except SourceError as exc:
+                raise ValueError(f"{name}[{i}]: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,7 +33,8 @@ import yaml
 
 from concerto_ros.config import PerceptionConfig
 
-__all__ = ["setting", "section", "LoopConfig", "EpochLoopConfig", "OptimConfig", "TeacherConfig", "TrainConfig",
+__all__ = ["setting", "section", "LoopConfig", "EpochLoopConfig", "OptimConfig", "TeacherConfig", "AugmentConfig",
+           "TrainConfig",
            "apply_mapping", "set_key", "to_dict", "dump_config", "resolve_config", "parse_set_items"]
 
 
@@ -119,6 +120,25 @@ class TeacherConfig:
             if self.name == "seeded_vit" else {}
         return build_teacher(self.name, weights=self.weights or None, seed=int(self.seed), device=device,
                              backend=self.backend, **kw)
+
+
+@dataclass
+class AugmentConfig:
+    """Yaw augmentation of the labelled commands (``probe``, ``translator``): robots see rooms
+    at any yaw, so the training data are seen rotated about the up axis
+    (:mod:`concerto_ros.augment`). A scene (a PCD file, a point array) or a whole recording
+    (an RGB-D folder or a bag: one rotation for the sequence) is rotated about the fixed
+    frame's origin before lifting; held-out cubes are drawn in the unrotated frame. Test
+    sources are never rotated."""
+
+    yaw: bool = setting(True, "Random rotation about the up axis of the training data.")
+    copies: int = setting(1, "Copies of each training scene / recording, each at its own random yaw (each copy's "
+                             "features are computed: time grows with it).", lo=1, hi=64)
+    max_deg: float = setting(180.0, "Largest rotation, degrees: yaws uniform in [-max_deg, max_deg).", lo=0.0,
+                             hi=180.0)
+    up_axis: str = setting("z", "Gravity-up axis of the fixed frame: z (ROS fixed frames, ScanNet, KITTI), -y (clouds "
+                                "left in a camera optical frame, such as mOSD).",
+                           choices=["x", "y", "z", "-x", "-y", "-z", "+x", "+y", "+z"])
 
 
 @dataclass

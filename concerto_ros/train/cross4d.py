@@ -43,7 +43,7 @@ from concerto_ros.models.cross4d import Cross4DEncoder, count_parameters, cross4
 from concerto_ros.train.common import autocast, fmt, plain, print_summary, seed_everything
 from concerto_ros.train.config import (LoopConfig, OptimConfig, TeacherConfig, TrainConfig, dump_config, section,
                                        setting, to_dict)
-from concerto_ros.train.data import Clip, TargetCache, build_clips, collate, load_recordings
+from concerto_ros.train.data import Clip, TargetCache, build_clips, collate, expand_sources, load_recording
 from concerto_ros.train.dist import DistContext, EpochSampler
 from concerto_ros.train.loop import LoopPlan, StepOutput, Task, run_loop, step_seed
 
@@ -52,8 +52,9 @@ __all__ = ["Cross4DTrainConfig", "DistillHead", "train_cross4d", "evaluate", "pl
 
 @dataclass
 class Cross4DDataConfig:
-    sources: list[dict] = setting(None, "Recordings: rosbag2 (RGB-D + CameraInfo + /tf) or RGB-D folders (fx fy cx cy "
-                                        "depth_scale when no camera.yaml).", factory=list)
+    sources: list[dict] = setting(None, "Recordings with camera images (the Source schema of concerto eval; --data "
+                                        "adds one): bags (rosbag2, ROS 1; RGB-D + CameraInfo + /tf), RGB-D folders "
+                                        "({path, fx, fy, cx, cy, depth_scale} without camera.yaml).", factory=list)
     min_frames: int = setting(1, "Shortest window turned into a clip (frames).", lo=1, hi=64)
     heldout_fraction: float = setting(0.2, "Share of the heldout_block cubes whose targets are never trained on.",
                                       lo=0.0, hi=1.0)
@@ -280,25 +281,25 @@ def prepare_clips(cfg: Cross4DTrainConfig, ctx: DistContext, log) -> tuple[list[
     Raises:
         ValueError: no source or no clip.
     """
-    from concerto_ros.train.prepared import expand_sources, prepare_units
+    from concerto_ros.train.prepared import prepare_units
 
     d, node, t = cfg.data, cfg.node, cfg.teacher
     if not d.sources:
         raise ValueError("no data: set data.sources (a list of {path: ...} entries of bags or RGB-D folders) or give "
-                         "--source PATH")
+                         "--data SOURCE")
+    units = expand_sources(d.sources)
     cache = TargetCache(cfg.cache_path / "targets", t.build(ctx.device), t.short_side, ctx.device)
     settings = {"node": {k: to_dict(getattr(node, k)) for k in ("lift", "window", "topics", "sync", "tf")},
                 "fixed_frame": node.fixed_frame, "frames": node.cross4d.num_frames, "min_frames": d.min_frames,
                 "heldout": [d.heldout_block, d.heldout_fraction], "teacher": [cache.teacher_key, t.lookup,
                                                                              t.zbuffer_tolerance]}
 
-    def build(unit: dict) -> list[Clip]:
-        return [c for rec in load_recordings(unit, node, log) for c in build_clips(
-            rec, cache, node.cross4d.num_frames, node.window.voxel_size, lookup=t.lookup,
-            zbuffer_tolerance=t.zbuffer_tolerance, heldout_block=d.heldout_block,
-            heldout_fraction=d.heldout_fraction, min_frames=d.min_frames)]
+    def build(unit) -> list[Clip]:
+        return build_clips(load_recording(unit, node, log), cache, node.cross4d.num_frames, node.window.voxel_size,
+                           lookup=t.lookup, zbuffer_tolerance=t.zbuffer_tolerance, heldout_block=d.heldout_block,
+                           heldout_fraction=d.heldout_fraction, min_frames=d.min_frames)
 
-    clips = [c for items in prepare_units(expand_sources(d.sources), settings, cfg.cache_path / "cross4d_clips",
+    clips = [c for items in prepare_units(units, settings, cfg.cache_path / "cross4d_clips",
                                           build, ctx, log) for c in items]
     if not clips:
         raise ValueError("no clip: the sources gave no frame with points")

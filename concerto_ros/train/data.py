@@ -1,43 +1,49 @@
-"""Every training command's data access: recordings, labelled scenes, the target cache, clips.
+"""Every training command's data: recordings read through the one owner, lifted and windowed
+by the node's own pipeline; the 2D target cache; clips.
 
-One function reads a ``data.sources`` entry for the self-supervised commands,
-:func:`load_recordings` (the point to swap when the ``recordings`` package lands); for the
-labelled commands :func:`list_labelled` expands ``data.train`` / ``data.test`` /
-``data.sources`` entries and :func:`load_labelled_points` / :func:`iter_folder_frames` read
-them. Lifting, topics, sync, TF and the fixed frame always come from the node's
-:class:`~concerto_ros.config.PerceptionConfig` (``node.*`` of the training config), for bags,
-RGB-D folders and PCD files alike.
+Sources are the :class:`~concerto_ros.recordings.Source` schema of replay and evaluation:
+``data.sources`` / ``data.train`` / ``data.test`` entries of a training config, and
+``--data`` / ``--source`` / ``--train`` / ``--test`` on the command line (a path, or inline
+YAML such as ``"{type: points, path: X.npy, labels: L.npy, label_names: nyu40}"``): RGB-D
+folders, PCD files, point arrays, SemanticKITTI scans, rosbag2 (MCAP, sqlite3), ROS 1
+``.bag`` and ROS 1 MCAP.
 
-Sources are rosbag2 recordings (RGB-D + CameraInfo + TF, decoded exactly as the node does
-with :class:`~concerto_ros.pipeline.RGBDFrameAssembler` and the bag's TF tree) or RGB-D
-folders (:func:`~concerto_ros.bag.convert_rgbd.scan_rgbd_folder` layout). Every frame is
-lifted with :func:`~concerto_ros.sensors.lifting.lift_depth` into the fixed frame and pushed
-into a :class:`~concerto_ros.cloud.window.VideoPointCloud`; after every push the window is
-voxelised and becomes one clip (so early clips hold fewer frames, as in the node).
+* **Units** (:func:`expand_sources`): a scene collection (PCD files, point arrays or scans
+  without poses: ``independent_frames``) gives one :class:`TrainUnit` per scene, any other
+  recording one for the whole sequence. Units are what the processes of a torchrun job
+  share out and what the prepared-data cache keys.
+* **Frames** (:func:`unit_frames`): frame-level sources through ``rec.frames()`` (one
+  ``rec.read(i)`` for a scene unit), bags through the node's frame stream
+  (:class:`~concerto_ros.bag.replay.BagSession`: topics, sync, decode, validation, TF poses
+  and skip accounting; a bag's label-image topic or PointCloud2 label field is its ground
+  truth), exactly as ``concerto eval`` reads them
+  (:func:`concerto_ros.evaluation.run.source_frames`). Frames the pipeline cannot use are
+  counted, never raised.
+* **Lifting and windows**: :meth:`~concerto_ros.pipeline.PerceptionPipeline.lift_frame`
+  (depth limits ``lift.min_depth``/``max_depth`` for depth images, ranges
+  ``lift.min_range``/``max_range`` for point clouds, from the sensor) into the fixed frame,
+  then the node's sliding window (``window.*``): :func:`iter_windows` for the labelled
+  commands (``probe``, ``translator``), :func:`load_recording` for the self-supervised ones
+  (``ssl``, ``cross4d``), which build their own windows from the lifted frames.
 
-Clip frame ``i`` consists of the voxels its points fall in (coordinates = the window's voxel
-representatives), which is also what :class:`~concerto_ros.models.cross4d.Cross4DFeatureExtractor`
-feeds the encoder live. Each such point is projected into frame ``i``'s image with the
-frame's intrinsics and pose (z-buffer visibility), and takes the teacher's patch feature
-there as its dense target (:func:`~concerto_ros.models.projection.dense_targets`). The
-teacher's patch grids are cached on disk per (recording, frame, teacher) by
-:class:`TargetCache`.
+Labels: a source with ``label_names`` gives class indices of its label set, matched to the
+command's classes by name (:class:`ClassMap`); without it the file's values are the raw
+labels the command maps itself (``data.label_map``, ``data.label_ids``).
 
-Held-out points: a deterministic 3D split in the fixed frame. Space is cut into cubes of
-``heldout_block`` metres; a hash of the cube index puts ``heldout_fraction`` of the cubes
-into the held-out set. Their targets are never used for training (their geometry still is
-encoder input, as every point is for the node), and the held-out cosine similarity is
-measured on them.
+Held-out points (:func:`heldout_mask`): a deterministic 3D split in the fixed frame. Space is
+cut into cubes of ``block`` metres; a hash of the cube index puts ``fraction`` of the cubes
+into the held-out set.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
-import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,49 +52,65 @@ from concerto_ros.cloud.window import VideoPointCloud
 from concerto_ros.models.cross4d import sample_indices, window_frame_points
 from concerto_ros.models.projection import dense_targets
 from concerto_ros.models.teachers import teacher_cache_key, teacher_grid
-from concerto_ros.sensors.lifting import lift_depth
-from concerto_ros.sensors.types import CameraIntrinsics, PointFrame, RGBDFrame
+from concerto_ros.recordings import Source, parse_sources
+from concerto_ros.sensors.types import CameraIntrinsics, PointFrame
 
-__all__ = ["RecordingFrame", "Recording", "recording_key", "source_entry", "source_fingerprint", "load_recordings",
-           "load_folder",
-           "load_bag", "load_pcd", "iter_folder_frames", "list_labelled", "load_labelled_points", "TargetCache",
-           "heldout_mask", "ClipFrame", "Clip", "build_clips", "collate"]
+__all__ = ["TrainUnit", "expand_sources", "recording_key", "source_fingerprint", "unit_frames", "lift_frames",
+           "lifting_pipeline", "training_pipeline", "RecordingFrame", "Recording", "load_recording", "TrainWindow", "yaw_transforms",
+           "iter_windows", "ClassMap", "classes_of_label_sets", "TargetCache", "heldout_mask", "ClipFrame", "Clip",
+           "build_clips", "collate"]
 
 
-@dataclass
-class RecordingFrame:
-    """One lifted RGB-D frame of a recording.
+# ----------------------------------------------------------------------------- units
+@dataclass(frozen=True)
+class TrainUnit:
+    """One recording of a training source, or one scene of a scene collection.
 
     Attributes:
-        key: frame name, unique in the recording (file stem or stamp).
-        rgb: ``(H, W, 3) uint8`` colour image.
-        points: the lifted :class:`PointFrame` (fixed frame).
-        intrinsics: camera intrinsics (pixels).
-        T_world_cam: ``(4, 4) float64`` camera-to-fixed pose of the optical frame.
+        source: the parsed :class:`~concerto_ros.recordings.Source`.
+        frame: index of the scene in a scene collection (``rec.read(frame)``), or None for
+            the whole recording (a sequence: RGB-D folder, bag, posed scans).
     """
 
-    key: str
-    rgb: np.ndarray
-    points: PointFrame
-    intrinsics: CameraIntrinsics
-    T_world_cam: np.ndarray
+    source: Source
+    frame: Optional[int] = None
 
     @property
-    def stamp_ns(self) -> int:
-        return self.points.stamp_ns
+    def name(self) -> str:
+        """``<file or folder name>`` (``[<scene index>]`` for a scene unit), for logs."""
+        return self.source.path.name + (f"[{self.frame}]" if self.frame is not None else "")
+
+    def describe(self) -> dict:
+        """The source's keys plus ``frame``, JSON-able (cache keys, summaries)."""
+        return {**self.source.to_dict(), "frame": self.frame}
 
 
-@dataclass
-class Recording:
-    """A loaded recording: its cache key and frames in time order."""
+def _open(src: Source):
+    from concerto_ros.recordings import open_recording
 
-    key: str
-    path: Path
-    frames: list[RecordingFrame]
+    return open_recording(src)
+
+
+def expand_sources(sources: Any) -> list[TrainUnit]:
+    """The units of ``sources`` (a list of dicts, paths or inline YAML; see the module
+    docstring): one per scene of a scene collection, one per other recording, in order.
+
+    Raises:
+        concerto_ros.recordings.RecordingError (a ValueError): an invalid source, a missing
+            or unreadable path (one line naming it).
+    """
+    units: list[TrainUnit] = []
+    for src in parse_sources(list(sources)):
+        rec = _open(src)
+        if rec.kind == "frames" and getattr(rec, "independent_frames", False):
+            units += [TrainUnit(src, i) for i in range(len(rec))]
+        else:
+            units.append(TrainUnit(src))
+    return units
 
 
 def recording_key(path: str | Path) -> str:
-    """``<name>-<sha1(resolved path)[:8]>``: the cache folder of a recording."""
+    """``<name>-<sha1(resolved path)[:8]>``: the folder of a recording in the target cache."""
     p = Path(path).resolve()
     return f"{p.name}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
 
@@ -105,290 +127,319 @@ def source_fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _lift(frame: RGBDFrame, T: np.ndarray, lift, fixed_frame: str) -> PointFrame:
-    return lift_depth(frame, T, min_depth=float(lift.min_depth), max_depth=float(lift.max_depth),
-                      stride=int(lift.pixel_stride), fixed_frame=fixed_frame)
-
-
-def _natural_key(p: Path):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
-
-
-def pcd_files(path: Path, limit: int = 0) -> list[Path]:
-    files = sorted(path.glob("*.pcd"), key=_natural_key) if path.is_dir() else [path]
-    if not files:
-        raise ValueError(f"{path} holds no .pcd file")
-    return files[:limit] if limit > 0 else files
-
-
-def source_entry(src: dict | str | Path, what: str = "data source") -> tuple[dict, Path]:
-    """A source entry as ``(dict with "path", its expanded path)``: a plain path stands for
-    ``{path: PATH}``.
-
-    Raises:
-        FileNotFoundError: the path does not exist (the message names ``what``).
-    """
-    src = {"path": src} if isinstance(src, (str, Path)) else dict(src)
-    path = Path(str(src["path"])).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    return src, path
-
-
-def source_kind(src: dict, path: Path) -> str:
-    kind = str(src.get("type", "auto"))
-    if kind != "auto":
-        return kind
-    if (path / "color").is_dir() and (path / "depth").is_dir():
-        return "folder"
-    if path.suffix == ".pcd" or (path.is_dir() and any(path.glob("*.pcd"))):
-        return "pcd"
-    return "bag"
-
-
-# ----------------------------------------------------------------------------- recordings
-def load_recordings(src: dict | str, node, log: Callable[[str], Any] | None = None) -> list[Recording]:
-    """Read and lift one ``data.sources`` entry of the self-supervised commands.
+# ----------------------------------------------------------------------------- frames
+def lifting_pipeline(node, log: Callable[[str], Any] | None = None):
+    """The node's pipeline for lifting and windowing alone (``ssl``, ``cross4d``, raw
+    features): ``node`` with the seeded random ``tiny`` encoder (built, never run), no
+    head/translator files and no map.
 
     Args:
-        src: a path, or ``{"path", "type": auto|bag|folder|pcd, "fx", "fy", "cx", "cy",
-            "depth_scale", "rate_hz", "max_frames", "limit"}`` (auto: a folder with ``color/``
-            and ``depth/`` is an RGB-D folder, ``.pcd`` files are PCD, anything else a bag). A
-            ``pcd`` source gives one one-frame recording per file (natural order, the first
-            ``limit`` when > 0), in the camera optical frame.
-        node: the node's :class:`~concerto_ros.config.PerceptionConfig`: ``lift.*`` for every
-            type; topics, sync, TF and ``fixed_frame`` for bags; ``fixed_frame`` names the
-            frame of folders and PCD files.
+        node: the node's :class:`~concerto_ros.config.PerceptionConfig` (copied).
+    """
+    from concerto_ros.pipeline import PerceptionPipeline
+
+    cfg = copy.deepcopy(node)
+    cfg.model.bundle, cfg.model.checkpoint, cfg.model.enabled, cfg.model.preset = "", "", True, "tiny"
+    cfg.cross4d.enabled, cfg.cross4d.checkpoint, cfg.head.checkpoint, cfg.language.translator = False, "", "", ""
+    cfg.map.enabled, cfg.publish.features = False, False
+    return PerceptionPipeline(cfg, log=log, warn=lambda _m: None)
+
+
+def training_pipeline(node, log: Callable[[str], Any] | None = None):
+    """The node's pipeline for computing training features: ``node`` (a copy) without the
+    persistent map and feature colours, which training never reads. Its models are the
+    node's (``model.*``, ``cross4d.*``, ``head.*`` or ``model.bundle``)."""
+    from concerto_ros.pipeline import PerceptionPipeline
+
+    cfg = copy.deepcopy(node)
+    cfg.map.enabled, cfg.publish.features = False, False
+    return PerceptionPipeline(cfg, log=log)
+
+
+def unit_frames(unit: TrainUnit, pipeline, skips, log: Callable[[str], Any] | None = None,
+                transform: np.ndarray | None = None) -> Iterator:
+    """Posed :class:`~concerto_ros.recordings.SensorFrame` of ``unit`` for ``pipeline``, as
+    ``concerto eval`` reads them (bags: the node's frame stream with the pipeline's topics,
+    sync, TF and fixed frame, overridden by the source's ``topics``/``fixed_frame``, and the
+    source's ``max_frames``/``stride`` on the synced frames; labels as class indices of the
+    source's label set, else the file's values).
+
+    Args:
+        pipeline: the :class:`~concerto_ros.pipeline.PerceptionPipeline` the frames are for
+            (a bag without localisation clears its ``cfg.fixed_frame``, see
+            :class:`~concerto_ros.bag.replay.BagSession`).
+        skips: :class:`~concerto_ros.sensors.skips.SkipCounter` of skipped messages.
+        transform: ``(4, 4)`` rotation of the world applied to every frame
+            (:func:`concerto_ros.augment.rotate_frame`), or None.
+
+    Raises:
+        concerto_ros.recordings.RecordingError: an unreadable recording (one line).
+        ValueError: a bag without the configured topics.
+    """
+    import itertools
+
+    from concerto_ros.augment import rotate_frame
+    from concerto_ros.evaluation.run import source_frames
+
+    rec = _open(unit.source)
+    if unit.frame is None:
+        frames, _ = source_frames(rec, pipeline.cfg, pipeline, skips, log, "sequence", transform)
+        if rec.kind == "messages":  # frame-level readers apply the source's max_frames / stride themselves
+            frames = itertools.islice(frames, 0, unit.source.max_frames or None, unit.source.stride)
+        yield from frames
+        return
+    frame = rec.read(unit.frame)
+    yield rotate_frame(frame, transform) if transform is not None else frame
+
+
+def lift_frames(unit: TrainUnit, pipeline, skips, log=None, transform=None) -> Iterator[tuple[Any, PointFrame]]:
+    """``(SensorFrame, lifted PointFrame)`` of every usable frame of ``unit``
+    (:meth:`~concerto_ros.pipeline.PerceptionPipeline.lift_frame`; frames it refuses are
+    counted in ``skips``)."""
+    from concerto_ros.bag.replay import process_frames
+
+    return process_frames(pipeline, unit_frames(unit, pipeline, skips, log, transform), skips,
+                          step=pipeline.lift_frame)
+
+
+def _camera(frame) -> tuple[Optional[np.ndarray], Optional[CameraIntrinsics], Optional[np.ndarray]]:
+    """``(RGB image, intrinsics, T_world_cam)`` of a frame with a camera image, else Nones."""
+    if frame.rgbd is None:
+        return None, None, None
+    return frame.image if frame.image is not None else frame.rgbd.color, frame.rgbd.intrinsics, frame.T_world_sensor
+
+
+# ----------------------------------------------------------------------------- recordings (ssl, cross4d)
+@dataclass
+class RecordingFrame:
+    """One lifted frame of a recording.
+
+    Attributes:
+        key: frame name, unique in the recording (file stem, or the stamp for bags).
+        rgb: ``(H, W, 3) uint8`` colour image, or None (point clouds without a camera).
+        points: the lifted :class:`PointFrame` (fixed frame).
+        intrinsics: camera intrinsics (pixels), or None without an image.
+        T_world_cam: ``(4, 4) float64`` camera optical frame -> fixed frame, or None.
+    """
+
+    key: str
+    rgb: Optional[np.ndarray]
+    points: PointFrame
+    intrinsics: Optional[CameraIntrinsics] = None
+    T_world_cam: Optional[np.ndarray] = None
+
+    @property
+    def stamp_ns(self) -> int:
+        return self.points.stamp_ns
+
+
+@dataclass
+class Recording:
+    """A loaded recording: its target-cache key, path and lifted frames in time order."""
+
+    key: str
+    path: Path
+    frames: list[RecordingFrame]
+
+
+def load_recording(unit: TrainUnit | Any, node=None, log: Callable[[str], Any] | None = None) -> Recording:
+    """Read and lift one unit (a :class:`TrainUnit`, or anything a source entry may be: the
+    whole recording) with the node's settings.
+
+    Args:
+        node: the node's :class:`~concerto_ros.config.PerceptionConfig` (defaults when
+            None): lifting, topics, sync, TF and ``fixed_frame``.
 
     Returns:
-        The recordings, each with its frames in time order.
+        :class:`Recording` (key: :func:`recording_key` of the source path, shared by the scene
+        units of one collection; frame keys are unique within it).
 
     Raises:
-        FileNotFoundError: a path that does not exist. ValueError: an unknown type or data
-        the loaders refuse (see :func:`load_folder`, :func:`load_bag`, :func:`load_pcd`).
+        ValueError / RecordingError: an unreadable source, a bag without the configured
+            topics, or no usable frame (with the skip counts).
     """
-    src, path = source_entry(src)
-    kind = source_kind(src, path)
-    intr = {k: src[k] for k in ("fx", "fy", "cx", "cy") if src.get(k) is not None}
-    if kind == "pcd":
-        return [load_pcd(f, intr, node.lift, fixed_frame=node.fixed_frame)
-                for f in pcd_files(path, int(src.get("limit", 0) or 0))]
-    if kind == "folder":
-        return [load_folder(path, node.lift, intrinsics=intr or None, depth_scale=src.get("depth_scale"),
-                            rate_hz=src.get("rate_hz"), fixed_frame=node.fixed_frame,
-                            max_frames=src.get("max_frames"))]
-    if kind == "bag":
-        return [load_bag(path, node, max_frames=src.get("max_frames"), log=log)]
-    raise ValueError(f"data source type must be auto, bag, folder or pcd, got {kind!r}")
-
-
-def iter_folder_frames(folder: str | Path, intrinsics: Optional[dict] = None, depth_scale: Optional[float] = None,
-                       rate_hz: Optional[float] = None, max_frames: Optional[int] = None, labels: bool = False,
-                       color_order: str = "bgr") -> Iterator[tuple[str, RGBDFrame, np.ndarray]]:
-    """The frames of an RGB-D folder (format of :mod:`concerto_ros.bag.convert_rgbd`), in order.
-
-    Args:
-        intrinsics: ``{"fx", "fy", "cx", "cy"}`` pixels; default from ``camera.yaml``.
-        depth_scale: depth units per metre; default ``camera.yaml``'s or 1000.
-        rate_hz: frame rate for the stamps when the pose file has none (default
-            ``camera.yaml``'s ``rate_hz`` or 30).
-        labels: read ``labels/<n>.png`` into ``RGBDFrame.labels`` (``(H, W) int32``).
-
-    Yields:
-        ``(frame key, RGBDFrame (optical frame "camera", stamp in ns), T_world_cam (4, 4)
-        float64)``.
-
-    Raises:
-        ValueError / FileNotFoundError: see :func:`~concerto_ros.bag.convert_rgbd.scan_rgbd_folder`;
-        missing intrinsics; ``labels`` without a ``labels/`` folder.
-    """
-    from concerto_ros.bag.convert_rgbd import _read_color, _read_depth, _read_labels, _resolve_intrinsics, scan_rgbd_folder
-
-    f = scan_rgbd_folder(folder)
-    if labels and not f.labels:
-        raise ValueError(f"RGB-D folder {folder} has no labels/ folder: labelled frames are needed")
-    (fx, fy, cx, cy), _ = _resolve_intrinsics(intrinsics, f.camera, f.root)
-    scale = float(depth_scale if depth_scale is not None else f.camera.get("depth_scale", 1000.0))
-    rate = float(rate_hz if rate_hz is not None else f.camera.get("rate_hz", 30.0))
-    n = len(f.stems) if max_frames is None else min(int(max_frames), len(f.stems))
-    for i in range(n):
-        depth = _read_depth(f.depth[i])
-        intr = CameraIntrinsics(fx=fx, fy=fy, cx=cx, cy=cy, width=depth.shape[1], height=depth.shape[0])
-        stamp = f.stamps_ns[i] if f.stamps_ns is not None else int(round(i * 1e9 / rate))
-        lab = _read_labels(f.labels[i]).astype(np.int32) if labels else None
-        yield f.stems[i], RGBDFrame(stamp_ns=stamp, frame_id="camera", color=_read_color(f.color[i], color_order),
-                                    depth=depth, depth_scale=scale, intrinsics=intr, labels=lab), \
-            np.asarray(f.poses[i], dtype=np.float64)
-
-
-def load_folder(folder: str | Path, lift, intrinsics: Optional[dict] = None, depth_scale: Optional[float] = None,
-                rate_hz: Optional[float] = None, fixed_frame: str = "world",
-                max_frames: Optional[int] = None) -> Recording:
-    """Read and lift an RGB-D folder (see :func:`iter_folder_frames`) with the node's ``lift``
-    settings (:class:`~concerto_ros.config.LiftConfig`: ``min_depth``/``max_depth`` metres,
-    ``pixel_stride``)."""
-    frames = [RecordingFrame(key, fr.color, _lift(fr, T, lift, fixed_frame), fr.intrinsics, T)
-              for key, fr, T in iter_folder_frames(folder, intrinsics, depth_scale, rate_hz, max_frames)]
-    return Recording(recording_key(folder), Path(folder), frames)
-
-
-def load_bag(bag: str | Path, node=None, max_frames: Optional[int] = None,
-             log: Callable[[str], Any] | None = None) -> Recording:
-    """Decode and lift the RGB-D frames of a rosbag2 exactly as offline replay and the node do
-    (same topics, approximate-time sync, TF lookup in ``fixed_frame``, ``lift.*``).
-
-    Args:
-        bag: rosbag2 directory or file.
-        node: the node's :class:`~concerto_ros.config.PerceptionConfig` (defaults when None).
-
-    Raises:
-        ValueError: the bag lacks the configured topics, or no frame could be used.
-    """
-    from concerto_ros.bag.reader import bag_summary, iter_messages
-    from concerto_ros.bag.replay import load_tf
     from concerto_ros.config import PerceptionConfig
-    from concerto_ros.pipeline import FrameSkipped, RGBDFrameAssembler
-    from concerto_ros.sensors.tf_buffer import TransformUnavailable
+    from concerto_ros.sensors.skips import SkipCounter
 
-    cfg = node or PerceptionConfig()
-    topics = {"color": cfg.topics.color, "depth": cfg.topics.depth, "camera_info": cfg.topics.camera_info}
-    summary = bag_summary(bag)
-    missing = [t for t in topics.values() if t not in summary]
-    if missing:
-        raise ValueError(f"bag {bag} lacks topics {missing}; it has {sorted(summary)}")
-    stream_of = {v: k for k, v in topics.items()}
-    tf = load_tf(bag)
-    asm = RGBDFrameAssembler(cfg, note=log)
-    frames: list[RecordingFrame] = []
-    skipped = 0
-    for m in iter_messages(bag, topics=list(topics.values())):
-        for synced in asm.add(stream_of[m.topic], m.msg):
-            if max_frames is not None and len(frames) >= max_frames:
-                break
-            try:
-                fr = asm.to_frame(synced)
-                T = tf.lookup(cfg.fixed_frame, fr.frame_id, fr.stamp_ns)
-                pf = _lift(fr, T, cfg.lift, cfg.fixed_frame)
-            except (FrameSkipped, TransformUnavailable, ValueError):
-                skipped += 1
-                continue
-            if pf.num_points:
-                frames.append(RecordingFrame(str(fr.stamp_ns), fr.color, pf, fr.intrinsics, np.asarray(T, np.float64)))
+    if not isinstance(unit, TrainUnit):
+        unit = TrainUnit(parse_sources([unit])[0])
+    pipeline = lifting_pipeline(node or PerceptionConfig())
+    skips = SkipCounter(None)
+    frames = []
+    for frame, pf in lift_frames(unit, pipeline, skips, log):
+        rgb, intr, T = _camera(frame)
+        frames.append(RecordingFrame(str(frame.key), rgb, pf, intr, None if T is None else np.asarray(T, np.float64)))
     if not frames:
-        raise ValueError(f"bag {bag}: no usable RGB-D frame ({skipped} skipped)")
-    if skipped and log:
-        log(f"bag {bag}: {skipped} frames skipped (no transform or bad data)")
-    return Recording(recording_key(bag), Path(bag), frames)
+        raise ValueError(f"{unit.source.path}: no usable frame ({skips.as_dict() or 'the recording is empty'})")
+    if skips.total and log is not None:
+        log(f"{unit.name}: frames skipped {skips.as_dict()}")
+    return Recording(recording_key(unit.source.path), unit.source.path, frames)
 
 
-def load_pcd(path: str | Path, intrinsics: dict, lift, fixed_frame: str = "camera") -> Recording:
-    """One organized RGB PCD file (e.g. mOSD) as a one-frame recording.
+# ----------------------------------------------------------------------------- windows (probe, translator)
+@dataclass
+class TrainWindow:
+    """One window of a labelled command, as the node builds it.
 
-    The file's points are already in the camera optical frame, so the frame's pose is the
-    identity and ``fixed_frame`` names that frame. The colour image is rebuilt from the
-    organized layout (``index = row * width + col``; pixels without a colour stay black),
-    so the 2D teacher sees the same image the points were measured with. Points outside
-    ``lift.min_depth .. lift.max_depth`` (along z) are dropped, as the node's lifting does.
+    Attributes:
+        keyframe: the pipeline's :class:`~concerto_ros.pipeline.Keyframe` (``window``: the
+            voxelised :class:`~concerto_ros.cloud.window.WindowCloud`, in the rotated world
+            when ``transform`` is set); ``pipeline.encode(keyframe)`` runs the node's models.
+        frame: the window's newest :class:`~concerto_ros.recordings.SensorFrame` (rotated).
+        unit: where it comes from; label_set: the source's label set or None (raw labels).
+        transform: ``(4, 4)`` yaw applied to the world (augmentation), or None.
+    """
+
+    keyframe: Any
+    frame: Any
+    unit: TrainUnit
+    label_set: Any = None
+    transform: Optional[np.ndarray] = None
+
+    @property
+    def window(self):
+        return self.keyframe.window
+
+    def original_coords(self) -> np.ndarray:
+        """``(M, 3) float32`` voxel coordinates in the unrotated fixed frame (held-out cubes
+        are drawn there, so a cube is held out in every rotated copy)."""
+        c = np.asarray(self.window.coord, np.float64)
+        if self.transform is None:
+            return c.astype(np.float32)
+        R, t = self.transform[:3, :3], self.transform[:3, 3]
+        return ((c - t) @ R).astype(np.float32)
+
+
+def _with_last(items: Iterable) -> Iterator[tuple[Any, bool]]:
+    """``(item, is_last)`` pairs (one item of look-ahead)."""
+    it = iter(items)
+    try:
+        prev = next(it)
+    except StopIteration:
+        return
+    for item in it:
+        yield prev, False
+        prev = item
+    yield prev, True
+
+
+def yaw_transforms(unit: TrainUnit, augment, seed: int) -> list[Optional[np.ndarray]]:
+    """The world rotations of ``unit``'s copies: ``[None]`` without yaw augmentation, else
+    ``augment.copies`` ``(4, 4)`` rotations by yaws drawn uniformly in ``[-augment.max_deg,
+    augment.max_deg)`` degrees about ``augment.up_axis`` through the origin
+    (:func:`concerto_ros.augment.yaw_transform`), seeded by ``seed`` and the unit: every
+    process, and every run with the same seed, draws the same.
 
     Args:
-        path: the ``.pcd`` file (``WIDTH x HEIGHT`` organized, ``rgb``/``rgba`` field).
-        intrinsics: ``{"fx", "fy", "cx", "cy"}`` pixels of the camera (mOSD / Kinect:
-            525, 525, 319.5, 239.5).
-        lift: the node's :class:`~concerto_ros.config.LiftConfig`.
+        augment: a :class:`~concerto_ros.train.config.AugmentConfig`, or None.
+    """
+    from concerto_ros.augment import yaw_transform
+
+    if augment is None or not augment.yaw:
+        return [None]
+    rng = np.random.default_rng([int(seed), zlib.crc32(repr(unit.describe()).encode())])
+    lim = float(augment.max_deg)
+    return [yaw_transform(float(rng.uniform(-lim, lim)), augment.up_axis) for _ in range(int(augment.copies))]
+
+
+def iter_windows(units: Sequence[TrainUnit], pipeline, window_stride: int = 1, augment=None, seed: int = 0,
+                 require_labels: bool = True, skips=None, log: Callable[[str], Any] | None = None) -> Iterator[TrainWindow]:
+    """The node's windows of ``units``, for the labelled commands.
+
+    Every frame is lifted and pushed into the pipeline's window (reset before each unit and
+    each yaw copy); a scene unit is a window of its own; of a sequence every
+    ``window_stride``-th window and the last are yielded (the others' frames are only
+    pushed). Nothing is encoded here: ``pipeline.encode(w.keyframe)`` does it.
+
+    Args:
+        units: from :func:`expand_sources`.
+        pipeline: the node's :class:`~concerto_ros.pipeline.PerceptionPipeline`.
+        augment: yaw augmentation (:func:`yaw_transforms`), or None.
+        require_labels: refuse a unit whose frames carry no labels.
 
     Raises:
-        ValueError: an unorganized cloud, no colour field, or intrinsics missing.
+        ValueError: a unit without labels (``require_labels``); see :func:`unit_frames`.
     """
-    from concerto_ros.bag.pcd import read_pcd
+    from concerto_ros.sensors.skips import SkipCounter
 
-    missing = [k for k in ("fx", "fy", "cx", "cy") if intrinsics.get(k) is None]
-    if missing:
-        raise ValueError(f"pcd source {path}: intrinsics {missing} missing (mOSD/Kinect: fx 525, fy 525, "
-                         "cx 319.5, cy 239.5)")
-    c = read_pcd(path, drop_nan=False)
-    if c.height <= 1:
-        raise ValueError(f"{path} is not an organized cloud (HEIGHT {c.height}); SSL needs its image layout")
-    if c.rgb is None:
-        raise ValueError(f"{path} has no rgb/rgba field")
-    h, w = c.height, c.width
-    image = np.zeros((h * w, 3), dtype=np.uint8)
-    image[c.index] = c.rgb
-    image = image.reshape(h, w, 3)
-    z = c.xyz[:, 2]
-    with np.errstate(invalid="ignore"):
-        keep = np.isfinite(c.xyz).all(axis=1) & (z >= float(lift.min_depth)) & (z <= float(lift.max_depth))
-    intr = CameraIntrinsics(fx=float(intrinsics["fx"]), fy=float(intrinsics["fy"]), cx=float(intrinsics["cx"]),
-                            cy=float(intrinsics["cy"]), width=w, height=h)
-    eye = np.eye(4, dtype=np.float64)
-    pf = PointFrame(stamp_ns=0, points=np.ascontiguousarray(c.xyz[keep], dtype=np.float32),
-                    colors=np.ascontiguousarray(c.rgb[keep]), pixel_index=c.index[keep].astype(np.int32),
-                    frame_id=fixed_frame, sensor_frame_id=fixed_frame, T_fixed_sensor=eye, image_shape=(h, w))
-    key = Path(path).stem
-    return Recording(recording_key(path), Path(path), [RecordingFrame(key, image, pf, intr, eye)])
+    skips = skips if skips is not None else SkipCounter(log)
+    stride, fixed_frame = max(1, int(window_stride)), pipeline.cfg.fixed_frame
+    for unit in units:
+        label_set = _open(unit.source).label_set
+        for T in yaw_transforms(unit, augment, seed):
+            pipeline.reset()
+            pipeline.cfg.fixed_frame = fixed_frame  # a bag without localisation may have cleared it
+            for i, ((frame, pf), last) in enumerate(_with_last(lift_frames(unit, pipeline, skips, log, T))):
+                if require_labels and pf.labels is None:
+                    raise ValueError(f"{unit.source.path} has no labels: RGB-D folders need labels/, point arrays "
+                                     "'labels: L.npy', PCD files a label field, bags a label topic or field")
+                use = last or (i + 1) % stride == 0
+                kf = pipeline.integrate(pf, force_keyframe=use, keyframe_policy=False)
+                if kf is not None:
+                    yield TrainWindow(kf, frame, unit, label_set, T)
 
 
-# ----------------------------------------------------------------------------- labelled scenes
-def list_labelled(sources: Iterable[dict | str], require_labels: bool = True) -> list[dict]:
-    """Expand labelled sources into one entry per scene: ``{"type", "path", "labels"?, ...}``.
+# ----------------------------------------------------------------------------- labels
+class ClassMap:
+    """Window labels -> the command's class indices.
 
-    Types: ``pcd`` (a labelled ``.pcd`` file or a folder of them, mOSD format; ``limit``),
-    ``points`` (``path`` an ``(N, 3+)`` xyz[rgb] ``.npy``, ``labels`` an ``(N,)`` / ``(N, 1)``
-    ``.npy``), ``folder`` (an RGB-D folder with ``labels/`` -- unless ``require_labels`` is
-    false; stays one entry, its windows are made by the node's pipeline), ``auto`` (a folder
-    with ``color/`` and ``depth/`` is ``folder``, anything else ``pcd``). Other keys of a
-    ``folder`` entry (intrinsics, ``depth_scale``) are kept.
+    Args:
+        classes: the command's class names (head or translator order).
+        raw: ``(N,) int64 raw labels -> (N,) int64`` class indices (``-1`` ignored) for
+            sources without a label set, or None (then such sources are refused).
 
-    Raises:
-        ValueError: unknown type, a folder with no ``.pcd`` file, an RGB-D folder without
-            ``labels/``, a points source without ``labels``.
-        FileNotFoundError: a path that does not exist.
+    A source's label set (``label_names``) gives class indices of the set; each set class
+    maps to the command's class of the same name, or one of its synonyms
+    (case-insensitive), else to ``-1``.
     """
-    scenes = []
-    for src in sources:
-        src, path = source_entry(src, "labelled source")
-        kind = str(src.get("type", "auto"))
-        if kind == "auto":
-            kind = "folder" if (path / "color").is_dir() and (path / "depth").is_dir() else "pcd"
-        if kind == "pcd":
-            scenes += [{"type": "pcd", "path": f} for f in pcd_files(path, int(src.get("limit", 0) or 0))]
-        elif kind == "points":
-            if "labels" not in src:
-                raise ValueError(f"points source {path} needs 'labels' (an (N,) or (N,1) .npy)")
-            scenes.append({"type": "points", "path": path, "labels": Path(str(src["labels"])).expanduser()})
-        elif kind == "folder":
-            if require_labels and not (path / "labels").is_dir():
-                raise ValueError(f"RGB-D folder {path} has no labels/ folder: labelled frames are needed")
-            scenes.append({**src, "type": "folder", "path": path})
-        else:
-            raise ValueError(f"labelled source type must be 'pcd', 'points', 'folder' or 'auto', got {kind!r}")
-    return scenes
+
+    def __init__(self, classes: Sequence[str], raw: Callable[[np.ndarray], np.ndarray] | None = None):
+        self.classes = [str(c) for c in classes]
+        self.raw = raw
+        self._index = {c.strip().lower(): i for i, c in enumerate(self.classes)}
+        self._luts: dict[int, np.ndarray] = {}
+
+    def lut(self, label_set) -> np.ndarray:
+        """``(K_set + 1,) int64``: the command's class of each set class, then ``-1``."""
+        key = id(label_set)
+        if key not in self._luts:
+            out = []
+            for name in label_set.classes:
+                keys = [name, *label_set.synonyms.get(name, ())]
+                out.append(next((self._index[k.strip().lower()] for k in keys if k.strip().lower() in self._index), -1))
+            self._luts[key] = np.array(out + [-1], dtype=np.int64)
+        return self._luts[key]
+
+    def __call__(self, labels: np.ndarray | None, label_set=None, where: str = "") -> np.ndarray:
+        """``(N,) int64`` class indices (``-1``: ignored) of window labels.
+
+        Raises:
+            ValueError: raw labels without a ``raw`` mapping (the message names ``where``).
+        """
+        if labels is None:
+            raise ValueError(f"{where}: no labels")
+        y = np.asarray(labels, dtype=np.int64)
+        if label_set is not None:
+            lut = self.lut(label_set)
+            return lut[np.where((y >= 0) & (y < len(lut) - 1), y, -1)]
+        if self.raw is None:
+            raise ValueError(f"{where}: its labels name no classes; add label_names to the source (nyu40, scannet20, "
+                             "semantickitti, mosd, a YAML file or a list of class names)")
+        return self.raw(y)
 
 
-def load_labelled_points(scene: dict) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """``(xyz (N,3) float32 metres, rgb (N,3) uint8 or None, raw labels (N,) int64)`` of a
-    ``pcd`` or ``points`` entry of :func:`list_labelled` (NaN points dropped).
-
-    Raises:
-        ValueError: a PCD without a ``label`` field, or points and labels of different lengths.
-    """
-    if scene["type"] == "pcd":
-        from concerto_ros.bag.pcd import read_pcd
-
-        c = read_pcd(scene["path"])
-        if c.label is None:
-            raise ValueError(f"{scene['path']} has no 'label' field")
-        return c.xyz, c.rgb, c.label
-    arr = np.load(scene["path"])
-    lab = np.load(scene["labels"]).reshape(-1).astype(np.int64)
-    if arr.ndim != 2 or arr.shape[1] < 3:
-        raise ValueError(f"{scene['path']}: expected (N, 3+) points, got {arr.shape}")
-    if len(arr) != len(lab):
-        raise ValueError(f"{scene['path']}: {len(arr)} points but {len(lab)} labels")
-    keep = np.isfinite(arr[:, :3]).all(axis=1)
-    arr, lab = arr[keep], lab[keep]
-    xyz = arr[:, :3].astype(np.float32)
-    rgb = np.clip(np.nan_to_num(arr[:, 3:6]), 0, 255).astype(np.uint8) if arr.shape[1] >= 6 else None
-    return xyz, rgb, lab
+def classes_of_label_sets(units: Sequence[TrainUnit]) -> list[str]:
+    """The class names of the units' label sets, in order of first appearance (``[]`` when
+    none has one)."""
+    names: list[str] = []
+    seen: set[str] = set()
+    for unit in units:
+        ls = _open(unit.source).label_set
+        for c in (ls.classes if ls is not None else ()):
+            if c.strip().lower() not in seen:
+                seen.add(c.strip().lower())
+                names.append(c)
+    return names
 
 
 # ----------------------------------------------------------------------------- targets and clips
@@ -412,8 +463,24 @@ class TargetCache:
         self.hits = 0
         self.misses = 0
 
+    @property
+    def channels(self) -> int:
+        """Width ``C`` of the teacher's patch features."""
+        return int(self.teacher.embed_dim)
+
     def path(self, recording: str, frame: str) -> Path:
         return self.root / recording / self.teacher_key / f"{frame}.pt"
+
+    def targets(self, recording: str, frame: RecordingFrame, coord: np.ndarray, lookup: str = "bilinear",
+                tolerance: float = 0.05) -> tuple[torch.Tensor, np.ndarray]:
+        """Dense targets of ``coord (M, 3)`` (fixed frame, metres) from ``frame``'s image
+        (:func:`~concerto_ros.models.projection.dense_targets`): ``((M, C) float32, (M,) bool
+        visible)``; all invisible (zeros) for a frame without an image."""
+        if frame.rgb is None:
+            return torch.zeros(len(coord), self.channels), np.zeros(len(coord), dtype=bool)
+        grid = self.grid(recording, frame.key, frame.rgb)
+        tgt, vis = dense_targets(coord, grid, frame.intrinsics, frame.T_world_cam, mode=lookup, tolerance=tolerance)
+        return tgt, np.asarray(vis, dtype=bool)
 
     def grid(self, recording: str, frame: str, rgb: np.ndarray) -> torch.Tensor:
         """``(C, Hp, Wp) float32`` teacher grid of ``rgb``, from disk when cached."""
@@ -481,6 +548,10 @@ def build_clips(recording: Recording, cache: TargetCache, num_frames: int, voxel
                 heldout_fraction: float = 0.2, min_frames: int = 1) -> list[Clip]:
     """Slide a :class:`VideoPointCloud` of ``num_frames`` frames over the recording; every
     push with at least ``min_frames`` frames in the window gives one :class:`Clip`."""
+    missing = [f.key for f in recording.frames if f.rgb is None]
+    if missing:
+        raise ValueError(f"{recording.path}: Cross4D distillation needs a camera image in every frame; frames "
+                         f"{missing[:3]}{' ...' if len(missing) > 3 else ''} have none (point clouds without a camera)")
     vpc = VideoPointCloud(num_frames=num_frames, voxel_size=voxel_size)
     grids = {}
     clips = []

@@ -44,28 +44,18 @@ class LabelledScene:
     labels: np.ndarray
 
 
-def load_scenes(entries: list[dict], pipeline, voxel_size: float, window_stride: int = 1) -> list[tuple]:
-    """``[(coord, grid_coord, color, raw labels)]`` of labelled entries: single scenes
-    grid-sampled at ``voxel_size``; every ``window_stride``-th window (and the last) of each
-    RGB-D folder through the node's lifting and window (not encoded)."""
-    from concerto_ros.bag.convert_rgbd import scan_rgbd_folder
-    from concerto_ros.cloud.voxel import grid_sample
-    from concerto_ros.train.data import iter_folder_frames, load_labelled_points
+def load_scenes(units: list, pipeline, window_stride: int = 1, class_map=None, augment=None,
+                seed: int = 0) -> list[tuple[LabelledScene, np.ndarray]]:
+    """The windows of labelled units as training scenes, through the node's lifting and window
+    (:func:`~concerto_ros.train.data.iter_windows`; not encoded): ``[(scene, coordinates in
+    the unrotated fixed frame (M, 3) float32)]``, labels mapped by ``class_map``."""
+    from concerto_ros.train.data import iter_windows
 
     out = []
-    for e in entries:
-        if e["type"] != "folder":
-            xyz, rgb, raw = load_labelled_points(e)
-            gs = grid_sample(xyz, voxel_size)
-            out.append((xyz[gs.index], gs.grid_coord, None if rgb is None else rgb[gs.index], raw[gs.index]))
-            continue
-        n = len(scan_rgbd_folder(e["path"]).stems)
-        pipeline.reset()
-        for i, (_, frame, pose) in enumerate(iter_folder_frames(e["path"], labels=True)):
-            pipeline.push(frame, pose)
-            if (i + 1) % max(1, window_stride) == 0 or i == n - 1:
-                w = pipeline.window.build()
-                out.append((w.coord, w.grid_coord, w.color, np.asarray(w.labels, np.int64)))
+    for w in iter_windows(units, pipeline, window_stride, augment, seed):
+        win = w.window
+        y = class_map(win.labels, w.label_set, where=str(w.unit.source.path))
+        out.append((LabelledScene(win.coord, win.grid_coord, win.color, y), w.original_coords()))
     return out
 
 
@@ -174,26 +164,22 @@ class FinetuneTask(Task):
 
 def _split(cfg, ctx: DistContext, pipeline, log) -> tuple[list[LabelledScene], list[LabelledScene], str, tuple]:
     """Training and test scenes with class labels (held-out cubes when there is no test source)."""
-    from concerto_ros.train.data import heldout_mask, list_labelled
-    from concerto_ros.train.probe import build_label_lut, map_labels
+    from concerto_ros.train.data import heldout_mask
+    from concerto_ros.train.probe import probe_units
 
-    d, voxel = cfg.data, cfg.node.window.voxel_size
-    tr_e, te_e = list_labelled(d.train), list_labelled(d.test) if d.test else []
-    tr_raw = load_scenes(tr_e, pipeline, voxel, d.window_stride)
-    te_raw = load_scenes(te_e, pipeline, voxel, d.window_stride)
-    max_raw = max([int(s[3].max(initial=0)) for s in tr_raw + te_raw] + [0])
-    lut = build_label_lut(d.label_map, list(d.classes), None if d.ignore_index < 0 else d.ignore_index, max_raw)
+    d = cfg.data
+    tr_u, te_u, cmap = probe_units(cfg)
+    train = load_scenes(tr_u, pipeline, d.window_stride, cmap, cfg.augment, cfg.seed)
+    if te_u:
+        test = load_scenes(te_u, pipeline, d.window_stride, cmap)
+        return [s for s, _ in train], [s for s, _ in test], "test sources", (len(tr_u), len(te_u))
 
-    def scene(s, held=None):
-        y = map_labels(s[3], lut)
-        return LabelledScene(s[0], s[1], s[2], y if held is None else np.where(held, -1, y))
+    def part(s: LabelledScene, drop: np.ndarray) -> LabelledScene:
+        return LabelledScene(s.coord, s.grid_coord, s.color, np.where(drop, -1, s.labels))
 
-    if te_raw:
-        return [scene(s) for s in tr_raw], [scene(s) for s in te_raw], "test sources", (len(tr_e), len(te_e))
-    helds = [heldout_mask(s[0], d.heldout_block, d.heldout_fraction) for s in tr_raw]
-    test = [scene(s, ~h) for s, h in zip(tr_raw, helds)]
-    return [scene(s, h) for s, h in zip(tr_raw, helds)], test, \
-        f"held-out {d.heldout_block} m cubes ({d.heldout_fraction:.0%})", (len(tr_e), 0)
+    helds = [heldout_mask(orig, d.heldout_block, d.heldout_fraction) for _, orig in train]
+    return [part(s, h) for (s, _), h in zip(train, helds)], [part(s, ~h) for (s, _), h in zip(train, helds)], \
+        f"held-out {d.heldout_block} m cubes ({d.heldout_fraction:.0%})", (len(tr_u), 0)
 
 
 @torch.no_grad()

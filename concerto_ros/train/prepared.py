@@ -1,15 +1,16 @@
 """Prepared training data on disk, built once, shared by the processes of a job and reused by
 later runs (``--resume``, other seeds, other objectives).
 
-The self-supervised commands turn each recording into training items (``ssl``: windows with
+The self-supervised commands turn each unit (a recording, or a scene of a scene collection:
+:func:`~concerto_ros.train.data.expand_sources`) into training items (``ssl``: windows with
 projected 2D targets; ``cross4d``: clips) -- the expensive part of their start-up. The
-recordings are sharded over the processes (:meth:`~concerto_ros.train.dist.DistContext.shard`:
+units are sharded over the processes (:meth:`~concerto_ros.train.dist.DistContext.shard`:
 the distributed sampler over recordings), each process writes its items to
 ``<cache>/<kind>/<key>.pt`` and, after a barrier, every process reads all of them in source
 order (an item file missing on this machine, e.g. a cache folder not shared between nodes, is
-built here). The key hashes the source entry, the recording's files (names, sizes, times:
-:func:`~concerto_ros.train.data.source_fingerprint`) and every setting that shapes the items,
-so a changed recording or setting is rebuilt.
+built here). The key hashes the source (:class:`~concerto_ros.recordings.Source`) and scene,
+the recording's files (names, sizes, times: :func:`~concerto_ros.train.data.source_fingerprint`)
+and every setting that shapes the items, so a changed recording or setting is rebuilt.
 """
 
 from __future__ import annotations
@@ -22,40 +23,24 @@ from typing import Any, Callable
 
 import torch
 
-from concerto_ros.train.data import pcd_files, source_kind, source_entry, source_fingerprint
+from concerto_ros.train.data import TrainUnit, source_fingerprint
 from concerto_ros.train.dist import DistContext
 
-__all__ = ["expand_sources", "unit_key", "prepare_units"]
+__all__ = ["unit_key", "prepare_units"]
 
 
-def expand_sources(sources: list[dict | str]) -> list[dict]:
-    """One entry per recording: a ``pcd`` source (file or folder) becomes one entry per file;
-    bags and RGB-D folders stay one entry; ``type`` resolved.
-
-    Raises:
-        FileNotFoundError: a path that does not exist. ValueError: a folder with no ``.pcd``.
-    """
-    out = []
-    for src in sources:
-        src, path = source_entry(src)
-        kind = source_kind(src, path)
-        if kind == "pcd":
-            files = pcd_files(path, int(src.get("limit", 0) or 0))
-            out += [{**src, "type": "pcd", "path": str(f), "limit": 0} for f in files]
-        else:
-            out.append({**src, "type": kind, "path": str(path)})
-    return out
-
-
-def unit_key(unit: dict, settings: dict) -> str:
-    """Cache key of one recording entry under ``settings`` (JSON-able)."""
-    h = hashlib.sha1(json.dumps(unit, sort_keys=True, default=str).encode())
-    h.update(source_fingerprint(unit["path"]).encode())
+def unit_key(unit: TrainUnit, settings: dict) -> str:
+    """Cache key of one unit (:func:`~concerto_ros.train.data.expand_sources`) under
+    ``settings`` (JSON-able): ``<name>[-<scene>]-<sha1 of the source, its files and the
+    settings>``."""
+    h = hashlib.sha1(json.dumps(unit.describe(), sort_keys=True, default=str).encode())
+    h.update(source_fingerprint(unit.source.path).encode())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    return f"{Path(unit['path']).name}-{h.hexdigest()[:12]}"
+    scene = f"-{unit.frame}" if unit.frame is not None else ""
+    return f"{unit.source.path.name}{scene}-{h.hexdigest()[:12]}"
 
 
-def _load_or_build(path: Path, unit: dict, build: Callable[[dict], Any]) -> tuple[Any, bool]:
+def _load_or_build(path: Path, unit: TrainUnit, build: Callable[[TrainUnit], Any]) -> tuple[Any, bool]:
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=False), False
     items = build(unit)
@@ -66,7 +51,7 @@ def _load_or_build(path: Path, unit: dict, build: Callable[[dict], Any]) -> tupl
     return items, True
 
 
-def prepare_units(units: list[dict], settings: dict, folder: Path, build: Callable[[dict], list],
+def prepare_units(units: list[TrainUnit], settings: dict, folder: Path, build: Callable[[TrainUnit], list],
                   ctx: DistContext, log: Callable[[str], Any] = print, progress: bool = False) -> list[list]:
     """Items of every unit (``build(unit) -> list``), built by the process whose share the unit
     is in, or read from ``folder`` when already there.

@@ -15,17 +15,23 @@ section; the written head (``<output>/head.pt``: the released linear-probe forma
 pipeline built from a bundle passes its translator on). ``features: raw`` probes the
 encoder's raw inputs (xyz metres, rgb / 255: 6-d), a reference baseline with no bundle.
 
-Sources (``data.train`` and ``data.test``, see :func:`~concerto_ros.train.data.list_labelled`):
-labelled PCD files (mOSD format), labelled point arrays, RGB-D folders with ``labels/``
-(windows of the node's pipeline). With ``data.test`` empty the test set is the voxels in about
-``heldout_fraction`` of the ``heldout_block``-metre cubes of the training sources
+Sources (``data.train`` and ``data.test``; ``--train`` / ``--test``): any labelled recording of
+the Source schema shared with ``concerto eval`` (:mod:`concerto_ros.recordings`: PCD files
+with a label field, point arrays with ``labels``, SemanticKITTI scans, RGB-D folders with
+``labels/``, bags with a label topic or field), read and windowed by the node's pipeline
+(:mod:`concerto_ros.train.features`). With ``data.test`` empty the test set is the voxels in
+about ``heldout_fraction`` of the ``heldout_block``-metre cubes of the training sources
 (:func:`~concerto_ros.train.data.heldout_mask`). A path that is both a training and a test
-source is refused.
+source is refused. The training data are rotated about the up axis (``augment``, on by
+default); the test data never are.
 
-Labels: raw labels map to class indices through ``data.label_map`` (keys ``"5"``, ``"1-9"``
-(inclusive) or ``"20+"``; values a class name of ``data.classes`` or its index; raw labels
-matching no key are ignored); an empty map makes the raw label the class index. The raw label
-``data.ignore_index`` is never trained on or scored.
+Labels: a source with ``label_names`` (``mosd``, ``nyu40``, ...) gives its label set's classes,
+matched to ``data.classes`` by name or synonym (``data.classes`` empty: the label sets'
+classes). Without ``label_names`` the file's raw labels map to class indices through
+``data.label_map`` (keys ``"5"``, ``"1-9"`` (inclusive) or ``"20+"``; values a class name of
+``data.classes`` or its index; raw labels matching no key are ignored); an empty map makes
+the raw label the class index. The raw label ``data.ignore_index`` is never trained on or
+scored.
 
 Under torchrun the scenes are sharded over the processes and stay there: each process
 computes its scenes' features, the standardisation statistics, class counts and confusion
@@ -48,26 +54,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from concerto_ros.train.common import fmt, plain, print_summary, seed_everything
-from concerto_ros.train.config import (EpochLoopConfig, OptimConfig, TrainConfig, dump_config, section, setting,
-                                       to_dict)
+from concerto_ros.train.config import (AugmentConfig, EpochLoopConfig, OptimConfig, TrainConfig, dump_config, section,
+                                       setting, to_dict)
+from concerto_ros.train.data import ClassMap
 from concerto_ros.train.dist import DistContext
 from concerto_ros.train.loop import LoopPlan, RowSampler, StepOutput, Task, run_loop
 
 __all__ = ["ProbeConfig", "build_label_lut", "map_labels", "fit_linear_probe", "evaluate_head", "train_probe",
-           "class_weights", "check_disjoint"]
+           "class_weights", "check_disjoint", "probe_units"]
 
 
 # ----------------------------------------------------------------------------- configuration
 @dataclass
 class ProbeDataConfig:
-    train: list[dict] = setting(None, "Labelled training sources: {type: pcd, path: DIR|FILE.pcd, limit} (mOSD format), "
-                                      "{type: points, path: XYZ[RGB].npy, labels: L.npy}, {type: folder, path: DIR} "
-                                      "(RGB-D folder with labels/), {type: auto, path} (folder or pcd).", factory=list)
-    test: list[dict] = setting(None, "Labelled test sources (same kinds); empty: held-out cubes of the training "
+    train: list[dict] = setting(None, "Labelled training sources (the Source schema of concerto eval; --train): "
+                                      "{type: pcd, path: DIR|FILE.pcd, label_names: mosd}, {type: points, path: X.npy, "
+                                      "labels: L.npy, label_names: nyu40}, {type: rgbd_folder, path: DIR} (labels/), "
+                                      "bags with a label topic, SemanticKITTI scans.", factory=list)
+    test: list[dict] = setting(None, "Labelled test sources (same kinds; --test); empty: held-out cubes of the training "
                                      "sources.", factory=list)
-    window_stride: int = setting(1, "RGB-D folders: every n-th window of the node's pipeline (and the last).", lo=1,
-                                 hi=100_000)
-    classes: list[str] = setting(None, "Class names, in head output order.", factory=list)
+    window_stride: int = setting(1, "Sequences (RGB-D folders, bags): every n-th window of the node's pipeline (and the "
+                                    "last).", lo=1, hi=100_000)
+    classes: list[str] = setting(None, "Class names, in head output order (empty: the classes of the sources' "
+                                       "label_names).", factory=list)
     ignore_index: int = setting(0, "Raw label never trained on or scored (-1: none).", lo=-1, hi=2**31 - 1)
     label_map: dict = setting(None, "Raw label ('5', range '1-9', '20+') -> class name or index; {} = identity.",
                               factory=dict)
@@ -108,6 +117,7 @@ class ProbeConfig(TrainConfig):
     optim: ProbeOptimConfig = section(lambda: ProbeOptimConfig(lr=1e-2, weight_decay=1e-4, warmup=0, grad_clip=0.0),
                                       "AdamW with cosine decay.")
     finetune: FinetuneConfig = section(FinetuneConfig, "Unfrozen encoder (fine-tuning) and SPD.")
+    augment: AugmentConfig = section(AugmentConfig, "Yaw augmentation of the training sources.")
 
     def validate(self) -> None:
         if self.finetune.enabled and self.features == "raw":
@@ -116,7 +126,9 @@ class ProbeConfig(TrainConfig):
 
 
 def _paths(sources: list[dict]) -> list[Path]:
-    return [Path(str(s["path"] if isinstance(s, dict) else s)).expanduser().resolve() for s in sources]
+    from concerto_ros.recordings import parse_sources
+
+    return [s.path.resolve() for s in parse_sources(list(sources))] if sources else []
 
 
 def check_disjoint(train: list[dict], test: list[dict]) -> None:
@@ -324,37 +336,53 @@ class ProbeData:
     feature_dims: dict
 
 
+def probe_units(cfg: ProbeConfig) -> tuple[list, list, ClassMap]:
+    """The training and test units of ``data.train`` / ``data.test`` and the class map; sets
+    ``data.classes`` from the sources' label sets when it is empty.
+
+    Raises:
+        ValueError: no training source, no classes; see
+            :func:`~concerto_ros.train.data.expand_sources`.
+    """
+    from concerto_ros.train.data import classes_of_label_sets, expand_sources
+
+    d = cfg.data
+    if not d.train:
+        raise ValueError("data.train is empty: give labelled sources, e.g. --train \"{type: pcd, path: DIR, "
+                         "label_names: mosd}\" (PCD files, point arrays, RGB-D folders with labels/, bags)")
+    train, test = expand_sources(d.train), expand_sources(d.test) if d.test else []
+    if not d.classes:
+        d.classes = classes_of_label_sets(train + test)
+    if not d.classes:
+        raise ValueError("data.classes is empty and no source names a label set: list the class names of the head "
+                         "or add label_names to the sources")
+    classes = [str(c) for c in d.classes]
+    ignore = None if d.ignore_index < 0 else d.ignore_index
+    raw = (lambda y: map_labels(y, build_label_lut(d.label_map, classes, ignore, max(int(y.max(initial=0)), 0))))
+    return train, test, ClassMap(classes, raw)
+
+
 def _features(cfg: ProbeConfig, ctx: DistContext, pipeline, log, progress: bool) -> ProbeData:
-    from concerto_ros.train.data import heldout_mask, list_labelled
+    from concerto_ros.train.data import heldout_mask, lifting_pipeline
     from concerto_ros.train.features import source_features
 
     d = cfg.data
-    if not d.classes:
-        raise ValueError("data.classes is empty: list the class names of the head")
-    if not d.train:
-        raise ValueError("data.train is empty: give labelled PCD folders/files, point arrays or RGB-D folders with "
-                         "labels/ (--train PATH)")
     raw = cfg.features == "raw"
-    tr_sc, te_sc = list_labelled(d.train), list_labelled(d.test) if d.test else []
-    voxel = cfg.node.window.voxel_size
+    tr_units, te_units, cmap = probe_units(cfg)
+    lifter = lifting_pipeline(cfg.node) if raw else pipeline
 
-    def feats(scenes, desc):
-        return source_features(ctx.shard(scenes), pipeline, voxel, d.window_stride, raw=raw,
-                               progress=progress and ctx.is_main, desc=desc)
+    def feats(units, desc, augment):
+        return source_features(ctx.shard(units), lifter, d.window_stride, cmap, raw=raw, augment=augment,
+                               seed=cfg.seed, progress=progress and ctx.is_main, desc=desc, log=log)
 
-    tr = feats(tr_sc, "train features")
-    te = feats(te_sc, "test features") if te_sc else None
-    max_raw = int(ctx.all_reduce_max(max(tr.labels.max(initial=0), te.labels.max(initial=0) if te else 0)))
-    ignore = None if d.ignore_index < 0 else d.ignore_index
-    lut = build_label_lut(d.label_map, [str(c) for c in d.classes], ignore, max_raw)
+    tr = feats(tr_units, "train features", cfg.augment)
     dims = {"raw": 6} if raw else dict(pipeline.feature_dims)
-    if te is not None:
-        return ProbeData(tr.feats, map_labels(tr.labels, lut), te.feats, map_labels(te.labels, lut), "test sources",
-                         len(tr_sc), len(te_sc), dims)
-    y = map_labels(tr.labels, lut)
+    if te_units:
+        te = feats(te_units, "test features", None)
+        return ProbeData(tr.feats, tr.labels, te.feats, te.labels, "test sources", len(tr_units), len(te_units), dims)
     held = heldout_mask(tr.coords, d.heldout_block, d.heldout_fraction)
-    return ProbeData(tr.feats[~held], y[~held], tr.feats[held], y[held],
-                     f"held-out {d.heldout_block} m cubes ({d.heldout_fraction:.0%})", len(tr_sc), 0, dims)
+    return ProbeData(tr.feats[~held], tr.labels[~held], tr.feats[held], tr.labels[held],
+                     f"held-out {d.heldout_block} m cubes ({d.heldout_fraction:.0%})", len(tr_units), 0, dims)
 
 
 def train_probe(cfg: ProbeConfig, progress: bool = True, log: Callable[[str], Any] = print,
@@ -373,7 +401,7 @@ def train_probe(cfg: ProbeConfig, progress: bool = True, log: Callable[[str], An
         ValueError: no classes or training sources, bad ``label_map`` / ``class_weight``, no
             labelled voxel. FileNotFoundError: a source path that does not exist.
     """
-    from concerto_ros.pipeline import PerceptionPipeline
+    from concerto_ros.train.data import training_pipeline
 
     ctx = DistContext.from_env(cfg.device)
     log = ctx.main_only(log)
@@ -384,7 +412,7 @@ def train_probe(cfg: ProbeConfig, progress: bool = True, log: Callable[[str], An
             cfg.output_dir.mkdir(parents=True, exist_ok=True)
             (cfg.output_dir / "config.yaml").write_text(dump_config(cfg))
         cfg.node.language.translator = ""
-        pipeline = None if cfg.features == "raw" else PerceptionPipeline(cfg.node, log=log)
+        pipeline = None if cfg.features == "raw" else training_pipeline(cfg.node, log=log)
         if cfg.finetune.enabled:
             from concerto_ros.train.finetune import finetune_probe
 

@@ -54,10 +54,11 @@ __all__ = ["SSLConfig", "train_ssl", "prepare_scenes", "feature_of", "plot_curve
 # ----------------------------------------------------------------------------- configuration
 @dataclass
 class SSLDataConfig:
-    sources: list[dict] = setting(None, "Unlabelled recordings: rosbag2 (RGB-D + CameraInfo + /tf), RGB-D folders "
-                                        "(fx fy cx cy depth_scale when no camera.yaml), or {type: pcd, path: DIR|FILE, "
-                                        "limit, fx, fy, cx, cy} organized RGB PCD files (one-frame recordings in "
-                                        "the camera frame).", factory=list)
+    sources: list[dict] = setting(None, "Unlabelled recordings (the Source schema of concerto eval; --data adds one): "
+                                        "bags (rosbag2, ROS 1; RGB-D + CameraInfo + /tf, or PointCloud2), RGB-D "
+                                        "folders ({path, fx, fy, cx, cy, depth_scale} without camera.yaml), PCD files "
+                                        "({type: pcd, path}: each file a scene), point arrays, SemanticKITTI scans. "
+                                        "Sources without images train the 3D objectives only.", factory=list)
     window_stride: int = setting(2, "Every k-th window of the node's sliding window (and the last) is a scene.",
                                  lo=1, hi=100_000)
     max_voxels: int = setting(60000, "Larger windows keep a seeded uniform subset of this many voxels (0: all).",
@@ -149,14 +150,15 @@ def prepare_scenes(cfg: SSLConfig, ctx: DistContext, log: Callable[[str], Any]) 
     Raises:
         ValueError: no source, or no scene with a point.
     """
-    from concerto_ros.train.data import TargetCache, load_recordings
-    from concerto_ros.train.prepared import expand_sources, prepare_units
+    from concerto_ros.train.data import TargetCache, expand_sources, load_recording
+    from concerto_ros.train.prepared import prepare_units
     from concerto_ros.train.views import build_scenes
 
     d, node, t = cfg.data, cfg.node, cfg.teacher
     if not d.sources:
-        raise ValueError("no data: set data.sources (bags, RGB-D folders or {type: pcd, path: ...} entries) or "
-                         "give --source PATH")
+        raise ValueError("no data: set data.sources (recordings: bags, RGB-D folders, PCD files, point arrays) or "
+                         "give --data SOURCE")
+    units = expand_sources(d.sources)
     concerto = "concerto" in cfg.objectives
     cache = TargetCache(cfg.cache_path / "targets", t.build(ctx.device), t.short_side, ctx.device) if concerto else None
     key = cache.teacher_key if cache is not None else ""
@@ -165,8 +167,8 @@ def prepare_scenes(cfg: SSLConfig, ctx: DistContext, log: Callable[[str], Any]) 
                     "window_stride", "max_voxels", "heldout_fraction", "heldout_block")},
                 "teacher": [key, t.lookup, t.zbuffer_tolerance], "seed": cfg.seed}
 
-    def build(unit: dict) -> list[SSLScene]:
-        recs = load_recordings(unit, node, log)
+    def build(unit) -> list[SSLScene]:
+        recs = [load_recording(unit, node, log)]
         if cache is None:
             return build_scenes(recs, _NoTargets(), node.window.num_frames, node.window.voxel_size, d.window_stride,
                                 heldout_fraction=0.0, max_voxels=d.max_voxels, seed=cfg.seed)
@@ -174,7 +176,6 @@ def prepare_scenes(cfg: SSLConfig, ctx: DistContext, log: Callable[[str], Any]) 
                             lookup=t.lookup, zbuffer_tolerance=t.zbuffer_tolerance, heldout_block=d.heldout_block,
                             heldout_fraction=d.heldout_fraction, max_voxels=d.max_voxels, seed=cfg.seed)
 
-    units = expand_sources(d.sources)
     scenes = [s for items in prepare_units(units, settings, cfg.cache_path / "ssl_scenes", build, ctx, log)
               for s in items]
     if not scenes:
@@ -183,10 +184,12 @@ def prepare_scenes(cfg: SSLConfig, ctx: DistContext, log: Callable[[str], Any]) 
 
 
 class _NoTargets:
-    """A stand-in target cache for objectives without 2D targets: a 1-channel zero grid."""
+    """A stand-in target cache for objectives without 2D targets: one channel, never visible."""
 
-    def grid(self, recording: str, frame: str, rgb: np.ndarray) -> torch.Tensor:
-        return torch.zeros(1, 1, 1)
+    channels = 1
+
+    def targets(self, recording: str, frame, coord: np.ndarray, lookup: str = "", tolerance: float = 0.0):
+        return torch.zeros(len(coord), 1), np.zeros(len(coord), dtype=bool)
 
 
 # ----------------------------------------------------------------------------- the command

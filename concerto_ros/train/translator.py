@@ -15,11 +15,16 @@ of the two ways the field uses:
 
 Features are computed exactly as the node computes them (:mod:`concerto_ros.train.features`,
 the node's pipeline from the ``node`` section), so the saved translator fits the node that
-uses the same settings. Sources: RGB-D folders with ``labels/`` (every ``window_stride``-th
-window) and labelled point arrays (one scene each, Concerto encoder only). Voxels in a held-out
-share of ``heldout_block``-metre cubes are kept out of training and used for the report
-(accuracy and mIoU of open-vocabulary labels, top-k precision per class name). Training runs
-in the shared loop; under torchrun the sources are sharded over the processes.
+uses the same settings. Sources: any labelled recording of the Source schema shared with
+``concerto eval`` (RGB-D folders with ``labels/``, every ``window_stride``-th window; point
+arrays and PCD files, one window each; bags with a label topic). Labels: a source's
+``label_names`` matched to ``data.classes`` by name, else raw values through
+``data.label_ids``. The training data are rotated about the up axis (``augment``, on by
+default), so the translator holds at any yaw. Voxels in a held-out share of
+``heldout_block``-metre cubes (drawn in the unrotated frame) are kept out of training and
+used for the report (accuracy and mIoU of open-vocabulary labels, top-k precision per class
+name). Training runs in the shared loop; under torchrun the sources are sharded over the
+processes.
 """
 
 from __future__ import annotations
@@ -36,8 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from concerto_ros.train.common import fmt, plain, print_summary, seed_everything
-from concerto_ros.train.config import (EpochLoopConfig, OptimConfig, TeacherConfig, TrainConfig, dump_config,
-                                       section, setting, to_dict)
+from concerto_ros.train.config import (AugmentConfig, EpochLoopConfig, OptimConfig, TeacherConfig, TrainConfig,
+                                       dump_config, section, setting, to_dict)
 from concerto_ros.train.dist import DistContext
 from concerto_ros.train.features import collect_features  # noqa: F401 - the demo's evaluation imports it here
 from concerto_ros.train.loop import LoopPlan, RowSampler, StepOutput, Task, run_loop
@@ -47,14 +52,17 @@ __all__ = ["TranslatorConfig", "train_translator", "make_image_model", "collect_
 
 @dataclass
 class TranslatorDataConfig:
-    sources: list[dict] = setting(None, "RGB-D folders with labels/ ({type: folder, path}, or --source PATH) or "
-                                        "{type: points, path: XYZRGB.npy, labels: L.npy}.", factory=list)
+    sources: list[dict] = setting(None, "Labelled sources (the Source schema of concerto eval; --data adds one): RGB-D "
+                                        "folders with labels/, {type: points, path: X.npy, labels: L.npy, label_names: "
+                                        "nyu40}, PCD files with a label field, bags with a label topic.", factory=list)
     classes: list[str] = setting(None, "Class names (their text embeddings are the targets in label mode).",
                                  factory=lambda: ["floor", "wall", "table", "chair", "sofa", "cabinet", "bookshelf",
                                                   "door"])
-    label_ids: list[int] = setting(None, "Raw label of each class (default 1..K).", lo=0, hi=2**31 - 1,
+    label_ids: list[int] = setting(None, "Raw label of each class (default 1..K), for sources without label_names "
+                                         "(with label_names, classes are matched by name).", lo=0, hi=2**31 - 1,
                                    factory=lambda: [1, 2, 3, 4, 5, 6, 7, 8])
-    window_stride: int = setting(1, "Every n-th window of the node's pipeline (and the last).", lo=1, hi=100_000)
+    window_stride: int = setting(1, "Sequences (RGB-D folders, bags): every n-th window of the node's pipeline (and the "
+                                    "last).", lo=1, hi=100_000)
     heldout_fraction: float = setting(0.2, "Share of the heldout_block cubes kept for the report.", lo=0.0, hi=1.0)
     heldout_block: float = setting(0.5, "Held-out cube edge, metres.", lo=0.01, hi=100.0)
 
@@ -98,6 +106,7 @@ class TranslatorConfig(TrainConfig):
     optim: TranslatorOptimConfig = section(lambda: TranslatorOptimConfig(lr=1e-2, weight_decay=1e-4, warmup=0,
                                                                          grad_clip=0.0), "AdamW with cosine decay.")
     eval: ReportConfig = section(ReportConfig, "The held-out report.")
+    augment: AugmentConfig = section(AugmentConfig, "Yaw augmentation of the training sources.")
 
 
 def make_image_model(im: TeacherConfig, device: str | torch.device = "cpu"):
@@ -168,22 +177,26 @@ class TranslatorTask(Task):
 
 # ----------------------------------------------------------------------------- the command
 def _collect(cfg: TranslatorConfig, ctx: DistContext, pipeline, log, progress: bool):
-    from concerto_ros.train.data import heldout_mask, list_labelled
+    from concerto_ros.train.data import ClassMap, expand_sources, heldout_mask
     from concerto_ros.train.features import source_features
 
     d = cfg.data
     if not d.sources:
         raise ValueError("data.sources is empty: give RGB-D folders with labels/ or labelled point arrays "
-                         "(--source PATH or --set data.sources=[...])")
+                         "(--data SOURCE or --set data.sources=[...])")
     image_model = make_image_model(cfg.image_model, ctx.device) if cfg.mode == "targets" else None
-    entries = list_labelled([{"type": "folder", **s} if isinstance(s, dict) and "type" not in s else s
-                             for s in d.sources], require_labels=image_model is None)
-    lf = source_features(ctx.shard(entries), pipeline, cfg.node.window.voxel_size, d.window_stride,
-                         image_model=image_model, progress=progress and ctx.is_main)
-    lut = {int(rid): k for k, rid in enumerate(d.label_ids)}
-    labels = np.array([lut.get(int(r), -1) for r in lf.labels], dtype=np.int64)
+    ids = np.asarray(d.label_ids, np.int64)
+
+    def raw(y: np.ndarray) -> np.ndarray:
+        lut = np.full(max(int(y.max(initial=0)), int(ids.max(initial=0))) + 1, -1, np.int64)
+        lut[ids] = np.arange(len(ids))
+        return np.where(y >= 0, lut[np.clip(y, 0, len(lut) - 1)], -1)
+
+    lf = source_features(ctx.shard(expand_sources(d.sources)), pipeline, d.window_stride,
+                         ClassMap([str(c) for c in d.classes], raw), image_model=image_model, augment=cfg.augment,
+                         seed=cfg.seed, progress=progress and ctx.is_main, log=log)
     held = heldout_mask(lf.coords, d.heldout_block, d.heldout_fraction)
-    return lf, labels, held
+    return lf, lf.labels, held
 
 
 def train_translator(cfg: TranslatorConfig, progress: bool = True, log: Callable[[str], Any] = print,
@@ -202,7 +215,7 @@ def train_translator(cfg: TranslatorConfig, progress: bool = True, log: Callable
     """
     from concerto_ros.language.text_encoders import build_text_encoder
     from concerto_ros.language.translator import Translator
-    from concerto_ros.pipeline import PerceptionPipeline
+    from concerto_ros.train.data import training_pipeline
 
     ctx = DistContext.from_env(cfg.device)
     log = ctx.main_only(log)
@@ -218,7 +231,7 @@ def train_translator(cfg: TranslatorConfig, progress: bool = True, log: Callable
             cfg.output_dir.mkdir(parents=True, exist_ok=True)
             (cfg.output_dir / "config.yaml").write_text(dump_config(cfg))
         cfg.node.language.translator = ""
-        pipeline = PerceptionPipeline(cfg.node, log=log)
+        pipeline = training_pipeline(cfg.node, log=log)
         lf, labels, held = _collect(cfg, ctx, pipeline, log, progress)
         te = build_text_encoder(cfg.text_encoder.backend, cfg.text_encoder.model or None,
                                 cfg.text_encoder.checkpoint or None, device=str(ctx.device))

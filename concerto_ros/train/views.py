@@ -21,7 +21,6 @@ import torch
 
 from concerto_ros.cloud.voxel import grid_sample
 from concerto_ros.cloud.window import VideoPointCloud
-from concerto_ros.models.projection import dense_targets
 from concerto_ros.train.config import setting
 from concerto_ros.train.data import TargetCache, heldout_mask
 
@@ -87,7 +86,9 @@ def build_scenes(recordings, cache: TargetCache, num_frames: int, voxel_size: fl
                  lookup: str = "bilinear", zbuffer_tolerance: float = 0.05, heldout_block: float = 0.25,
                  heldout_fraction: float = 0.1, max_voxels: int = 0, seed: int = 0) -> list[SSLScene]:
     """Slide the node's window over each recording; every ``window_stride``-th window (and the
-    last) becomes an :class:`SSLScene` with targets from its newest frame.
+    last) becomes an :class:`SSLScene` with targets from its newest frame
+    (:meth:`~concerto_ros.train.data.TargetCache.targets`: none visible when that frame has no
+    image, e.g. point arrays: then only the 3D objectives learn from it).
 
     Args:
         max_voxels: windows with more voxels keep a uniform random subset of this size (0: all),
@@ -112,9 +113,7 @@ def build_scenes(recordings, cache: TargetCache, num_frames: int, voxel_size: fl
                 rng = np.random.default_rng([int(seed), zlib.crc32(f"{rec.key}/{fr.key}".encode())])
                 keep = np.sort(rng.choice(len(coord), max_voxels, replace=False))
                 coord, color = coord[keep], color[keep]
-            grid = cache.grid(rec.key, fr.key, fr.rgb)
-            tgt, vis = dense_targets(coord, grid, fr.intrinsics, fr.T_world_cam, mode=lookup,
-                                     tolerance=zbuffer_tolerance)
+            tgt, vis = cache.targets(rec.key, fr, coord, lookup, zbuffer_tolerance)
             scenes.append(SSLScene(f"{rec.key}/{fr.key}", np.ascontiguousarray(coord, np.float32),
                                    np.ascontiguousarray(color, np.uint8), tgt.half(), np.asarray(vis, bool),
                                    heldout_mask(coord, heldout_block, heldout_fraction)))
