@@ -156,7 +156,8 @@ def run(args) -> dict:
         k, v = item.split("=", 1)
         overrides[k] = v
     log_path = Path(tempfile.mkdtemp(prefix="soak_")) / "node.log"
-    node = NodeProcess(args.config or default_config_path(), overrides, log_path=log_path)
+    node = NodeProcess(args.config or [default_config_path(), default_config_path().with_name("perception_cpu.yaml")],
+                       overrides, log_path=log_path)
     rclpy.init()
     h = Harness(depth=10)
     rng = random.Random(0)
@@ -276,7 +277,9 @@ def main(argv=None) -> int:
     ap.add_argument("--query-rate", type=float, default=0.0,
                     help="text queries per second during the soak (default 0; needs a translator)")
     ap.add_argument("--sample", type=float, default=15.0, help="seconds between RSS samples (default 15)")
-    ap.add_argument("--config", type=Path, default=None, help="parameters YAML (default config/perception.yaml)")
+    ap.add_argument("--config", type=Path, action="append", default=None,
+                    help="parameters YAML, repeatable: later files win (default config/perception.yaml then the live "
+                         "CPU overlay config/perception_cpu.yaml, as the launch file on a CPU)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                     help="node parameter override (repeatable)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "soak.json")

@@ -15,6 +15,7 @@ training scripts); it never imports rclpy. Messages are duck-typed: rclpy messag
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -142,7 +143,9 @@ class Keyframe:
 
     Attributes:
         window: the voxelized window (immutable arrays: safe to encode on another thread
-            while the next frames are integrated).
+            while the next frames are integrated), or ``None`` for a deferred keyframe
+            (:meth:`PerceptionPipeline.integrate` with ``defer_build``): the window is
+            voxelized when the encoder takes it (:meth:`PerceptionPipeline.build_keyframe`).
         reason: why it is a keyframe (``first``, ``translation``, ``rotation``, ``interval``,
             ``time_jump``) or ``forced``.
         integrated_at: ``time.perf_counter()`` when it was made (latency accounting).
@@ -150,7 +153,7 @@ class Keyframe:
             when encoding fails).
     """
 
-    window: WindowCloud
+    window: WindowCloud | None
     reason: str
     integrated_at: float
     frames_before: tuple = ()
@@ -373,6 +376,9 @@ class PerceptionPipeline:
             self.map = self._build_map(cfg.fixed_frame)
         self.latest: PipelineResult | None = None
         self._latest_lock = threading.Lock()
+        #: guards the window between the integration thread (push) and an encoder thread
+        #: that voxelizes a deferred keyframe (:meth:`build_keyframe`)
+        self._window_lock = threading.RLock()
 
     def _warn_if_random(self, cfg: PerceptionConfig) -> None:
         random = [name for name, on in (("Concerto encoder", cfg.model.enabled and not cfg.model.checkpoint),
@@ -572,25 +578,32 @@ class PerceptionPipeline:
         self.integrate(self.lift(frame, T_world_sensor), keyframe_policy=False)
 
     def integrate(self, frame: SensorFrame | PointFrame, force_keyframe: bool = False,
-                  keyframe_policy: bool = True) -> Keyframe | None:
+                  keyframe_policy: bool = True, defer_build: bool = False) -> Keyframe | None:
         """Every frame's step: lift it (a :class:`SensorFrame`), push it into the window
         (incremental, within ``window.max_extent``), integrate its geometry and colour into
         the map, and decide whether it is a keyframe (``keyframe.*``; always with
         ``force_keyframe``; never without ``keyframe_policy``).
 
+        Args:
+            defer_build: for a keyframe, do not voxelize the window now (``window=None``):
+                the live runtime passes it while the encoder is busy, so the keyframes a
+                newer one replaces before the encoder is free cost the integration thread
+                nothing; :meth:`build_keyframe` voxelizes the window when the encoder takes it.
+
         Returns:
             A :class:`Keyframe` (the window voxelized now: immutable, safe to encode on
-            another thread) for a keyframe, else ``None``.
+            another thread; deferred with ``defer_build``) for a keyframe, else ``None``.
 
         Raises:
             FrameSkipped: see :meth:`lift_frame`.
         """
         points = frame if isinstance(frame, PointFrame) else self.lift_frame(frame)
-        before = self.window.frames
         t0 = time.perf_counter()
-        self._push_points(points)
+        with self._window_lock:
+            before = self.window.frames
+            self._push_points(points)
+            newest = self.window.frames[-1]
         window_ms = (time.perf_counter() - t0) * 1e3
-        newest = self.window.frames[-1]
         if self.cfg.map.enabled:
             with self.timer.stage("integrate"):
                 self._integrate_map(newest)
@@ -600,11 +613,33 @@ class PerceptionPipeline:
         if not force_keyframe and (decision is None or not decision.is_keyframe):
             self.timer.add("window", window_ms)
             return None
+        reason = "forced" if force_keyframe else decision.reason
+        if defer_build:
+            self.timer.add("window", window_ms)
+            return Keyframe(window=None, reason=reason, integrated_at=time.perf_counter(), frames_before=before)
         t0 = time.perf_counter()
-        window = self.window.build()
+        with self._window_lock:
+            window = self.window.build()
         self.timer.add("window", window_ms + (time.perf_counter() - t0) * 1e3)  # one sample a frame
-        return Keyframe(window=window, reason="forced" if force_keyframe else decision.reason,
-                        integrated_at=time.perf_counter(), frames_before=before)
+        return Keyframe(window=window, reason=reason, integrated_at=time.perf_counter(), frames_before=before)
+
+    def build_keyframe(self, keyframe: Keyframe) -> Keyframe | None:
+        """``keyframe`` with its window voxelized: unchanged when it has one, else the
+        window as it is now (it may hold frames integrated after the keyframe's: the newest
+        keyframe wins). Safe to call from another thread than :meth:`integrate`.
+
+        Returns:
+            The keyframe, or ``None`` when the window was emptied meanwhile (a reset).
+        """
+        if keyframe.window is not None:
+            return keyframe
+        t0 = time.perf_counter()
+        with self._window_lock:
+            if not self.window.frames:
+                return None
+            window = self.window.build()
+        self.timer.add("build", (time.perf_counter() - t0) * 1e3)
+        return dataclasses.replace(keyframe, window=window)
 
     def flush(self) -> PipelineResult | None:
         """Encode the window when its newest frame was not encoded yet (the end of a
@@ -706,7 +741,7 @@ class PerceptionPipeline:
         probs = self.map is not None
         if self.language is None:
             return None, self.head.predict(feats, probabilities=probs)
-        emb = self.language.translator.embed(feats)
+        emb = self.language.translator.embed(feats, precision=self.cfg.language.precision)
         if self.language.apply_pending_vocabulary() is not None:
             return emb, self.language.label(emb, probabilities=probs)
         return emb, self.head.predict(feats, probabilities=probs)
@@ -821,6 +856,7 @@ class PerceptionPipeline:
     def reset(self) -> None:
         """Forget the window and the last keyframe (e.g. after a jump back in time when a bag
         loops); the map is kept (see :meth:`SemanticVoxelMap.clear`)."""
-        self.window.clear()
+        with self._window_lock:
+            self.window.clear()
         self.keyframes.reset()
         self._pca_basis = None

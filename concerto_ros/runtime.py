@@ -7,12 +7,16 @@ Two worker threads, so that the encoder never holds up the sensor stream:
   keeps the newest sets (``worker.queue_depth``); the callback returns at once.
 * **integration thread**: decodes and validates each set, looks up its pose, lifts it, pushes it
   into the window and integrates it into the map (:meth:`PerceptionPipeline.integrate`, tens of
-  milliseconds): *every* frame reaches the map. When the frame is a keyframe, the window
-  voxelized at that moment is handed to the encoder through a slot of depth one: when the
-  encoder is still busy, a newer keyframe replaces the waiting one ("the newest keyframe
-  wins"), counted in :attr:`StreamingRuntime.keyframes_replaced`.
-* **encoder thread**: runs the encoders, the heads and the map fusion on the keyframe
-  (:meth:`PerceptionPipeline.encode`), then calls ``on_result``.
+  milliseconds): *every* frame reaches the map. A keyframe is handed to the encoder through
+  a slot of depth one: when the encoder is still busy, a newer keyframe replaces the waiting
+  one ("the newest keyframe wins"), counted in :attr:`StreamingRuntime.keyframes_replaced`.
+  While the encoder is idle the window is voxelized on this thread at once; while it is busy
+  the keyframe is deferred (``window=None``), so the keyframes that are replaced before the
+  encoder is free cost nothing (at 30 Hz most frames are keyframes by motion and the encoder
+  takes one in ten or fifteen).
+* **encoder thread**: voxelizes a deferred keyframe's window as it is when taken
+  (:meth:`PerceptionPipeline.build_keyframe`), runs the encoders, the heads and the map
+  fusion on it (:meth:`PerceptionPipeline.encode`), then calls ``on_result``.
 
 Both threads spend their time in numpy and torch kernels that release the GIL; the Python
 between them is short, so the callbacks that feed the intake are not starved. Errors are
@@ -136,6 +140,7 @@ class StreamingRuntime:
         self.on_result, self.on_skip = on_result, on_skip
         self.intake = NewestQueue(queue_depth)
         self._slot = _KeyframeSlot()
+        self._encoder_busy = threading.Event()
         self._running = threading.Event()
         self._threads: list[threading.Thread] = []
         self.frames_offered = self.frames_integrated = self.keyframes_made = self.keyframes_encoded = 0
@@ -186,7 +191,8 @@ class StreamingRuntime:
             if item is None:
                 continue
             try:
-                keyframe = self.pipeline.integrate(self.stream.decode(item.pending))
+                keyframe = self.pipeline.integrate(self.stream.decode(item.pending),
+                                                   defer_build=self._encoder_busy.is_set())
                 self.frames_integrated += 1
                 if keyframe is not None:
                     self.keyframes_made += 1
@@ -203,7 +209,11 @@ class StreamingRuntime:
             if item is None:
                 continue
             keyframe, tag = item
+            self._encoder_busy.set()
             try:
+                keyframe = self.pipeline.build_keyframe(keyframe)
+                if keyframe is None:  # the window was reset since
+                    continue
                 result = self.pipeline.encode(keyframe)
                 self.keyframes_encoded += 1
                 if self._running.is_set():
@@ -213,6 +223,8 @@ class StreamingRuntime:
             except Exception:  # noqa: BLE001
                 if self._running.is_set():
                     self.on_skip(FrameSkipped("pipeline", INTERNAL_ERROR, traceback.format_exc(limit=4)))
+            finally:
+                self._encoder_busy.clear()
 
 
 class _Offered:

@@ -12,7 +12,7 @@ import numpy as np
 __all__ = ["STAGES", "StageTimer"]
 
 #: stage names reported by :class:`StageTimer`, in pipeline order
-STAGES = ("sync", "convert", "lift", "integrate", "window", "encoder", "cross4d", "heads", "fuse", "to_msg")
+STAGES = ("sync", "convert", "lift", "integrate", "window", "build", "encoder", "cross4d", "heads", "fuse", "to_msg")
 
 
 class StageTimer:

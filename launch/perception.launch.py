@@ -3,9 +3,15 @@
     ros2 launch concerto_ros perception.launch.py
     ros2 launch concerto_ros perception.launch.py config:=/path/to/site.yaml namespace:=robot1 use_sim_time:=true
     ros2 launch concerto_ros perception.launch.py bundle:=/path/to/bundle.pt
+    ros2 launch concerto_ros perception.launch.py profile:=none   # a CUDA GPU: the full window
 
 Arguments:
     config        parameters YAML (default: the package's config/perception.yaml)
+    profile       auto, cpu or none: cpu layers config/perception_cpu.yaml over config (the live
+                  CPU budget: every 2nd pixel, the encoder on the 60k window voxels nearest the
+                  camera, one torch thread; measured to integrate every frame of a 30 Hz
+                  640x480 stream on 2 cores); auto does so when the model runs on the CPU
+                  (model.device cpu, or auto without CUDA); none never (default: auto)
     bundle        model bundle file, 'default' (the embedded one), or 'none' (the YAML's separate
                   model settings: seeded random models unless checkpoints are set); sets
                   model.bundle over the YAML (default: empty, the YAML's model.bundle is kept,
@@ -28,10 +34,34 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 
+def _runs_on_cpu(config: str) -> bool:
+    """Whether the node's model runs on the CPU with the parameters file ``config``."""
+    from concerto_ros.config import load_config
+
+    device = load_config(config).model.device
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def _parameter_files(context, share: str) -> list[str]:
+    """``config``, then the CPU overlay when ``profile`` asks for it."""
+    config = LaunchConfiguration("config").perform(context)
+    profile = LaunchConfiguration("profile").perform(context).strip().lower()
+    if profile not in ("auto", "cpu", "none"):
+        raise ValueError(f"profile must be auto, cpu or none, got {profile!r}")
+    cpu = profile == "cpu" or (profile == "auto" and _runs_on_cpu(config))
+    return [config, os.path.join(share, "config", "perception_cpu.yaml")] if cpu else [config]
+
+
 def _perception_node(context):
     """The node; ``model.bundle`` is passed only when the ``bundle`` argument is non-empty, so
     that an empty argument keeps the parameters file's value."""
-    config = LaunchConfiguration("config")
+    share = get_package_share_directory("concerto_ros")
     use_sim_time = LaunchConfiguration("use_sim_time")
     overrides = {"use_sim_time": ParameterValue(use_sim_time, value_type=bool)}
     bundle = LaunchConfiguration("bundle").perform(context).strip()
@@ -44,7 +74,7 @@ def _perception_node(context):
         namespace=LaunchConfiguration("namespace"),
         output="screen",
         emulate_tty=True,
-        parameters=[config, overrides],
+        parameters=[*_parameter_files(context, share), overrides],
         arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
     )]
 
@@ -55,6 +85,9 @@ def generate_launch_description() -> LaunchDescription:
     return LaunchDescription([
         DeclareLaunchArgument("config", default_value=default_config,
                               description="Parameters YAML of the perception node."),
+        DeclareLaunchArgument("profile", default_value="auto",
+                              description="auto, cpu or none: layer config/perception_cpu.yaml (the live CPU "
+                                          "budget) over config; auto when the model runs on the CPU."),
         DeclareLaunchArgument("bundle", default_value="",
                               description="Model bundle file, 'default' or 'none' (sets model.bundle; empty keeps the "
                                           "YAML's value)."),

@@ -63,3 +63,17 @@ def test_params_file_section_of_the_node_wins(tmp_path):
     assert cfg.fixed_frame == "world" and cfg.sync.slop == 0.01
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_cpu_overlay_layers_only_the_live_budget_over_the_shipped_yaml(tmp_path):
+    base = ROOT / "config" / "perception.yaml"
+    cpu = load_config([base, ROOT / "config" / "perception_cpu.yaml"])
+    changed = {k: v for k, v in to_flat(cpu).items() if v != to_flat(load_config(base))[k]}
+    assert changed == {"lift.pixel_stride": 2, "window.max_voxels": 60000, "model.num_threads": 1}
+    # later files win, each sets only what it names, overrides come last
+    extra = tmp_path / "site.yaml"
+    extra.write_text("/**:\n  ros__parameters:\n    window:\n      max_voxels: 80000\n    fixed_frame: map\n")
+    cfg = load_config([base, ROOT / "config" / "perception_cpu.yaml", extra], {"model.num_threads": 2})
+    assert (cfg.window.max_voxels, cfg.fixed_frame, cfg.lift.pixel_stride, cfg.model.num_threads) == (80000, "map", 2, 2)
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_config([base, tmp_path / "missing.yaml"])

@@ -46,8 +46,9 @@ def test_launch_file_declares_its_arguments_and_uses_the_config():
     tree = ast.parse(src)
     declared = {c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call)
                 and getattr(c.func, "id", "") == "DeclareLaunchArgument"}
-    assert {"config", "namespace", "use_sim_time"} <= declared
+    assert {"config", "profile", "namespace", "use_sim_time"} <= declared
     assert "perception.yaml" in src and 'executable="perception_node"' in src
+    assert "perception_cpu.yaml" in src  # the live CPU overlay (profile:=auto|cpu)
 
 
 def test_setup_py_installs_launch_config_and_console_scripts():

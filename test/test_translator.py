@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from concerto_ros.language.translator import (FitConfig, Translator, TranslatorMismatchError, fit_translator_labels,
-                                              fit_translator_targets)
+from concerto_ros.language.translator import (FitConfig, Translator, TranslatorMismatchError, embed_precision,
+                                              fit_translator_labels, fit_translator_targets)
 
 
 def _synthetic(n_per=300, d_in=16, d_text=8, n_cls=4, seed=0):
@@ -32,6 +32,30 @@ def test_translator_shapes_and_unit_embeddings():
         tr.embed(np.zeros((10, 15)))
     with pytest.raises(ValueError, match="temperature must be > 0"):
         Translator(4, 4, "x", temperature=0.0)
+
+
+def test_embed_chunks_and_bf16_agree_with_one_fp32_product():
+    """Chunked rows give the same embedding as one product; the bf16 product stays within
+    cosine 0.9999 of fp32 (what the node's language.precision: auto may choose)."""
+    torch.manual_seed(0)
+    tr = Translator(240, 384, "fake:x")
+    with torch.no_grad():
+        tr.proj.weight.normal_(0.0, 0.05)
+        tr.proj.bias.normal_(0.0, 0.1)
+    tr.set_feature_stats(np.random.default_rng(1).normal(2.0, 3.0, size=(500, 240)))
+    x = np.random.default_rng(2).normal(2.0, 3.0, size=(5000, 240)).astype(np.float32)
+    one = tr.embed(x, chunk_rows=len(x))
+    chunked = tr.embed(x, chunk_rows=777)  # a last partial chunk too
+    np.testing.assert_allclose(chunked, one, atol=2e-6)
+    bf16 = tr.embed(torch.from_numpy(x), precision="bf16")
+    assert bf16.dtype == np.float32 and bf16.shape == (5000, 384)
+    np.testing.assert_allclose(np.linalg.norm(bf16, axis=1), 1.0, atol=1e-5)
+    assert (bf16 * one).sum(1).min() > 0.9999
+    assert np.array_equal(tr.embed(x, precision="auto"), tr.embed(x, precision=embed_precision("cpu")))
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16; got 'fp16'"):
+        tr.embed(x, precision="fp16")
+    with pytest.raises(ValueError, match="chunk_rows must be > 0"):
+        tr.embed(x, chunk_rows=0)
 
 
 def test_fit_with_labels_learns_classes_and_ignores_unlabelled():

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -70,17 +70,21 @@ class NodeProcess:
     """``perception_node`` started as a child process (for the demo, tests and ``--start-node``).
 
     Args:
-        params_file: parameters YAML.
+        params_file: parameters YAML, or several (one ``--params-file`` each: later files
+            win, e.g. ``config/perception.yaml`` then ``config/perception_cpu.yaml``).
         overrides: ``{dotted name: value}`` passed as ``-p name:=value``.
         namespace: node namespace ("" for none).
         log_path: file receiving the node's stdout/stderr.
         lifecycle: start ``perception_lifecycle_node`` (unconfigured) instead.
     """
 
-    def __init__(self, params_file: str | Path, overrides: dict[str, Any] | None = None,
+    def __init__(self, params_file: str | Path | Sequence[str | Path], overrides: dict[str, Any] | None = None,
                  namespace: str = "", log_path: str | Path | None = None, lifecycle: bool = False):
         module = "concerto_ros.ros.lifecycle" if lifecycle else "concerto_ros.ros.node"
-        cmd = [sys.executable, "-m", module, "--ros-args", "--params-file", str(params_file)]
+        files = [params_file] if isinstance(params_file, (str, Path)) else list(params_file)
+        cmd = [sys.executable, "-m", module, "--ros-args"]
+        for f in files:
+            cmd += ["--params-file", str(f)]
         for k, v in (overrides or {}).items():
             if isinstance(v, (list, tuple)):
                 v = "[" + ",".join(f"'{x}'" for x in v) + "]"
