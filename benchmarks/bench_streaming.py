@@ -173,7 +173,9 @@ class Session:
                 frame_lat.append(out_times[j] - offered)
         pct = lambda a, q: float(np.percentile(a, q)) if len(a) else float("nan")  # noqa: E731
         ms = p.map.stats() if p.map is not None else None
-        timings = {k: round(v["mean_ms"], 1) for k, v in p.timer.summary().items()}
+        summary = p.timer.summary()
+        timings = {k: round(v["mean_ms"], 1) for k, v in summary.items()}
+        p99 = {k: round(v["p99_ms"], 1) for k, v in summary.items()}
         return {"rate_hz": self.rate, "seconds": self.seconds, "frames_in": len(self.offered),
                 "frames_integrated": rt.frames_integrated, "frames_dropped": rt.frames_dropped,
                 "frames_skipped": self.skips.total, "keyframes_made": rt.keyframes_made,
@@ -185,7 +187,7 @@ class Session:
                 "rss_mib_end": self.rss[-1] if self.rss else float("nan"),
                 "rss_mib_series": [round(r, 1) for r in self.rss[::4]],
                 "map_voxels": ms.num_voxels if ms else 0, "map_evictions": ms.evictions if ms else 0,
-                "mean_ms": timings, "skipped": self.skips.as_dict(), "loadavg": os.getloadavg()}
+                "mean_ms": timings, "p99_ms": p99, "skipped": self.skips.as_dict(), "loadavg": os.getloadavg()}
 
 
 def main(argv=None) -> int:
@@ -225,6 +227,8 @@ def main(argv=None) -> int:
               f"{r['frame_latency_p99_s']:.2f} s; RSS {r['rss_mib_start']:.0f} -> max {r['rss_mib_max']:.0f} -> end "
               f"{r['rss_mib_end']:.0f} MiB; map {r['map_voxels']} voxels; load {r['loadavg'][0]:.2f}", flush=True)
         print(f"  mean ms per stage: {r['mean_ms']}", flush=True)
+        print(f"  p99 ms per stage: {r['p99_ms']}; frames dropped by the integration queue: "
+              f"{r['frames_dropped']}, skipped {r['skipped']}", flush=True)
     results["config"] = {"files": [str(c) for c in cfg_path], "overrides": args.overrides, "advance_m": args.advance}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
