@@ -25,7 +25,8 @@ Datasets (``../shared/data``):
 
 Every run is a subprocess of the ``concerto`` CLI; with ``--lock FILE`` each one takes the
 shared CPU lock (``flock FILE``), so other heavy jobs interleave between runs. A run whose
-outputs exist is reused (delete ``--out`` to redo it), so an interrupted table resumes.
+outputs exist is reused (unless its ssl step budget differs; delete ``--out`` to redo every
+run), so an interrupted table resumes.
 
 Outputs: ``<results>.json`` (every run: wall times, linear/kNN mIoU and per-class IoU, the
 budgets, the load average), ``<results>.md`` (mean +- sample std over the seeds) and
@@ -44,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -133,9 +135,10 @@ def run_one(dataset: str, objective: str, seed: int, args: argparse.Namespace) -
     if objective == "random":
         bundle = ["--bundle", "random", "--set", f"model.seed={seed}"]
     else:
-        ssl_dir = run_dir / "ssl"
-        if not (ssl_dir / "summary.json").is_file():
-            steps = args.steps[dataset]
+        ssl_dir, steps = run_dir / "ssl", args.steps[dataset]
+        done = ssl_dir / "summary.json"
+        if not done.is_file() or json.loads(done.read_text()).get("steps") != steps:
+            shutil.rmtree(run_dir, ignore_errors=True)  # another budget: pre-train and probe again
             _cli(["train", "ssl", *ssl_args, "--output", str(ssl_dir), "--seed", str(seed), "--no-progress",
                   "--set", f"node.model.seed={seed}", "--set", f"ssl.objective={objective}",
                   "--set", f"loop.steps={steps}", "--set", f"loop.steps_per_epoch={steps}",
