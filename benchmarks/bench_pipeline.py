@@ -173,7 +173,7 @@ class FrameRecorder:
                "points": int(sum(len(f.points) for f in self.pipeline.window.frames)),
                "semantic_msg_bytes": len(msg.data), "to_msg_semantic": (t1 - t0) * 1e3}
         for name, samples in list(timer.samples.items()):  # replay is single-threaded
-            new = samples[self._seen.get(name, 0):]
+            new = list(samples)[self._seen.get(name, 0):]  # a deque (the timer keeps recent samples)
             self._seen[name] = len(samples)
             row[name] = float(sum(new))
         now = time.perf_counter()

@@ -8,14 +8,21 @@ training commands, with the settings in ``config/default_bundle.yaml``:
 1. render the training rooms (``scenes.seeds``, never the demo's seed 0) with
    :func:`concerto_ros.demo.scene.write_sequence` into ``<work_dir>/scenes``;
 2. ``concerto train ssl`` on them, without labels (``ssl`` section over its defaults): the
-   ``tiny`` PTv3 encoder, ``all_levels`` feature;
-3. ``concerto train probe`` on the node's windows of the same rooms with their label images
-   (``probe`` section), on the SSL bundle's frozen encoder: the linear head;
-4. ``concerto train translator`` in label mode (``translator`` section) on the probe bundle's
-   features: the map into the text encoder's space for free-text queries;
-5. the bundle: encoder + head + translator, no vocabulary (labels come from the head,
+   ``tiny`` PTv3 encoder, ``all_levels`` feature, the objective of ``ssl.ssl.objective``,
+   views rotated about the up axis (yaw augmentation, ``views.rotate_deg``);
+3. ``concerto train cross4d`` on the same rooms (``cross4d`` section): the Cross4D 4D
+   point-cloud-video encoder distilled from the frozen 2D teacher (Cross4D-JEPA, arXiv
+   2607.00514);
+4. the fused encoders: one bundle with both, as the node runs them (Cross4D's per-voxel
+   features concatenated after Concerto's, :attr:`ModelBundle.feature_dims`);
+5. ``concerto train probe`` on the node's windows of the same rooms with their label images
+   (``probe`` section), on the fused bundle's frozen encoders: the linear head over the
+   fused feature (yaw-augmented windows, ``augment.*``);
+6. ``concerto train translator`` in label mode (``translator`` section) on the probe bundle's
+   fused features: the map into the text encoder's space for free-text queries;
+7. the bundle: both encoders + head + translator, no vocabulary (labels come from the head,
    queries use the translator), encoder weights stored as float16;
-6. evaluation on the demo's own room (seed 0, never trained on): ``concerto demo --offline``
+8. evaluation on the demo's own room (seed 0, never trained on): ``concerto demo --offline``
    (mIoU of the last window against the ground truth, as the demo reports it), the same
    scene's last window for text queries (how the relevance of ``evaluation.queries`` ranks
    that class's voxels above the rest), and the seeded random model for reference.
@@ -40,10 +47,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SETTINGS = ROOT / "config" / "default_bundle.yaml"
 DEMO_SEED = 0
+NUM_STEPS = 8
+#: the parts of the finished bundle, in :meth:`ModelBundle.components` order
+COMPONENTS = ["concerto", "cross4d", "head", "translator"]
 
 
 def log(msg: str) -> None:
     print(f"[default bundle] {msg}", flush=True)
+
+
+def step_log(k: int, msg: str) -> None:
+    log(f"{k}/{NUM_STEPS} {msg}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,7 +92,8 @@ def load_settings(path: Path, quick: bool) -> dict:
     s = yaml.safe_load(path.read_text()) or {}
     if not isinstance(s, dict):
         raise ValueError(f"{path}: expected a mapping of settings")
-    missing = [k for k in ("output", "work_dir", "scenes", "ssl", "probe", "translator", "evaluation") if k not in s]
+    missing = [k for k in ("output", "work_dir", "scenes", "ssl", "cross4d", "probe", "translator",
+                                  "evaluation") if k not in s]
     if missing:
         raise ValueError(f"{path}: missing sections {missing}")
     q = s.pop("quick", None) or {}
@@ -192,30 +207,65 @@ def ssl_config(settings: dict, work: Path):
     return _step_config(SSLConfig, settings, "ssl", work)
 
 
+def fuse_encoders(ssl_bundle: str | Path, cross4d_bundle: str | Path, path: Path) -> Path:
+    """Step 4: the SSL bundle's Concerto encoder and the Cross4D bundle's encoder (with its
+    clip settings) in one bundle at ``path``: the node runs both and concatenates Cross4D's
+    features after Concerto's.
+
+    Raises:
+        RuntimeError: a step's bundle lacks its encoder. BundleError: the two disagree (voxel
+            size, widths).
+    """
+    from concerto_ros.models.bundle import load_bundle, save_bundle
+
+    enc, c4 = load_bundle(ssl_bundle), load_bundle(cross4d_bundle)
+    if enc.encoder is None or c4.cross4d is None:
+        raise RuntimeError(f"expected a Concerto encoder in {ssl_bundle} and a Cross4D encoder in {cross4d_bundle}")
+    if abs(enc.voxel_size - c4.voxel_size) > 1e-9:
+        raise RuntimeError(f"voxel sizes differ: ssl {enc.voxel_size} m, cross4d {c4.voxel_size} m")
+    c4_blob = dict(c4.cross4d)
+    c4_blob["settings"] = c4.cross4d_settings
+    enc.cross4d = c4_blob
+    enc.metadata = {"description": f"fused encoders: {enc.metadata.get('description', ssl_bundle)} + "
+                                   f"{c4.metadata.get('description', cross4d_bundle)}",
+                    "command": "scripts/make_default_bundle.py (fuse)"}
+    return save_bundle(enc, path)
+
+
 def train_steps(settings: dict, rooms: list[Path], work: Path, progress: bool) -> dict:
-    """Steps 2-4; returns ``{"ssl", "probe", "translator"}`` summaries (each with its ``bundle``
-    and ``config``)."""
+    """Steps 2-6; returns ``{"ssl", "cross4d", "probe", "translator"}`` summaries (each with
+    its ``bundle`` and ``config``) and ``"fused"`` (the path of step 4's bundle)."""
     from concerto_ros.train.config import to_dict
+    from concerto_ros.train.cross4d import Cross4DTrainConfig, train_cross4d
     from concerto_ros.train.probe import ProbeConfig, train_probe
     from concerto_ros.train.ssl import train_ssl
     from concerto_ros.train.translator import TranslatorConfig, train_translator
 
     folders = [{"type": "folder", "path": str(r)} for r in rooms]
-    out: dict[str, dict] = {}
+    out: dict = {}
 
-    log(f"2/6 concerto train ssl: {len(rooms)} rooms, no labels")
     cfg = ssl_config(settings, work)
+    step_log(2, f"concerto train ssl ({cfg.ssl.objective}): {len(rooms)} rooms, no labels")
     cfg.data.sources = [dict(f) for f in folders]
     out["ssl"] = train_ssl(cfg, progress=progress)
     out["ssl"]["config"] = to_dict(cfg)
 
-    log("3/6 concerto train probe: linear head on the SSL encoder's frozen features, label images")
-    cfg = _step_config(ProbeConfig, settings, "probe", work, **{"model.bundle": out["ssl"]["bundle"]})
+    step_log(3, f"concerto train cross4d: the 4D encoder distilled from the 2D teacher on the {len(rooms)} rooms")
+    cfg = _step_config(Cross4DTrainConfig, settings, "cross4d", work)
+    cfg.data.sources = [dict(f) for f in folders]
+    out["cross4d"] = train_cross4d(cfg, progress=progress)
+    out["cross4d"]["config"] = to_dict(cfg)
+
+    step_log(4, "the fused encoders: Concerto (ssl) + Cross4D in one bundle, as the node runs them")
+    out["fused"] = str(fuse_encoders(out["ssl"]["bundle"], out["cross4d"]["bundle"], work / "fused" / "bundle.pt"))
+
+    step_log(5, "concerto train probe: linear head on the fused encoders' frozen features, label images")
+    cfg = _step_config(ProbeConfig, settings, "probe", work, **{"model.bundle": out["fused"]})
     cfg.data.train, cfg.data.test = [dict(f) for f in folders], []
     out["probe"] = train_probe(cfg, progress=progress)
     out["probe"]["config"] = to_dict(cfg)
 
-    log("4/6 concerto train translator (labels): the probe bundle's features -> the text encoder's space")
+    step_log(6, "concerto train translator (labels): the probe bundle's features -> the text encoder's space")
     cfg = _step_config(TranslatorConfig, settings, "translator", work, **{"model.bundle": out["probe"]["bundle"]})
     cfg.data.sources = [dict(f) for f in folders]
     out["translator"] = train_translator(cfg, progress=progress)
@@ -224,7 +274,7 @@ def train_steps(settings: dict, rooms: list[Path], work: Path, progress: bool) -
 
 
 def evaluate(settings: dict, bundle_path: Path, work: Path, progress: bool) -> dict:
-    """Step 6: the demo's room (offline demo + last-window queries), and the seeded random
+    """Step 8: the demo's room (offline demo + last-window queries), and the seeded random
     model for reference."""
     from concerto_ros.config import default_config_path, load_config
     from concerto_ros.demo.evaluate import evaluate_sequence
@@ -248,14 +298,24 @@ def evaluate(settings: dict, bundle_path: Path, work: Path, progress: bool) -> d
     return report
 
 
+def _finite(v: Any) -> float | None:
+    """``v`` as a float, or ``None`` when missing or NaN."""
+    return None if v is None or v != v else float(v)
+
+
 def bundle_metadata(settings: dict, steps: dict, evaluation: dict | None, argv: list[str], wall_s: float) -> dict:
     """Description, command, settings, training summaries and the measured numbers."""
-    sc, ssl, pr, tr = settings["scenes"], steps["ssl"], steps["probe"], steps["translator"]
+    sc, ssl, c4, pr, tr = settings["scenes"], steps["ssl"], steps["cross4d"], steps["probe"], steps["translator"]
     seeds = [int(x) for x in sc["seeds"]]
+    c4_cfg = c4["config"]["node"]["cross4d"]
+    c4_preset = c4_cfg["preset"]
+    c4_dim = int(steps["feature_dims"]["cross4d"])
     metrics = {
         "probe_heldout_miou": pr["test_miou"], "probe_heldout_accuracy": pr["test_accuracy"],
         "translator_heldout_accuracy": tr.get("heldout_accuracy"), "translator_heldout_miou": tr.get("heldout_miou"),
         "ssl_heldout_2d_cosine": (ssl.get("eval") or [{}])[-1].get("heldout_cos"),
+        "cross4d_heldout_cosine": _finite(c4.get("final_heldout_cos")),
+        "cross4d_baseline_heldout_cosine": _finite(c4.get("baseline_heldout_cos")),
     }
     if evaluation:
         metrics["demo_seed0_offline_miou"] = evaluation["demo_offline"]["miou"]
@@ -265,7 +325,10 @@ def bundle_metadata(settings: dict, steps: dict, evaluation: dict | None, argv: 
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     desc = (f"embedded default bundle, made by scripts/make_default_bundle.py with config/default_bundle.yaml: "
             f"tiny PTv3 encoder ({ssl['feature']}, {ssl['feature_dim']}-d) from `concerto train ssl` "
-            f"({ssl['steps']} steps, no labels) + linear head over the demo classes (`concerto train probe`, "
+            f"({ssl['objective']}, {ssl['steps']} steps, no labels) + Cross4D '{c4_preset}' encoder "
+            f"({c4_dim}-d, `concerto train cross4d`, {c4['steps']} steps, held-out cosine to the 2D teacher "
+            f"{fmt(metrics['cross4d_heldout_cosine'])}), fused (Cross4D after Concerto) + linear head over the "
+            f"demo classes on the fused feature (`concerto train probe`, "
             f"held-out mIoU {fmt(metrics['probe_heldout_miou'])}) + translator into "
             f"{tr['text_encoder']} (`concerto train translator`, held-out accuracy "
             f"{fmt(metrics['translator_heldout_accuracy'])}), trained on {len(seeds)} generated "
@@ -282,16 +345,19 @@ def bundle_metadata(settings: dict, steps: dict, evaluation: dict | None, argv: 
         "training_seeds": seeds, "evaluation_seed": DEMO_SEED,
         "metrics": {k: v for k, v in metrics.items() if v is not None},
         "steps": {
-            "ssl": {k: ssl.get(k) for k in ("scenes", "voxels", "steps", "parameters", "feature", "feature_dim",
-                                             "teacher_2d", "loss_first", "loss_last", "wall_s")},
+            "ssl": {k: ssl.get(k) for k in ("objective", "scenes", "voxels", "steps", "parameters", "feature",
+                                             "feature_dim", "teacher_2d", "loss_first", "loss_last", "wall_s")},
+            "cross4d": {**{k: c4.get(k) for k in ("clips", "steps", "parameters", "final_heldout_cos",
+                                                  "baseline_heldout_cos", "wall_s")},
+                        "preset": c4_preset, "feature_dim": c4_dim},
             "probe": {k: pr.get(k) for k in ("classes", "split", "train_voxels", "test_voxels", "test_miou",
                                               "test_accuracy", "test_iou", "wall_s")},
             "translator": {k: tr.get(k) for k in ("classes", "text_encoder", "train_voxels", "heldout_voxels",
                                                    "heldout_accuracy", "heldout_miou", "iou", "wall_s")},
         },
         # the full configuration of each training command as run (its defaults + the settings)
-        "step_configs": _relativize(json.loads(json.dumps({k: steps[k]["config"] for k in ("ssl", "probe", "translator")},
-                                                          default=str))),
+        "step_configs": _relativize(json.loads(json.dumps(
+            {k: steps[k]["config"] for k in ("ssl", "cross4d", "probe", "translator")}, default=str))),
         "wall_s": wall_s,
     }
 
@@ -313,21 +379,22 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         sc = settings["scenes"]
-        log(f"1/6 rendering {len(sc['seeds'])} training rooms (seeds {sc['seeds']}; the demo's room is seed "
-            f"{DEMO_SEED}) into {work / 'scenes'}")
+        step_log(1, f"rendering {len(sc['seeds'])} training rooms (seeds {sc['seeds']}; the demo's room is seed "
+                    f"{DEMO_SEED}) into {work / 'scenes'}")
         rooms = render_scenes(sc, work / "scenes", ssl_config(settings, work).cache_path / "targets")
         steps = train_steps(settings, rooms, work, progress)
 
-        log("5/6 the bundle: encoder + head + translator, no vocabulary, fp16 encoder weights")
+        step_log(7, "the bundle: Concerto + Cross4D encoders + head + translator, no vocabulary, fp16 encoder weights")
         bundle = load_bundle(steps["translator"]["bundle"])
-        if bundle.components() != ["concerto", "head", "translator", "vocabulary"]:
-            raise RuntimeError(f"the translator's bundle holds {bundle.components()}, expected the encoder, the "
+        if bundle.components() != COMPONENTS + ["vocabulary"]:
+            raise RuntimeError(f"the translator's bundle holds {bundle.components()}, expected both encoders, the "
                                "probe's head and the translator")
         bundle.vocabulary = []  # labels from the head; text queries through the translator
+        steps["feature_dims"] = bundle.feature_dims
         bundle.metadata = bundle_metadata(settings, steps, None, argv, time.perf_counter() - t0)
         candidate = save_bundle(bundle, work / "default_bundle.pt", half=True)
 
-        log(f"6/6 evaluation on the demo's room (seed {settings['evaluation']['seed']}, never trained on)")
+        step_log(8, f"evaluation on the demo's room (seed {settings['evaluation']['seed']}, never trained on)")
         evaluation = evaluate(settings, candidate, work, progress)
         bundle = load_bundle(candidate)  # exactly the fp16-stored weights that were evaluated
         bundle.metadata = bundle_metadata(settings, steps, evaluation, argv, time.perf_counter() - t0)
@@ -348,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     rows = [("bundle", _rel(path)), ("size", f"{path.stat().st_size / 1e6:.2f} MB"),
             ("components", " + ".join(bundle.components())),
+            ("feature widths", ", ".join(f"{k} {v}" for k, v in bundle.feature_dims.items())),
+            ("Cross4D held-out cosine / constant baseline", f"{fmt(m.get('cross4d_heldout_cosine'))} / "
+                                                             f"{fmt(m.get('cross4d_baseline_heldout_cosine'))}"),
             ("probe held-out mIoU / accuracy", f"{fmt(m.get('probe_heldout_miou'))} / "
                                                f"{fmt(m.get('probe_heldout_accuracy'))}"),
             ("translator held-out accuracy / mIoU", f"{fmt(m.get('translator_heldout_accuracy'))} / "

@@ -34,16 +34,24 @@ def test_the_committed_default_bundle_is_small_complete_and_says_how_it_was_made
     raw = torch.load(DEFAULT_BUNDLE_PATH, map_location="cpu", weights_only=True)
     assert raw["storage"] == "float16"  # encoder weights stored in half precision
     b = load_bundle(DEFAULT_BUNDLE_PATH)
-    assert b.components() == ["concerto", "head", "translator"]  # no vocabulary: labels come from the head
+    # both encoders of the design, fused as the node fuses them; no vocabulary: labels come from the head
+    assert b.components() == ["concerto", "cross4d", "head", "translator"]
     assert b.class_names == list(CLASS_NAMES)
-    assert b.feature == "all_levels" and b.feature_dims == {"concerto": 240, "cross4d": 0}
+    assert b.feature == "all_levels" and b.feature_dims == {"concerto": 240, "cross4d": 128}
+    assert b.head["config"]["feature_dims"] == b.feature_dims  # the head reads the fused 368-d feature
+    assert b.cross4d_settings["num_frames"] == 4 and b.cross4d_settings["points_per_frame"] == 2048
     assert b.voxel_size == 0.02 and b.text_encoder == "sentence-transformers" and b.text_model == ""
     md = b.metadata
     assert md["script"] == "scripts/make_default_bundle.py" and md["settings_file"] == "config/default_bundle.yaml"
     assert "scripts/make_default_bundle.py" in md["description"]
     assert 0 not in md["training_seeds"] and md["evaluation_seed"] == 0  # the demo's room was never trained on
-    for key in ("probe_heldout_miou", "translator_heldout_accuracy", "demo_seed0_offline_miou"):
+    for key in ("probe_heldout_miou", "translator_heldout_accuracy", "demo_seed0_offline_miou",
+                "cross4d_heldout_cosine"):
         assert 0.0 < md["metrics"][key] <= 1.0, key
+    # trained with the best objective of the table and with yaw augmentation
+    assert md["steps"]["ssl"]["objective"] == md["settings"]["ssl"]["ssl"]["objective"]
+    assert md["step_configs"]["ssl"]["views"]["rotate_deg"] == 180.0
+    assert md["step_configs"]["probe"]["augment"]["yaw"] and md["step_configs"]["translator"]["augment"]["yaw"]
     # `default` resolves to the asset; `concerto demo` runs it (the node's parameter stays
     # "" unless set, see config/perception.yaml)
     from concerto_ros.models.bundle import resolve_bundle_path
@@ -81,15 +89,18 @@ def test_make_default_bundle_quick_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "bundle.pt"
     assert mod.main(["--quick", "--output", str(out), "--work-dir", str(tmp_path / "work"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    for step in range(1, 7):
-        assert f"[default bundle] {step}/6" in printed
+    for step in range(1, 9):
+        assert f"[default bundle] {step}/8" in printed
     assert "embedded default bundle" in printed and "query 'floor'" in printed
     b = load_bundle(out)
-    assert b.components() == ["concerto", "head", "translator"] and b.class_names == list(CLASS_NAMES)
+    assert b.components() == ["concerto", "cross4d", "head", "translator"] and b.class_names == list(CLASS_NAMES)
+    assert b.feature_dims == {"concerto": 240, "cross4d": 32}  # the quick section's tiny Cross4D
+    assert b.head["config"]["num_classes"] == len(CLASS_NAMES) and b.translator is not None
     md = b.metadata
     assert md["training_seeds"] == [101] and md["settings"]["ssl"]["loop"]["steps"] == 3
+    assert md["steps"]["cross4d"]["steps"] == 2 and md["steps"]["cross4d"]["preset"] == "tiny"
     assert set(md["metrics"]) >= {"probe_heldout_miou", "translator_heldout_accuracy", "demo_seed0_offline_miou",
-                                  "demo_seed0_query_auc_floor"}
+                                  "demo_seed0_query_auc_floor", "cross4d_heldout_cosine"}
     assert (tmp_path / "work" / "report.json").is_file()
     # bad settings: the demo's room among the training rooms
     bad = tmp_path / "bad.yaml"

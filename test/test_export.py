@@ -161,19 +161,44 @@ def test_extractor_runtime_onnxruntime_from_config(golden_files, monkeypatch):
                                atol=1e-4, rtol=0)
 
 
+def _concerto_only_bundle(path):
+    """The embedded default bundle without its Cross4D encoder: its Concerto encoder, and its
+    head and translator restricted to the Concerto columns of the fused feature (what the
+    export covers: a bundle with Cross4D exports its Concerto encoder alone)."""
+    from concerto_ros.models.bundle import bundle_from_parts, save_bundle
+
+    b = load_bundle(DEFAULT_BUNDLE_PATH)
+    d = b.feature_dims["concerto"]
+    head = {"config": {**b.head["config"], "backbone_out_channels": d, "feature_dims": {"concerto": d, "cross4d": 0}},
+            "state_dict": {"seg_head.weight": b.head["state_dict"]["seg_head.weight"][:, :d],
+                           "seg_head.bias": b.head["state_dict"]["seg_head.bias"]}}
+    sd = dict(b.translator["state_dict"])
+    sd.update({"feat_mean": sd["feat_mean"][:d], "feat_std": sd["feat_std"][:d], "proj.weight": sd["proj.weight"][:, :d]})
+    translator = {**b.translator, "config": {**b.translator["config"], "in_dim": d}, "state_dict": sd}
+    return save_bundle(bundle_from_parts(encoder=b.encoder, feature=b.feature, voxel_size=b.voxel_size, head=head,
+                                         translator=translator, text_encoder=b.text_encoder), path)
+
+
 def test_bundle_with_head_and_translator_exports(tmp_path, capsys):
     if not DEFAULT_BUNDLE_PATH.is_file():
         pytest.skip("the embedded default bundle is not installed")
     parser = argparse.ArgumentParser()
     export_cli.register(parser.add_subparsers())
+    # the default bundle fuses Cross4D: only its Concerto encoder is exported, with a note
+    args = parser.parse_args(["export", "--bundle", "default", "-o", str(tmp_path / "d.onnx"), "--format", "onnx"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    wrote = next(line for line in printed.splitlines() if line.startswith("wrote "))
+    assert "point_feat" in wrote and "logits" not in wrote and "embedding" not in wrote
+    source = _concerto_only_bundle(tmp_path / "concerto_only.pt")
     out = tmp_path / "bundle.onnx"
-    args = parser.parse_args(["export", "--bundle", "default", "-o", str(out), "--format", "onnx"])
+    args = parser.parse_args(["export", "--bundle", str(source), "-o", str(out), "--format", "onnx"])
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "outputs last_stage_feat, point_feat, logits, embedding" in printed
     diff = float(printed.split("max |exported - eager| = ")[1].split()[0])
     assert diff <= 1e-4
-    bundle = load_bundle(DEFAULT_BUNDLE_PATH)
+    bundle = load_bundle(source)
     exported = ExportedModel(out)
     assert exported.class_names == bundle.class_names and exported.feature == bundle.feature
     # eager reference: the node's extractor, head and translator on a one-scene input
@@ -184,7 +209,7 @@ def test_bundle_with_head_and_translator_exports(tmp_path, capsys):
     cfg = _model_cfg(runtime="torch")
     eager = FeatureExtractor.from_blob(bundle.encoder, cfg, feature=bundle.feature, use_color=bundle.use_color)
     feats = eager.encode(coord, grid, color)
-    model = exportable_from_bundle("default")
+    model = exportable_from_bundle(source)
     batch = prepare_input(coord, grid, color=color)
     got = exported(batch.coord, batch.grid_coord, batch.feat, batch.offset)
     assert (got["point_feat"] - feats).abs().max().item() <= 1e-4
