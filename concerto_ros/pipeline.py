@@ -31,6 +31,7 @@ from concerto_ros.mapping import KeyframePolicy, SemanticVoxelMap
 from concerto_ros.config import PerceptionConfig
 from concerto_ros.models.extractor import FeatureExtractor, build_heads
 from concerto_ros.models.heads import SemanticPrediction, pca_colors
+from concerto_ros.models.precision import autocast
 from concerto_ros.sensors.lifting import lift_depth, lift_pointcloud
 from concerto_ros.sensors.skips import FrameSkipped, SkipCounter  # noqa: F401  (re-exported)
 from concerto_ros.recordings.frame import SensorCloud, SensorFrame
@@ -729,7 +730,8 @@ class PerceptionPipeline:
             if model is None:
                 continue
             t0 = time.perf_counter()
-            parts.append(model.encode_window(win).to(self.device))
+            with autocast(self.cfg.cross4d.precision if name == "cross4d" else "fp32", self.device):
+                parts.append(model.encode_window(win).to(self.device).float())
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             t[name] = (time.perf_counter() - t0) * 1e3

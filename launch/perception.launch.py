@@ -8,8 +8,8 @@
 Arguments:
     config        parameters YAML (default: the package's config/perception.yaml)
     profile       auto, cpu or none: cpu layers config/perception_cpu.yaml over config (the live
-                  CPU budget: every 2nd pixel, the encoder on the 60k window voxels nearest the
-                  camera, one torch thread; measured to integrate every frame of a 30 Hz
+                  CPU budget: every 2nd pixel, the encoders on the 30k window voxels nearest the
+                  camera, one torch thread, Cross4D in bf16 where the CPU has it; measured to integrate every frame of a 30 Hz
                   640x480 stream on 2 cores); auto does so when the model runs on the CPU
                   (model.device cpu, or auto without CUDA); none never (default: auto)
     bundle        model bundle file, 'default' (the embedded one), or 'none' (the YAML's separate

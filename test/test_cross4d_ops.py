@@ -53,6 +53,41 @@ def test_propagate_inverse_distance():
     assert out[0, 2].tolist() == pytest.approx([0.75, 0.25], abs=1e-6)
 
 
+def test_propagate_weight_matrix_equals_the_gathered_sum(monkeypatch):
+    """Few anchors: one GEMM with a (Q, A) weight matrix; many: gather + weighted sum. Same result."""
+    import concerto_ros.models.cross4d as c4
+
+    g = torch.Generator().manual_seed(3)
+    q, a, f = torch.rand(2, 500, 3, generator=g), torch.rand(2, 128, 3, generator=g), torch.randn(2, 128, 16, generator=g)
+    gemm = propagate(q, a, f, k=3)
+    monkeypatch.setattr(c4, "DENSE_WEIGHTS_MAX_ANCHORS", 0)
+    torch.testing.assert_close(propagate(q, a, f, k=3), gemm, atol=1e-5, rtol=1e-5)
+
+
+def test_dense_output_in_chunks_and_bf16(monkeypatch):
+    """Query chunks give the same features as one pass; bf16 autocast (the CPU overlay's
+    cross4d.precision: auto) stays within 2% of fp32 per point."""
+    import concerto_ros.models.cross4d as c4
+    from concerto_ros.models.precision import autocast, resolve_precision
+
+    torch.manual_seed(0)
+    enc = build_cross4d("tiny", seed=1).eval()
+    pts, times = _clip(b=1, t=3, n=96)
+    query = torch.rand(1, 3, 700, 3) * 2.0
+    with torch.no_grad():
+        one = enc(pts, times, query=query).point_feat
+        monkeypatch.setattr(c4, "DENSE_CHUNK", 256)  # 3 chunks, the last one partial
+        chunked = enc(pts, times, query=query).point_feat
+        torch.testing.assert_close(chunked, one, atol=1e-5, rtol=1e-5)
+        with autocast("bf16"):
+            half = enc(pts, times, query=query).point_feat.float()
+    rel = (half - one).norm(dim=-1) / one.norm(dim=-1)
+    assert one.shape == (1, 3, 700, enc.config.dim) and float(rel.max()) < 0.02
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("auto") in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16; got 'int8'"):
+        resolve_precision("int8")
+
+
 def _clip(b=2, t=3, n=96, seed=0):
     g = torch.Generator().manual_seed(seed)
     pts = torch.rand(b, t, n, 3, generator=g) * 2.0

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from concerto_ros.models.precision import PRECISIONS, resolve_precision
+
 __all__ = ["Translator", "TranslatorMismatchError", "embed_precision", "EMBED_CHUNK_ROWS", "FitConfig", "fit_translator_labels",
            "fit_translator_targets", "FORMAT"]
 
@@ -39,19 +41,11 @@ FORMAT = "concerto_ros.translator/1"
 #: rows per chunk of :meth:`Translator.embed` (a 2048 x 384 float32 chunk is 3 MB)
 EMBED_CHUNK_ROWS = 2048
 
-_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
 
 def embed_precision(device: torch.device | str = "cpu") -> str:
-    """``bf16`` where ``device`` multiplies bfloat16 matrices natively (CPUs with AVX512-BF16
-    or AMX through oneDNN, CUDA GPUs of compute capability 8.0 or newer), else ``fp32``."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return "fp32"
+    """What ``precision="auto"`` of :meth:`Translator.embed` uses on ``device``: ``bf16`` where
+    it multiplies bfloat16 matrices natively, else ``fp32``."""
+    return resolve_precision("auto", device)
 
 
 class TranslatorMismatchError(ValueError):
@@ -137,9 +131,7 @@ class Translator(nn.Module):
         if int(chunk_rows) <= 0:
             raise ValueError(f"embed: chunk_rows must be > 0, got {chunk_rows}")
         dev = self.proj.weight.device
-        dtype = _PRECISIONS.get(embed_precision(dev) if precision == "auto" else precision)
-        if dtype is None:
-            raise ValueError(f"embed: precision must be one of auto, {', '.join(_PRECISIONS)}; got {precision!r}")
+        dtype = PRECISIONS[resolve_precision(precision, dev)]
         # the standardisation folded into the projection: W' = W / std, b' = b - W' mean
         w = (self.proj.weight / self.feat_std).float()
         b = (self.proj.bias - w @ self.feat_mean).float() if self.proj.bias is not None else -(w @ self.feat_mean)

@@ -268,7 +268,24 @@ def propagate(query: torch.Tensor, anchors: torch.Tensor, feats: torch.Tensor, k
     dist, idx = knn(query, anchors, k)
     w = 1.0 / (dist + eps)
     w = w / w.sum(-1, keepdim=True)
+    b, q, a = query.shape[0], query.shape[1], anchors.shape[1]
+    if a <= DENSE_WEIGHTS_MAX_ANCHORS:
+        # the interpolation as a (Q, A) weight matrix with k non-zeros per row times the
+        # (A, C) anchor features: one GEMM instead of a (Q, k, C) gather, product and sum
+        wm = torch.zeros(b, q, a, dtype=feats.dtype, device=feats.device).scatter_(-1, idx, w.to(feats.dtype))
+        return torch.bmm(wm, feats)
     return (group_points(feats, idx) * w.unsqueeze(-1).to(feats.dtype)).sum(-2)
+
+
+#: :func:`propagate` multiplies a dense ``(Q, A)`` weight matrix up to this many anchors
+#: (the encoder's 128 per frame), and gathers neighbour features beyond
+DENSE_WEIGHTS_MAX_ANCHORS = 512
+
+#: query points per chunk of the dense output: each chunk's temporaries (``(B, 4096, A)``
+#: interpolation weights, ``(B, 4096, 2 C)`` MLP inputs) stay in the cache and below glibc's
+#: mmap threshold instead of fresh page-faulted buffers of tens of MB per op; every op is per
+#: query, so the output does not change
+DENSE_CHUNK = 4096
 
 
 # ============================================================================ modules
@@ -457,15 +474,24 @@ class Cross4DEncoder(nn.Module):
         out = []
         for f in range(t):
             j = int(torch.argmin((aframes_t - f).abs()))
-            interp = propagate(qry[:, f], anchors[:, j], x[:, j], cfg.knn_propagate)
-            tf_ = (tt[:, f] / cfg.time_scale)[:, None].expand(-1, qry.shape[2])
-            pin = self._pos(qry[:, f], tf_)
-            if cfg.point_channels:
-                pin = torch.cat([pin, query_feats[:, f].to(pin.dtype)], -1)
-            h = torch.cat([interp, self.point_embed(pin)], -1)
-            out.append(self.out_norm(interp + self.point_refine(h)))
+            chunks = [self._dense(qry[:, f, s:s + DENSE_CHUNK], anchors[:, j], x[:, j], tt[:, f],
+                                  query_feats[:, f, s:s + DENSE_CHUNK] if cfg.point_channels else None)
+                      for s in range(0, qry.shape[2], DENSE_CHUNK)]
+            out.append(chunks[0] if len(chunks) == 1 else torch.cat(chunks, 1))
         return Cross4DOutput(tokens=x, anchors=anchors + centre.squeeze(2)[:, :, None, :], anchor_frames=aframes,
                              point_feat=torch.stack(out, 1))
+
+    def _dense(self, qry: torch.Tensor, anchors: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
+               qfeats: Optional[torch.Tensor]) -> torch.Tensor:
+        """Features ``(B, Q, C)`` of query points ``qry (B, Q, 3)`` (centred) of one frame at
+        time ``t (B,)`` s, from its anchor frame's ``anchors (B, A, 3)`` and tokens ``x (B, A, C)``."""
+        cfg = self.config
+        interp = propagate(qry, anchors, x, cfg.knn_propagate)
+        pin = self._pos(qry, (t / cfg.time_scale)[:, None].expand(-1, qry.shape[1]))
+        if cfg.point_channels:
+            pin = torch.cat([pin, qfeats.to(pin.dtype)], -1)
+        h = torch.cat([interp, self.point_embed(pin)], -1)
+        return self.out_norm(interp + self.point_refine(h))
 
 
 def build_cross4d(preset: str = "tiny", seed: Optional[int] = None, **overrides: Any) -> Cross4DEncoder:
