@@ -162,7 +162,7 @@ def run(args) -> dict:
     h = Harness(depth=10)
     rng = random.Random(0)
     sent_at: dict[int, float] = {}
-    rss, latencies = [], []
+    rss, latencies, map_series = [], [], []
     n_sent = n_malformed = 0
     try:
         if not h.wait_for_node(["/camera/color/image_raw", "/camera/depth/image_raw", "/camera/color/camera_info"],
@@ -181,8 +181,11 @@ def run(args) -> dict:
             if now >= next_sample:
                 rss.append((now, rss_mib(node.proc.pid), interval_peak_mib(node.proc.pid)))
                 next_sample += args.sample
+                d = dict(h.diag)
+                map_series.append((now, int(d.get("map_voxels", 0))))
                 print(f"[{now:6.0f} s] RSS {rss[-1][1]:7.1f} MiB (interval peak {rss[-1][2]:7.1f}), sent {n_sent}, "
-                      f"clouds {len(h.clouds)}, malformed {n_malformed}, alive {node.alive()}", flush=True)
+                      f"integrated {d.get('frames_integrated', '?')}, clouds {len(h.clouds)}, map "
+                      f"{map_series[-1][1]} voxels, malformed {n_malformed}, alive {node.alive()}", flush=True)
             stamp = stamp0 + int(now * S)
             color, depth, info, T = frames[i % len(frames)]
             ts = TransformStamped()
@@ -228,6 +231,8 @@ def run(args) -> dict:
         "peak_rss_after_2min_mean": float(np.mean(after2)),
         "peak_rss_after_2min_within": max(max(after2) / np.mean(after2) - 1, 1 - min(after2) / np.mean(after2)),
         "frames_processed": int(diag.get("frames_processed", 0)),
+        "frames_integrated": int(diag.get("frames_integrated", 0)),
+        "map_voxels_series": map_series,
         "frames_dropped_queue": int(diag.get("frames_dropped_queue", 0)),
         "sync_dropped_stale": int(diag.get("sync:dropped_stale", 0)),
         "internal_errors": int(diag.get("internal_errors", 0)),

@@ -93,6 +93,9 @@ class PerceptionShell:
         self._active = False
         self._features_version = 0
         self.intake_group = MutuallyExclusiveCallbackGroup()
+        #: /tf and /tf_static in a group of their own: a pose is never queued behind image
+        #: callbacks while the integration thread waits for it (tf.timeout)
+        self.tf_group = MutuallyExclusiveCallbackGroup()
         self.service_group = MutuallyExclusiveCallbackGroup()
         self.timer_group = MutuallyExclusiveCallbackGroup()
         self.pubs: dict[str, Any] = {}
@@ -127,7 +130,7 @@ class PerceptionShell:
         self.skips.history_s = max(60.0, cfg.diagnostics.window)
         self.pipeline = PerceptionPipeline(cfg, log=self.log.info, warn=self.log.warning)
         self.tf = TfSource(self.node, cache_time_s=cfg.tf.cache_time, skips=self.skips,
-                           callback_group=self.intake_group, guard=self.guard, note=self.log.info)
+                           callback_group=self.tf_group, guard=self.guard, note=self.log.info)
         self.stream = FrameStream(cfg, lookup=self._lookup, skips=self.skips, note=self.log.info,
                                   timer=self.pipeline.timer)
         self.runtime = StreamingRuntime(self.pipeline, self.stream, on_result=self._publish_window,
