@@ -32,7 +32,7 @@ Outputs: ``<results>.json`` (every run: wall times, linear/kNN mIoU and per-clas
 budgets, the load average), ``<results>.md`` (mean +- sample std over the seeds) and
 ``<results>.png`` (bars with std error bars); the Markdown table is printed.
 
-Usage (the committed table; about 50 min on 2 CPU cores)::
+Usage (the committed table; about 15 min of 2 CPU cores per seed, both datasets, five objectives)::
 
     scripts/env.sh python benchmarks/ssl_objectives.py --lock /tmp/concerto-cpu.lock
     # the README preview's full budget, one command:
