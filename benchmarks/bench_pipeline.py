@@ -59,7 +59,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "rgbd_slambook"
 TARGET_MS = 15.0
 TARGET_RATIO = 2.0
 #: columns of the per-frame table, in pipeline order
-STAGE_COLS = ("sync", "convert", "lift", "window", "encoder", "heads", "to_msg")
+STAGE_COLS = ("sync", "convert", "lift", "integrate", "window", "encoder", "cross4d", "heads", "fuse", "to_msg")
 
 
 def peak_rss_mib() -> float:

@@ -43,6 +43,8 @@ from concerto_ros.ros.perception import DropOldestQueue, PerceptionShell  # noqa
 
 #: executor threads: sensor intake, services, timers, parameter/TF housekeeping
 EXECUTOR_THREADS = 4
+#: seconds a thread may hold the GIL while another asks for it (Python's default: 0.005)
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 class PerceptionNode(Node):
@@ -109,6 +111,10 @@ def run(node_factory, argv: list[str] | None = None, name: str = "perception_nod
         0 after a clean shutdown, 1 when the node cannot start (``cannot start: <reason>``).
     """
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    # the executor's Python spin loop competes for the GIL with the integration and encoder
+    # threads; a thread asking for the GIL waits up to one switch interval (5 ms by default)
+    # per hand-over, which delayed /tf callbacks past tf.timeout on 2 cores
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     stop = threading.Event()
     install_stop_handlers(stop)
     node = None
