@@ -124,7 +124,7 @@ class ModelConfig:
 
 @dataclass
 class Cross4DConfig:
-    enabled: bool = _f(False, "Run the Cross4D 4D point-cloud-video encoder on the window's last frames and concatenate its features after Concerto's.")
+    enabled: bool = _f(False, "Run the Cross4D 4D point-cloud-video encoder on the window's last frames and concatenate its features after Concerto's (the separate model settings; with model.bundle the bundle decides: the default bundle has one).")
     checkpoint: str = _f("", "Checkpoint from `concerto train cross4d`. Empty: seeded random preset (demo only).")
     preset: str = _f("tiny", "Cross4D preset when no checkpoint is given.", choices=["tiny", "small", "base"])
     seed: int = _f(0, "Seed of the random weights used when no checkpoint is given.", lo=0, hi=2**31 - 1)

@@ -438,9 +438,6 @@ class PerceptionPipeline:
         if b.cross4d is not None:
             from concerto_ros.models.cross4d import Cross4DFeatureExtractor
 
-            if not cfg.cross4d.enabled:
-                self.log(f"{src} holds a Cross4D encoder: it runs although cross4d.enabled is false (the bundle "
-                         "decides which encoders run)")
             self.cross4d = Cross4DFeatureExtractor.from_blob(b.cross4d, source=src, device=self.device, log=self.log)
         if self.extractor is None and self.cross4d is None:
             from concerto_ros.models.bundle import BundleError

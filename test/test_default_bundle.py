@@ -52,8 +52,8 @@ def test_the_committed_default_bundle_is_small_complete_and_says_how_it_was_made
     assert md["steps"]["ssl"]["objective"] == md["settings"]["ssl"]["ssl"]["objective"]
     assert md["step_configs"]["ssl"]["views"]["rotate_deg"] == 180.0
     assert md["step_configs"]["probe"]["augment"]["yaw"] and md["step_configs"]["translator"]["augment"]["yaw"]
-    # `default` resolves to the asset; `concerto demo` runs it (the node's parameter stays
-    # "" unless set, see config/perception.yaml)
+    # `default` resolves to the asset; `concerto demo`, config/perception.yaml and the launch
+    # file run it
     from concerto_ros.models.bundle import resolve_bundle_path
 
     assert resolve_bundle_path("default") == DEFAULT_BUNDLE_PATH and DEFAULT_BUNDLE_PATH.is_file()

@@ -40,6 +40,9 @@ class Harness:
         self._qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
         self._latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                    durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        # /tf as tf2_ros.TransformBroadcaster publishes it (depth 100): a short history loses
+        # poses whenever the subscriber lags by that many messages
+        self._tf = QoSProfile(depth=max(depth, 100), reliability=ReliabilityPolicy.RELIABLE)
         self.pubs: dict[str, Any] = {}
         self.clouds: list[tuple[float, PointCloud2]] = []
         self.diag: dict[str, str] = {}
@@ -75,7 +78,7 @@ class Harness:
 
     def publisher(self, topic: str, msg_type) -> Any:
         if topic not in self.pubs:
-            qos = self._latched if topic == "/tf_static" else self._qos
+            qos = self._latched if topic == "/tf_static" else self._tf if topic == "/tf" else self._qos
             self.pubs[topic] = self.node.create_publisher(msg_type, topic, qos)
         return self.pubs[topic]
 
