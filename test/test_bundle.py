@@ -296,7 +296,7 @@ def test_cross4d_only_bundle_runs_without_concerto(tmp_path):
     pipe = PerceptionPipeline(_cfg(model__bundle=str(tmp_path / "c4.pt"), model__enabled=False), log=notes.append)
     assert pipe.extractor is None and pipe.feature_dims == {"concerto": 0, "cross4d": 32}
     assert pipe.cross4d.num_frames == 2 and pipe.cross4d.points_per_frame == 128
-    assert any("runs although cross4d.enabled is false" in n for n in notes)
+    assert any("Cross4D encoder from bundle" in n for n in notes)
     r = _run(pipe, _frames())
     assert r.features.shape == (len(r.coord), 32) and pipe.head.in_channels == 32
     again = bundle_from_pipeline(pipe)

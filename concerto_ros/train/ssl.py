@@ -317,7 +317,7 @@ def plot_curves(rows: list[dict], evals: list[dict], path: str | Path, names: tu
         a2.plot([int(r["step"]) for r in evals], [float(r[key]) for r in evals], "o-", label=key)
     a2.set(xlabel="step", ylabel="evaluation (cosine)")
     a2.grid(alpha=0.3)
-    if evals:
+    if a2.get_legend_handles_labels()[0]:  # evaluations with values (none: an empty panel)
         a2.legend()
     fig.suptitle("concerto train ssl")
     fig.tight_layout()
