@@ -105,7 +105,7 @@ class Session:
         self.pipeline = PerceptionPipeline(cfg, log=None)
         self.pipeline.feature_colors_wanted = False  # as the node while nobody views ~/feature_points
         self.tf = TransformBuffer(cache_time_s=30.0)
-        self.skips = SkipCounter()
+        self.skips = SkipCounter(error=lambda text: print(f"  {text}", file=sys.stderr, flush=True))  # internal errors
         self.stream = FrameStream(cfg, lookup=self.tf.lookup, skips=self.skips, timer=self.pipeline.timer)
         self.runtime = StreamingRuntime(self.pipeline, self.stream, on_result=self.publish, on_skip=self.skips.record,
                                         queue_depth=cfg.worker.queue_depth)

@@ -601,10 +601,11 @@ class PerceptionPipeline:
             before = self.window.frames
             self._push_points(points)
             newest = self.window.frames[-1]
+            grid = self.window.newest_voxels.grid  # the newest frame's voxels, read under the lock
         window_ms = (time.perf_counter() - t0) * 1e3
         if self.cfg.map.enabled:
             with self.timer.stage("integrate"):
-                self._integrate_map(newest)
+                self._integrate_map(newest, grid)
         self.frames_integrated += 1
         pose = newest.T_fixed_sensor if newest.T_fixed_sensor is not None else np.eye(4)
         decision = self.keyframes.update(pose, newest.stamp_ns) if keyframe_policy else None
@@ -669,13 +670,13 @@ class PerceptionPipeline:
         self.window.push(points)
         self._extent.forget_except(self.window.frames)
 
-    def _integrate_map(self, frame: PointFrame) -> None:
+    def _integrate_map(self, frame: PointFrame, grid) -> None:
         if self.map is None or self.map.fixed_frame != frame.frame_id:
             if self.map is not None and len(self.map):
                 self.log(f"frames now come in '{frame.frame_id}', the map was in '{self.map.fixed_frame}': new map")
             self.map = self._build_map(frame.frame_id)
         same_grid = bool(np.isclose(self.map.voxel_size, self.window.voxel_size))
-        self.map.integrate_frame(frame, grid=self.window.newest_voxels.grid if same_grid else None)
+        self.map.integrate_frame(frame, grid=grid if same_grid else None)
 
     def _encode_or_restore(self, keyframe: Keyframe) -> PipelineResult:
         try:
