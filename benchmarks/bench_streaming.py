@@ -107,11 +107,12 @@ class Session:
         self.tf = TransformBuffer(cache_time_s=30.0)
         self.skips = SkipCounter(error=lambda text: print(f"  {text}", file=sys.stderr, flush=True))  # internal errors
         self.stream = FrameStream(cfg, lookup=self.tf.lookup, skips=self.skips, timer=self.pipeline.timer)
-        self.runtime = StreamingRuntime(self.pipeline, self.stream, on_result=self.publish, on_skip=self.skips.record,
-                                        queue_depth=cfg.worker.queue_depth)
+        self.runtime = StreamingRuntime.from_config(self.pipeline, self.stream, on_result=self.publish,
+                                                    on_skip=self.skips.record)
         self.offered: list[tuple[int, float]] = []  # (stamp, offer time)
         self.outputs: list[tuple[int, float, float]] = []  # (window stamp, publish time, offer time of its frame)
         self.rss: list[float] = []
+        self.t0, self.feed_late_s = time.monotonic(), 0.0  # feeder start; its largest lag behind the schedule
         self._stop = threading.Event()
 
     def publish(self, result, keyframe, offered_at) -> None:
@@ -125,10 +126,11 @@ class Session:
         self.outputs.append((result.stamp_ns, time.monotonic(), offered_at))
 
     def _feed(self) -> None:
-        t0 = time.monotonic()
+        t0 = self.t0 = time.monotonic()
         stamp0 = time.time_ns()
         i = 0
         while not self._stop.is_set() and time.monotonic() - t0 < self.seconds:
+            self.feed_late_s = max(self.feed_late_s, time.monotonic() - (t0 + i / self.rate))
             rgb, depth, intr, T = self.frame(i)
             stamp = stamp0 + int((time.monotonic() - t0) * S)
             self.tf.set_transform_matrix("odom", "cam", stamp, T)
@@ -181,6 +183,8 @@ class Session:
                 "frames_skipped": self.skips.total, "keyframes_made": rt.keyframes_made,
                 "keyframes_encoded": rt.keyframes_encoded, "keyframes_replaced": rt.keyframes_replaced,
                 "keyframe_rate_hz": rt.keyframes_encoded / self.seconds,
+                "warm_up_s": round(rt.warm_up_s, 2), "feed_late_max_s": round(self.feed_late_s, 3),
+                "drop_times_s": [round(t - self.t0, 2) for t in rt.intake.drop_times], "encoder_yield_s": round(rt.yield_s, 2), "memory_trims": rt.trims, "memory_trim_s": round(rt.trim_s, 3),
                 "latency_p50_s": pct(kf_lat, 50), "latency_p99_s": pct(kf_lat, 99),
                 "frame_latency_p50_s": pct(frame_lat, 50), "frame_latency_p99_s": pct(frame_lat, 99),
                 "rss_mib_start": self.rss_start, "rss_mib_max": max(self.rss, default=float("nan")),
@@ -206,6 +210,9 @@ def main(argv=None) -> int:
                     help="setting override, e.g. --set window.max_voxels=60000 (repeatable)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "streaming.json")
     args = ap.parse_args(argv)
+    from concerto_ros.runtime import GIL_SWITCH_INTERVAL_S
+
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as perception_node does
     from concerto_ros.config import default_config_path, load_config, parse_overrides
 
     if not DATA.is_dir() and args.source != "generated":
@@ -228,7 +235,8 @@ def main(argv=None) -> int:
               f"{r['rss_mib_end']:.0f} MiB; map {r['map_voxels']} voxels; load {r['loadavg'][0]:.2f}", flush=True)
         print(f"  mean ms per stage: {r['mean_ms']}", flush=True)
         print(f"  p99 ms per stage: {r['p99_ms']}; frames dropped by the integration queue: "
-              f"{r['frames_dropped']}, skipped {r['skipped']}", flush=True)
+              f"{r['frames_dropped']}, skipped {r['skipped']}; encoder waited {r['encoder_yield_s']:.1f} s for the "
+              f"integration backlog; {r['memory_trims']} memory trim(s), {1000 * r['memory_trim_s']:.0f} ms", flush=True)
     results["config"] = {"files": [str(c) for c in cfg_path], "overrides": args.overrides, "advance_m": args.advance}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

@@ -160,7 +160,7 @@ def run(args) -> dict:
                        overrides, log_path=log_path)
     rclpy.init()
     h = Harness(depth=10)
-    rng = random.Random(0)
+    rng = random.Random(args.seed)
     sent_at: dict[int, float] = {}
     rss, latencies, map_series = [], [], []
     n_sent = n_malformed = 0
@@ -222,7 +222,7 @@ def run(args) -> dict:
     log = log_path.read_text(errors="replace")
     after2 = [p for t, _, p in rss if t >= 120.0] or [p for _, _, p in rss]
     return {
-        "minutes": args.minutes, "rate_hz": args.rate, "qos": args.qos, "fuzz_per_s": args.fuzz,
+        "minutes": args.minutes, "rate_hz": args.rate, "qos": args.qos, "fuzz_per_s": args.fuzz, "seed": args.seed,
         "frames_sent": n_sent, "clouds_received": len(h.clouds), "malformed_sent": n_malformed,
         "latency_p50_s": percentile(latencies, 50), "latency_p99_s": percentile(latencies, 99),
         "latency_max_s": max(latencies) if latencies else float("nan"),
@@ -279,6 +279,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=10.0, help="frames per second (default 10)")
     ap.add_argument("--qos", choices=["reliable", "sensor_data"], default="reliable", help="the node's qos.input")
     ap.add_argument("--fuzz", type=float, default=0.0, help="malformed cases per second (default 0)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the malformed cases' order (default 0)")
     ap.add_argument("--query-rate", type=float, default=0.0,
                     help="text queries per second during the soak (default 0; needs a translator)")
     ap.add_argument("--sample", type=float, default=15.0, help="seconds between RSS samples (default 15)")

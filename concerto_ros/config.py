@@ -166,6 +166,10 @@ class QueryConfig:
 @dataclass
 class WorkerConfig:
     queue_depth: int = _f(8, "Synced frames waiting for the integration thread (which lifts every frame into the window and the map); when full the oldest is dropped and counted (frames_dropped_queue). Keyframes wait in a slot of their own: a newer keyframe replaces one the encoder has not started.", lo=1, hi=64)
+    yield_backlog: int = _f(4, "Integration before encoding: the encoder thread waits before starting a keyframe while more than this many synced frames wait for the integration thread (for at most worker.max_yield s), then takes the newest keyframe. Keeps a busy encoder on a small CPU from costing frames. 0 = never wait.", lo=0, hi=64)
+    max_yield: float = _f(0.5, "Longest wait of the encoder thread for the integration backlog (seconds), so that keyframes keep coming when integration cannot catch up.", lo=0.0, hi=10.0)
+    trim_period: float = _f(60.0, "Seconds between returns of freed heap memory to the OS (glibc malloc_trim), done by the encoder thread between keyframes. The encoder keeps freed memory for reuse (faster keyframes); this bounds what heap fragmentation adds to the resident set over hours. 0 = never.", lo=0.0, hi=86400.0)
+    warm_up: bool = _f(True, "At start-up, before the first frame, run the encoders and heads once on a synthetic window of the live size (window.max_voxels), so that the first keyframes do not pay one-off costs (kernel set-up, allocator growth) while frames queue behind them.")
 
 
 @dataclass

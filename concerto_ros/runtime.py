@@ -16,7 +16,15 @@ Two worker threads, so that the encoder never holds up the sensor stream:
   takes one in ten or fifteen).
 * **encoder thread**: voxelizes a deferred keyframe's window as it is when taken
   (:meth:`PerceptionPipeline.build_keyframe`), runs the encoders, the heads and the map
-  fusion on it (:meth:`PerceptionPipeline.encode`), then calls ``on_result``.
+  fusion on it (:meth:`PerceptionPipeline.encode`), then calls ``on_result``. Integration
+  goes first: before it starts a keyframe, the encoder thread waits while more than
+  ``worker.yield_backlog`` sets wait for integration (at most ``worker.max_yield`` seconds),
+  then takes the newest keyframe. On a small CPU the two threads share the cores, and an
+  encoder that starts keyframes back to back (fast motion makes every frame a keyframe)
+  would otherwise let the intake queue overflow and drop frames. Every ``worker.trim_period``
+  seconds, between keyframes, it returns freed heap memory to the kernel
+  (:func:`~concerto_ros.models.allocator.release_freed_memory`), which bounds the resident set
+  that the encoder's kept-memory policy and heap fragmentation would otherwise let grow.
 
 Both threads spend their time in numpy and torch kernels that release the GIL; the Python
 between them is short, so the callbacks that feed the intake are not starved. Errors are
@@ -28,13 +36,20 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from collections import deque
 from typing import Any, Callable, Optional
 
+from concerto_ros.models.allocator import release_freed_memory
 from concerto_ros.pipeline import Keyframe, PerceptionPipeline, PipelineResult
 from concerto_ros.sensors.skips import INTERNAL_ERROR, FrameSkipped
 from concerto_ros.sensors.stream import FrameStream
 
-__all__ = ["NewestQueue", "StreamingRuntime"]
+__all__ = ["NewestQueue", "StreamingRuntime", "GIL_SWITCH_INTERVAL_S"]
+
+#: seconds a thread may hold the GIL while another asks for it (Python's default: 0.005); the
+#: node (and the streaming benchmark, to run as the node does) sets it with
+#: ``sys.setswitchinterval`` so that callbacks and the two threads hand over the GIL quickly
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 class NewestQueue:
@@ -45,6 +60,7 @@ class NewestQueue:
 
     Attributes:
         dropped: number of items discarded because the consumer was busy.
+        drop_times: ``time.monotonic()`` of the last 1000 drops (when the consumer stalled).
     """
 
     def __init__(self, maxlen: int):
@@ -54,6 +70,7 @@ class NewestQueue:
         self._maxlen = int(maxlen)
         self._cond = threading.Condition()
         self.dropped = 0
+        self.drop_times: deque[float] = deque(maxlen=1000)
 
     @staticmethod
     def _stamp(item) -> int:
@@ -64,6 +81,7 @@ class NewestQueue:
         with self._cond:
             if len(self._items) >= self._maxlen:
                 self.dropped += 1
+                self.drop_times.append(time.monotonic())
                 oldest = min(range(len(self._items)), key=lambda i: self._stamp(self._items[i]))
                 if self._stamp(item) < self._stamp(self._items[oldest]):
                     return False
@@ -128,6 +146,14 @@ class StreamingRuntime:
             encoded keyframe; ``tag`` is what :meth:`offer` got with the keyframe's set.
         on_skip: called with every ``FrameSkipped`` (bad input, internal errors).
         queue_depth: synced sets waiting for the integration thread.
+        yield_backlog: the encoder thread waits before a keyframe while more sets than this
+            wait for integration (0: never waits).
+        max_yield_s: longest such wait (seconds), so that keyframes keep coming when the
+            integration thread cannot catch up at all.
+        trim_period_s: seconds between returns of freed memory to the kernel, on the encoder
+            thread between keyframes (0: never).
+        warm_up: :meth:`start` first runs the encoders once on a synthetic window
+            (:meth:`PerceptionPipeline.warm_up`); the seconds it took are in :attr:`warm_up_s`.
 
     Attributes:
         frames_offered, frames_integrated, keyframes_made, keyframes_encoded: counters.
@@ -135,8 +161,16 @@ class StreamingRuntime:
 
     def __init__(self, pipeline: PerceptionPipeline, stream: FrameStream,
                  on_result: Callable[[PipelineResult, Keyframe, Any], Any],
-                 on_skip: Callable[[FrameSkipped], Any], queue_depth: int = 8):
+                 on_skip: Callable[[FrameSkipped], Any], queue_depth: int = 8, yield_backlog: int = 0,
+                 max_yield_s: float = 0.5, trim_period_s: float = 0.0, warm_up: bool = False):
+        if int(yield_backlog) < 0 or not float(max_yield_s) >= 0.0 or not float(trim_period_s) >= 0.0:
+            raise ValueError(f"StreamingRuntime: yield_backlog, max_yield_s and trim_period_s must be >= 0, got "
+                             f"{yield_backlog}, {max_yield_s}, {trim_period_s}")
+        self.trim_period_s = float(trim_period_s)
+        self.warm_up, self.warm_up_s = bool(warm_up), 0.0
+        self._last_trim = time.monotonic()
         self.pipeline, self.stream = pipeline, stream
+        self.yield_backlog, self.max_yield_s = int(yield_backlog), float(max_yield_s)
         self.on_result, self.on_skip = on_result, on_skip
         self.intake = NewestQueue(queue_depth)
         self._slot = _KeyframeSlot()
@@ -144,6 +178,20 @@ class StreamingRuntime:
         self._running = threading.Event()
         self._threads: list[threading.Thread] = []
         self.frames_offered = self.frames_integrated = self.keyframes_made = self.keyframes_encoded = 0
+        #: seconds the encoder thread spent waiting for the integration backlog (see yield_backlog)
+        self.yield_s = 0.0
+        #: returns of freed memory to the kernel, and the seconds they took (see trim_period_s)
+        self.trims, self.trim_s = 0, 0.0
+
+    @classmethod
+    def from_config(cls, pipeline: PerceptionPipeline, stream: FrameStream,
+                    on_result: Callable[[PipelineResult, Keyframe, Any], Any],
+                    on_skip: Callable[[FrameSkipped], Any]) -> "StreamingRuntime":
+        """The runtime with the pipeline configuration's ``worker.*`` settings."""
+        w = pipeline.cfg.worker
+        return cls(pipeline, stream, on_result=on_result, on_skip=on_skip, queue_depth=w.queue_depth,
+                   yield_backlog=w.yield_backlog, max_yield_s=w.max_yield, trim_period_s=w.trim_period,
+                   warm_up=w.warm_up)
 
     @property
     def keyframes_replaced(self) -> int:
@@ -160,9 +208,11 @@ class StreamingRuntime:
         return self._running.is_set()
 
     def start(self) -> None:
-        """Start the integration and encoder threads."""
+        """Start the integration and encoder threads (after the warm-up, when asked for)."""
         if self._running.is_set():
             return
+        if self.warm_up and self.warm_up_s == 0.0:
+            self.warm_up_s = self.pipeline.warm_up()
         self._running.set()
         self._threads = [threading.Thread(target=self._integrate_loop, name="concerto_integrate", daemon=True),
                          threading.Thread(target=self._encode_loop, name="concerto_encode", daemon=True)]
@@ -208,6 +258,11 @@ class StreamingRuntime:
             item = self._slot.take(timeout=0.1)
             if item is None:
                 continue
+            if self._yield_to_integration():
+                newer = self._slot.take(timeout=0.0)  # a keyframe integrated while waiting wins
+                if newer is not None:
+                    self._slot.replaced += 1
+                    item = newer
             keyframe, tag = item
             self._encoder_busy.set()
             try:
@@ -225,6 +280,30 @@ class StreamingRuntime:
                     self.on_skip(FrameSkipped("pipeline", INTERNAL_ERROR, traceback.format_exc(limit=4)))
             finally:
                 self._encoder_busy.clear()
+            self._maybe_trim()
+
+    def _maybe_trim(self) -> None:
+        """Return freed memory to the kernel when ``trim_period_s`` has passed (encoder thread)."""
+        if self.trim_period_s <= 0.0 or time.monotonic() - self._last_trim < self.trim_period_s:
+            return
+        t0 = time.monotonic()
+        if release_freed_memory():
+            self.trims += 1
+        self._last_trim = time.monotonic()
+        self.trim_s += self._last_trim - t0
+
+
+    def _yield_to_integration(self) -> bool:
+        """Wait while the integration backlog exceeds ``yield_backlog`` (at most ``max_yield_s``);
+        whether it waited."""
+        if self.yield_backlog <= 0 or len(self.intake) <= self.yield_backlog:
+            return False
+        t0 = time.monotonic()
+        deadline = t0 + self.max_yield_s
+        while self._running.is_set() and len(self.intake) > self.yield_backlog and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.yield_s += time.monotonic() - t0
+        return True
 
 
 class _Offered:

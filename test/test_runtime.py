@@ -98,3 +98,98 @@ def test_runtime_integrates_every_frame_and_builds_only_the_keyframes_it_encodes
     assert len(builds) <= rt.keyframes_encoded + 1
     assert "concerto_encode" in builds  # deferred keyframes are voxelized on the encoder thread
     assert results[-1] == (_frame(11).stamp_ns, 11)  # the newest frame's keyframe is the last encoded
+
+
+def _backlog_at_encoder_start(yield_backlog: int, max_yield_s: float = 5.0, frames: int = 10) -> tuple[list, object]:
+    """Offer ``frames`` frames at once to a runtime whose integration takes 0.1 s per frame;
+    the intake backlog each time the encoder thread starts a keyframe, and the runtime."""
+    p = _pipeline()
+    integrate, build_keyframe = p.integrate, p.build_keyframe
+    starts = []
+
+    def slow_integrate(frame, **kw):
+        time.sleep(0.1)
+        return integrate(frame, **kw)
+
+    rt = StreamingRuntime(p, _Identity(), on_result=lambda *a: None, on_skip=lambda s: starts.append(s),
+                          queue_depth=frames, yield_backlog=yield_backlog, max_yield_s=max_yield_s)
+
+    def recorded_build(kf):
+        starts.append(len(rt.intake))
+        return build_keyframe(kf)
+
+    p.integrate, p.build_keyframe = slow_integrate, recorded_build
+    rt.start()
+    try:
+        for i in range(frames):
+            rt.offer(_frame(i), tag=i)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (rt.frames_integrated < frames or rt._encoder_busy.is_set()):
+            time.sleep(0.05)
+    finally:
+        rt.stop()
+    return starts, rt
+
+
+def test_encoder_waits_while_frames_wait_for_integration():
+    starts, rt = _backlog_at_encoder_start(yield_backlog=2)
+    assert rt.frames_integrated == 10 and rt.frames_dropped == 0
+    assert starts and all(isinstance(s, int) and s <= 2 for s in starts), starts
+    assert rt.yield_s > 0.3  # it waited for most of the ten 0.1-s integrations
+    assert rt.keyframes_encoded + rt.keyframes_replaced == rt.keyframes_made == 10
+    # without the policy the encoder starts the first keyframe with the queue still full
+    starts, rt = _backlog_at_encoder_start(yield_backlog=0)
+    assert starts[0] >= 5 and rt.yield_s == 0.0, starts
+    # the wait is bounded: with max_yield 0.15 s the first keyframe starts long before the backlog clears
+    starts, rt = _backlog_at_encoder_start(yield_backlog=1, max_yield_s=0.15)
+    assert starts[0] >= 4, starts
+
+
+def test_runtime_rejects_negative_yield_settings():
+    import pytest
+
+    with pytest.raises(ValueError, match="yield_backlog"):
+        StreamingRuntime(_pipeline(), _Identity(), on_result=lambda *a: None, on_skip=lambda s: None, yield_backlog=-1)
+
+
+def test_freed_memory_is_returned_between_keyframes_every_trim_period():
+    from concerto_ros.models.allocator import release_freed_memory
+
+    assert release_freed_memory() is True  # glibc on Linux (CI); the runtime counts the trims that ran
+    p = _pipeline()
+    rt = StreamingRuntime(p, _Identity(), on_result=lambda *a: None, on_skip=lambda s: None, trim_period_s=0.05)
+    rt.start()
+    try:
+        for i in range(6):
+            rt.offer(_frame(i), tag=i)
+            time.sleep(0.15)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (rt.frames_integrated < 6 or rt._encoder_busy.is_set()):
+            time.sleep(0.05)
+    finally:
+        rt.stop()
+    # at most one trim per keyframe and per period; at least one after the first period
+    assert 1 <= rt.trims <= rt.keyframes_encoded and rt.trim_s >= 0.0
+    never = StreamingRuntime(p, _Identity(), on_result=lambda *a: None, on_skip=lambda s: None)
+    assert never.trim_period_s == 0.0 and never.trims == 0
+
+
+def test_warm_up_runs_the_encoders_on_a_window_of_the_live_size_and_keeps_nothing():
+    p = _pipeline(**{"window.max_voxels": 2000})
+    calls = []
+    features = p._features
+
+    def recorded(win, t):
+        calls.append((win.coord.shape[0], len(win.stamps_ns)))
+        return features(win, t)
+
+    p._features = recorded
+    map_before = len(p.map)
+    assert p.warm_up() > 0.0
+    assert calls == [(2000, 5)]  # the budget's voxels, window.num_frames frames
+    assert p.frames_processed == 0 and p.latest is None and len(p.window) == 0 and len(p.map) == map_before
+    rt = StreamingRuntime(p, _Identity(), on_result=lambda *a: None, on_skip=lambda s: None, warm_up=True)
+    rt.start()
+    rt.stop()
+    assert rt.warm_up_s > 0.0 and len(calls) == 2
+    assert StreamingRuntime.from_config(p, _Identity(), lambda *a: None, lambda s: None).warm_up is True

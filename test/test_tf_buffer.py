@@ -141,3 +141,32 @@ def test_set_transform_matrix_round_trip():
     T[:3, 3] = [0.1, -0.2, 0.3]
     buf.set_transform_matrix("base", "camera", 5, T, static=True)
     np.testing.assert_allclose(buf.lookup("base", "camera", 0), T, atol=1e-12)
+
+
+def test_wait_for_change_wakes_on_the_next_stored_sample_and_times_out_otherwise():
+    import threading
+    import time
+
+    from concerto_ros.sensors.tf_buffer import TransformBuffer
+
+    buf = TransformBuffer(cache_time_s=10.0)
+    v0 = buf.version
+    t0 = time.monotonic()
+    assert buf.wait_for_change(v0, 0.05) is False and time.monotonic() - t0 >= 0.05  # nothing stored
+    timer = threading.Timer(0.05, lambda: buf.set_transform("odom", "cam", 10, (1.0, 0.0, 0.0), (0, 0, 0, 1)))
+    timer.start()
+    t0 = time.monotonic()
+    assert buf.wait_for_change(v0, 5.0) is True
+    assert time.monotonic() - t0 < 2.0  # woken by the store, not by the timeout
+    assert buf.version == v0 + 1 and buf.lookup("odom", "cam", 10)[0, 3] == 1.0
+    # a sample stored before the wait starts is not missed: the version already differs
+    buf.set_transform("odom", "cam", 20, (2.0, 0.0, 0.0), (0, 0, 0, 1))
+    t0 = time.monotonic()
+    assert buf.wait_for_change(v0 + 1, 5.0) is True and time.monotonic() - t0 < 0.5
+    # rejected samples do not count as stored
+    v = buf.version
+    try:
+        buf.set_transform("odom", "cam", 30, (0.0, 0.0, 0.0), (0, 0, 0, 0))
+    except ValueError:
+        pass
+    assert buf.version == v

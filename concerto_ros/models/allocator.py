@@ -12,11 +12,15 @@ jemalloc/tcmalloc preload that the PyTorch CPU performance guide recommends, wit
 preload. The resident set then stays at its peak instead of shrinking between windows.
 
 Set the environment variable ``CONCERTO_KEEP_FREED_MEMORY=0`` to leave the allocator alone.
+:func:`release_freed_memory` (glibc ``malloc_trim``) hands the kept memory back at a moment
+of the caller's choosing: the live node does it between keyframes every ``worker.trim_period``
+seconds, which bounds what heap fragmentation can add to the resident set while every other
+keyframe keeps its pages.
 Trade-off measured on the live node (README, "Reliability figures"): with the kept memory
-the resident set of a 10-min soak with malformed input grew in steps (+-10-14 % after
-minute 2, the map constant); with ``0`` it stayed within +-3.6 %, but the streaming
-benchmark fell to 1.7 keyframes/s with a p99 latency of 2.9 s (page faults in every
-keyframe's temporaries).
+and no trimming the resident set of a 10-min soak with malformed input grew in steps
+(+-10-14 % after minute 2, the map constant); with ``0`` it stayed within +-3.6 %, but the
+streaming benchmark fell to 1.7 keyframes/s with a p99 latency of 2.9 s (page faults in
+every keyframe's temporaries).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["keep_freed_memory", "ENV_VAR"]
+__all__ = ["keep_freed_memory", "release_freed_memory", "ENV_VAR"]
 
 #: environment variable that disables :func:`keep_freed_memory` when ``0``
 ENV_VAR = "CONCERTO_KEEP_FREED_MEMORY"
@@ -61,3 +65,25 @@ def keep_freed_memory(trim_threshold: int = 1 << 30, top_pad: int = 1 << 28) -> 
                 (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, int(trim_threshold)), (_M_TOP_PAD, int(top_pad))))
     _STATE["applied"] = applied
     return applied
+
+
+def release_freed_memory() -> bool:
+    """Return freed heap memory of every malloc arena to the kernel (glibc ``malloc_trim(0)``).
+
+    The next allocations of the same size page-fault again, so call it rarely and between
+    units of work (the node: between keyframes, every ``worker.trim_period`` seconds).
+
+    Returns:
+        Whether ``malloc_trim`` ran (``False`` off Linux or without glibc), whether or not
+        there was memory to release.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True

@@ -40,11 +40,10 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from concerto_ros.ros.perception import DropOldestQueue, PerceptionShell  # noqa: F401  (re-exported)
+from concerto_ros.runtime import GIL_SWITCH_INTERVAL_S
 
 #: executor threads: sensor intake, services, timers, parameter/TF housekeeping
 EXECUTOR_THREADS = 4
-#: seconds a thread may hold the GIL while another asks for it (Python's default: 0.005)
-GIL_SWITCH_INTERVAL_S = 0.001
 
 
 class PerceptionNode(Node):

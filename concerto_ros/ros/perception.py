@@ -133,8 +133,8 @@ class PerceptionShell:
                            callback_group=self.tf_group, guard=self.guard, note=self.log.info)
         self.stream = FrameStream(cfg, lookup=self._lookup, skips=self.skips, note=self.log.info,
                                   timer=self.pipeline.timer)
-        self.runtime = StreamingRuntime(self.pipeline, self.stream, on_result=self._publish_window,
-                                        on_skip=self.skips.record, queue_depth=cfg.worker.queue_depth)
+        self.runtime = StreamingRuntime.from_config(self.pipeline, self.stream, on_result=self._publish_window,
+                                                    on_skip=self.skips.record)
 
     def _lookup(self, target: str, source: str, stamp_ns: int):
         return self.tf.lookup(target, source, stamp_ns, self.cfg.tf.timeout)
@@ -163,6 +163,9 @@ class PerceptionShell:
                 self._entities.append(node.create_timer(period, self.guard(name, fn), callback_group=self.timer_group))
         self._active = True
         self.runtime.start()
+        if self.runtime.warm_up_s:
+            self.log.info(f"encoders warmed up on a synthetic {cfg.window.num_frames}-frame window in "
+                          f"{self.runtime.warm_up_s:.1f} s (worker.warm_up)")
         inputs = ", ".join(x for x in (t.color, t.depth, t.camera_info, t.points) if x)
         self.log.info(
             f"listening on {inputs} with {cfg.qos.input} input QoS ({qos_hint(cfg.qos)}); TF via "
@@ -329,7 +332,8 @@ class PerceptionShell:
                               hardware_id=str(p.device), message=message)
         values = {"frames_processed": p.frames_processed, "frames_integrated": p.frames_integrated,
                   "keyframes_encoded": rt.keyframes_encoded, "keyframes_replaced": rt.keyframes_replaced,
-                  "frames_dropped_queue": rt.frames_dropped, "messages_skipped": self.skips.total,
+                  "frames_dropped_queue": rt.frames_dropped, "encoder_yield_s": round(rt.yield_s, 1),
+                  "memory_trims": rt.trims, "messages_skipped": self.skips.total,
                   "internal_errors": self.skips.count(INTERNAL_ERROR), "window_crops": p.window_crops,
                   f"recent_skipped_{cfg.diagnostics.window:g}s": sum(recent.values())}
         if p.map is not None:

@@ -112,9 +112,12 @@ class TfSource:
             tr, q = ts.transform.translation, ts.transform.rotation
             return transform_to_matrix((tr.x, tr.y, tr.z), (q.x, q.y, q.z, q.w))
         while True:
+            version = self.buffer.version
             try:
                 return self.buffer.lookup(target, source, int(stamp_ns))
             except TransformUnavailable:
-                if time.monotonic() >= deadline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0.0:
                     raise
-                time.sleep(0.005)
+                # sleep until the next /tf sample is stored (no polling loop holding the GIL)
+                self.buffer.wait_for_change(version, remaining)

@@ -122,6 +122,8 @@ class TransformBuffer:
         self._tol_ns = int(round(max_extrapolation_s * 1e9))
         self._edges: dict[str, _Edge] = {}  # keyed by child frame
         self._lock = threading.RLock()
+        self._stored = threading.Condition(self._lock)  # notified whenever a sample is stored
+        self._version = 0  # samples stored so far (see wait_for_change)
         self._max_jump_s = None if max_jump_s is None else float(max_jump_s)
         self._confirm = int(confirm)
         self._on_note = on_note
@@ -199,6 +201,7 @@ class TransformBuffer:
                 edge.stamps[:] = [0]
                 edge.translations[:] = [t]
                 edge.quats[:] = [q_wxyz]
+                self._notify_stored()
                 return
             if edge.guard is None:
                 self._insert(edge, stamp_ns, t, q_wxyz)
@@ -220,8 +223,27 @@ class TransformBuffer:
                                   f"({_fmt_s(old) if old is not None else '?'} -> {_fmt_s(stamp_ns)}), confirmed by "
                                   f"{len(released)} samples: its history restarts there")
 
+    def _notify_stored(self) -> None:
+        """Wake :meth:`wait_for_change` callers (the lock is held)."""
+        self._version += 1
+        self._stored.notify_all()
+
+    @property
+    def version(self) -> int:
+        """Number of samples stored so far; pass it to :meth:`wait_for_change`."""
+        with self._lock:
+            return self._version
+
+    def wait_for_change(self, since_version: int, timeout_s: float) -> bool:
+        """Block until a sample is stored after :attr:`version` was ``since_version``, or for
+        ``timeout_s`` seconds; whether one was stored. Lets a lookup that failed wait for the
+        next /tf message instead of polling."""
+        with self._stored:
+            return self._stored.wait_for(lambda: self._version != since_version, max(float(timeout_s), 0.0))
+
     def _insert(self, edge: _Edge, stamp_ns: int, t: np.ndarray, q_wxyz: np.ndarray) -> None:
         """Insert one sample into a dynamic edge (sorted) and prune beyond the cache time."""
+        self._notify_stored()
         pos = bisect.bisect_left(edge.stamps, stamp_ns)
         if pos < len(edge.stamps) and edge.stamps[pos] == stamp_ns:
             edge.translations[pos] = t
