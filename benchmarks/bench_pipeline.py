@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -217,40 +218,25 @@ def fmt_table(headers: list[str], rows: list[list[str]], title: str | None = Non
     return "\n".join(out)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if not args.data.is_dir():
-        print(f"data folder {args.data} not found: nothing to benchmark "
-              "(expects ../shared/data/rgbd_slambook beside the repo, or --data)", file=sys.stderr)
-        return 2
-    cfg_path, cfg = load_cfg(args)
+def _machine(torch) -> dict:
+    """Print and return the machine's platform, Python, CPU count, torch and CUDA."""
+    print(f"machine: {platform.machine()} {os.cpu_count()} CPU cores, "
+          f"{'CUDA available' if torch.cuda.is_available() else 'no GPU'}, torch {torch.__version__}")
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "cuda_available": bool(torch.cuda.is_available())}
 
-    try:
-        from sensor_msgs.msg import PointCloud2, PointField
-    except ImportError as exc:
-        print(f"rclpy's sensor_msgs cannot be imported ({exc}); run inside the project environment: "
-              "scripts/env.sh python benchmarks/bench_pipeline.py", file=sys.stderr)
-        return 2
+
+def _run_replays(args, cfg, log, PointCloud2, PointField) -> dict:
+    """Convert the folder to a temporary MCAP bag, build the pipeline and replay the bag
+    (``--warmup`` untimed then ``--repeats`` timed passes): ``{"convert_s", "build_s",
+    "warmup_s", "threads", "device", "passes"}`` (passes: see :func:`replay_passes`)."""
     import torch
 
     from concerto_ros.bag.convert_rgbd import convert_rgbd_folder
     from concerto_ros.pipeline import PerceptionPipeline
 
-    notes: list[str] = []
-
-    def log(msg: str) -> None:
-        if msg not in notes:  # each distinct message once (repeated passes repeat them)
-            notes.append(msg)
-            print(f"  [pipeline] {msg}")
-
     intr = blv.INTRINSICS
-    out: dict = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
-                             "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                             "cuda_available": bool(torch.cuda.is_available())}}
-    print(f"machine: {platform.machine()} {os.cpu_count()} CPU cores, "
-          f"{'CUDA available' if torch.cuda.is_available() else 'no GPU'}, torch {torch.__version__}")
-    print(f"data: {args.data}  config: {cfg_path}" + (f"  overrides: {args.overrides}" if args.overrides else ""))
-
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
         t0 = time.perf_counter()
         conv = convert_rgbd_folder(args.data, Path(tmp) / "bag", intrinsics=(intr.fx, intr.fy, intr.cx, intr.cy),
@@ -275,19 +261,21 @@ def main(argv=None) -> int:
             replay_passes(conv.bag_path, cfg, pipeline, recorder, args.warmup, log)
         warmup_s = time.perf_counter() - t0
         passes = replay_passes(conv.bag_path, cfg, pipeline, recorder, args.repeats, log)
-    rss_replay = peak_rss_mib()
+    return {"convert_s": convert_s, "build_s": build_s, "warmup_s": warmup_s, "threads": threads,
+            "device": pipeline.device, "passes": passes}
 
+
+def _pass_statistics(passes: list[dict]) -> dict | None:
+    """Frames/s and per-frame stage times (ms) over the timed passes; None when a pass has
+    no frame. ``per_frame``: medians over passes per frame index; ``mean``: over all frames."""
     walls = [p["wall_s"] for p in passes]
     startups = [p["startup_s"] for p in passes]
     loop_s = sum(walls) - sum(startups)
     passes = [p["rows"] for p in passes]
     n_frames = min(len(p) for p in passes)
     if n_frames == 0:
-        print("no frame went through the pipeline (see the messages above)", file=sys.stderr)
-        return 1
+        return None
     total_frames = sum(len(p) for p in passes)
-    fps = total_frames / loop_s
-    fps_with_startup = total_frames / sum(walls)
     cols = ("voxels",) + STAGE_COLS + ("other", "wall")
     per_frame = []
     for k in range(n_frames):
@@ -297,8 +285,15 @@ def main(argv=None) -> int:
         per_frame.append(med)
     all_rows = [r for p in passes for r in p]
     mean = {c: float(np.mean([r.get(c, 0.0) for r in all_rows])) for c in cols + ("to_msg_semantic",)}
-    full = per_frame[-1]
+    return {"walls": walls, "startups": startups, "loop_s": loop_s, "total_frames": total_frames,
+            "fps": total_frames / loop_s, "fps_with_startup": total_frames / sum(walls),
+            "per_frame": per_frame, "mean": mean}
 
+
+def _print_pipeline(args, cfg, st: dict, warmup_s: float, rss_replay: float) -> None:
+    """The per-frame stage table, frames/s and one-off costs of :func:`_pass_statistics`."""
+    per_frame, mean, fps = st["per_frame"], st["mean"], st["fps"]
+    full = per_frame[-1]
     headers = ["frame", "win", "voxels"] + [f"{c} ms" for c in STAGE_COLS] + ["other ms", "wall ms"]
 
     def cells(label, win, r):
@@ -313,26 +308,18 @@ def main(argv=None) -> int:
         f"win = frames in the window; other = bag read/deserialise + TF lookup + callbacks)")))
     print(f"to_msg: semantic cloud alone {mean['to_msg_semantic']:.2f} ms mean"
           + (" (the rest is the feature cloud)" if cfg.publish.features else ""))
-    print(f"end-to-end: {total_frames} frames in {loop_s:.2f} s -> {fps:.2f} frames/s "
+    print(f"end-to-end: {st['total_frames']} frames in {st['loop_s']:.2f} s -> {fps:.2f} frames/s "
           f"({1e3 / fps:.0f} ms/frame); frame {full['frame']} (window of {full['window_frames']} frames, "
           f"{full['voxels']:.0f} voxels): "
           f"{full['wall']:.0f} ms -> {1e3 / full['wall']:.2f} frames/s")
-    print(f"one-off: replay start-up (open bag, preload TF) {1e3 * np.median(startups):.0f} ms per pass, "
-          f"not in the frames/s ({fps_with_startup:.2f} frames/s with it); warm-up pass(es) {warmup_s:.2f} s")
+    print(f"one-off: replay start-up (open bag, preload TF) {1e3 * np.median(st['startups']):.0f} ms per pass, "
+          f"not in the frames/s ({st['fps_with_startup']:.2f} frames/s with it); warm-up pass(es) {warmup_s:.2f} s")
     print(f"peak RSS after replay: {rss_replay:.0f} MiB")
 
-    out.update(config={"path": str(cfg_path), "overrides": args.overrides,
-                       "window_frames": cfg.window.num_frames, "voxel_size": cfg.window.voxel_size,
-                       "preset": cfg.model.preset, "checkpoint": cfg.model.checkpoint,
-                       "device": str(pipeline.device), "torch_threads": threads,
-                       "publish_features": cfg.publish.features},
-               one_off_s={"bag_conversion": convert_s, "model_construction": build_s, "warmup": warmup_s},
-               repeats=args.repeats, warmup=args.warmup, per_frame_median_ms=per_frame, mean_ms=mean,
-               passes_wall_s=walls, passes_startup_s=startups, frames=total_frames, loop_s=loop_s, fps=fps,
-               fps_with_startup=fps_with_startup, last_frame_fps=1e3 / full["wall"],
-               peak_rss_mib_after_replay=rss_replay, notes=notes)
 
-    # -- lift + voxelize of one frame: ours vs Open3D ------------------------------------------
+def _lift_voxelize_comparison(args, cfg) -> tuple[list[dict], dict, Any, str | None]:
+    """Lift + voxelize of one frame, ours against Open3D (when importable), printed as a
+    table: ``(per-frame rows, summary, open3d module or None, reason it was skipped)``."""
     print()
     frames = blv.load_frames(args.data)
     o3d, why = (None, "--no-open3d") if args.no_open3d else blv.import_open3d()
@@ -358,8 +345,11 @@ def main(argv=None) -> int:
         f"Lift + voxelize of one frame ({cfg.window.voxel_size} m, depth [{cfg.lift.min_depth}, "
         f"{cfg.lift.max_depth}] m; median of {args.lift_repeats} runs" + (", Open3D " + o3d.__version__ if o3d else "")
         + ")")))
-    rss_end = peak_rss_mib()
+    return cmp_rows, s, o3d, why
 
+
+def _print_targets(s: dict, o3d, rss_replay: float, rss_end: float) -> None:
+    """The lift + voxelize targets (< 15 ms, >= 2x Open3D) and the peak RSS."""
     print()
     target_rows = [["lift + voxelize < 15 ms per frame", f"{s['ours_ms']:.2f} ms",
                     "met" if s["target_15ms_met"] else "NOT MET"]]
@@ -372,6 +362,55 @@ def main(argv=None) -> int:
     print(f"peak RSS: {rss_replay:.0f} MiB after the replay, {rss_end:.0f} MiB at the end"
           + (" (with Open3D loaded)" if o3d is not None else ""))
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.data.is_dir():
+        print(f"data folder {args.data} not found: nothing to benchmark "
+              "(expects ../shared/data/rgbd_slambook beside the repo, or --data)", file=sys.stderr)
+        return 2
+    cfg_path, cfg = load_cfg(args)
+
+    try:
+        from sensor_msgs.msg import PointCloud2, PointField
+    except ImportError as exc:
+        print(f"rclpy's sensor_msgs cannot be imported ({exc}); run inside the project environment: "
+              "scripts/env.sh python benchmarks/bench_pipeline.py", file=sys.stderr)
+        return 2
+    import torch
+
+    notes: list[str] = []
+
+    def log(msg: str) -> None:
+        if msg not in notes:  # each distinct message once (repeated passes repeat them)
+            notes.append(msg)
+            print(f"  [pipeline] {msg}")
+
+    out: dict = {"machine": _machine(torch)}
+    print(f"data: {args.data}  config: {cfg_path}" + (f"  overrides: {args.overrides}" if args.overrides else ""))
+    run = _run_replays(args, cfg, log, PointCloud2, PointField)
+    rss_replay = peak_rss_mib()
+    st = _pass_statistics(run["passes"])
+    if st is None:
+        print("no frame went through the pipeline (see the messages above)", file=sys.stderr)
+        return 1
+    _print_pipeline(args, cfg, st, run["warmup_s"], rss_replay)
+    full = st["per_frame"][-1]
+    out.update(config={"path": str(cfg_path), "overrides": args.overrides,
+                       "window_frames": cfg.window.num_frames, "voxel_size": cfg.window.voxel_size,
+                       "preset": cfg.model.preset, "checkpoint": cfg.model.checkpoint,
+                       "device": str(run["device"]), "torch_threads": run["threads"],
+                       "publish_features": cfg.publish.features},
+               one_off_s={"bag_conversion": run["convert_s"], "model_construction": run["build_s"],
+                          "warmup": run["warmup_s"]},
+               repeats=args.repeats, warmup=args.warmup, per_frame_median_ms=st["per_frame"], mean_ms=st["mean"],
+               passes_wall_s=st["walls"], passes_startup_s=st["startups"], frames=st["total_frames"],
+               loop_s=st["loop_s"], fps=st["fps"], fps_with_startup=st["fps_with_startup"],
+               last_frame_fps=1e3 / full["wall"], peak_rss_mib_after_replay=rss_replay, notes=notes)
+
+    cmp_rows, s, o3d, why = _lift_voxelize_comparison(args, cfg)
+    rss_end = peak_rss_mib()
+    _print_targets(s, o3d, rss_replay, rss_end)
     out.update(lift_voxelize={"repeats": args.lift_repeats, "open3d": o3d.__version__ if o3d else None,
                               "skipped_reason": why or None, "per_frame": cmp_rows, "median": s},
                targets={"lift_voxelize_lt_15ms": bool(s["target_15ms_met"]),

@@ -253,6 +253,30 @@ def _check_arguments(storage: str, color_order: str, topics: Mapping[str, str] |
     return {**DEFAULT_TOPICS, **(topics or {})}
 
 
+def _write_frame(out: _BagOut, rec: RgbdFolderRecording, fr, fixed_frame: str, camera_frame: str,
+                 camera_link_frame: str | None, link_inv: np.ndarray) -> int:
+    """Write one frame's ``/tf`` (``fixed_frame -> camera_link_frame``, or straight to
+    ``camera_frame`` when None; ``link_inv`` = (link -> optical)^-1), camera info, colour,
+    depth (uint16 mm) and labels at its stamp; returns its depth pixels out of the uint16
+    range."""
+    stamp, (height, width) = fr.stamp_ns, fr.rgbd.shape
+    if camera_link_frame:
+        tf = fill_transform_stamped(out.msg(_TFS), fr.T_world_sensor @ link_inv, fixed_frame,
+                                    camera_link_frame, stamp)
+    else:
+        tf = fill_transform_stamped(out.msg(_TFS), fr.T_world_sensor, fixed_frame, camera_frame, stamp)
+    out.write("tf", out.ts.types[_TF](transforms=[tf]), _TF, stamp)
+    info = fill_camera_info(out.msg(_INFO), rec.fx, rec.fy, rec.cx, rec.cy, width, height, stamp,
+                            camera_frame)
+    out.write("camera_info", info, _INFO, stamp)
+    out.image("color", fr.rgbd.color, "rgb8", stamp, camera_frame)
+    mm, over = depth_to_millimetres(fr.rgbd.depth, rec.depth_scale)
+    out.image("depth", mm, "16UC1", stamp, camera_frame)
+    if fr.labels is not None:
+        out.image("labels", fr.labels.astype(np.uint16), "16UC1", stamp, camera_frame)
+    return over
+
+
 def convert_rgbd_folder(
     folder: str | Path,
     output_bag: str | Path,
@@ -319,22 +343,8 @@ def convert_rgbd_folder(
         if camera_link_frame:
             _write_static(out, camera_link_frame, camera_frame, rec.stamps_ns[0])
         for fr in tqdm(rec.frames(), total=len(rec), desc="rgbd -> bag", unit="frame", disable=not progress):
-            stamp, (height, width) = fr.stamp_ns, fr.rgbd.shape
-            if camera_link_frame:
-                tf = fill_transform_stamped(out.msg(_TFS), fr.T_world_sensor @ link_inv, fixed_frame,
-                                            camera_link_frame, stamp)
-            else:
-                tf = fill_transform_stamped(out.msg(_TFS), fr.T_world_sensor, fixed_frame, camera_frame, stamp)
-            out.write("tf", out.ts.types[_TF](transforms=[tf]), _TF, stamp)
-            info = fill_camera_info(out.msg(_INFO), rec.fx, rec.fy, rec.cx, rec.cy, width, height, stamp,
-                                    camera_frame)
-            out.write("camera_info", info, _INFO, stamp)
-            out.image("color", fr.rgbd.color, "rgb8", stamp, camera_frame)
-            mm, over = depth_to_millimetres(fr.rgbd.depth, rec.depth_scale)
-            out_of_range += over
-            out.image("depth", mm, "16UC1", stamp, camera_frame)
-            if fr.labels is not None:
-                out.image("labels", fr.labels.astype(np.uint16), "16UC1", stamp, camera_frame)
+            height, width = fr.rgbd.shape
+            out_of_range += _write_frame(out, rec, fr, fixed_frame, camera_frame, camera_link_frame, link_inv)
         out.writer.close()
     except BaseException:
         with contextlib.suppress(Exception):

@@ -146,10 +146,6 @@ def replay_live(bag: str | Path, cfg: PerceptionConfig, node_name: str = "/perce
         ImportError: a message type of the bag has no Python bindings here.
     """
     import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import PointCloud2
 
     t_start = time.perf_counter()
     summary = bag_summary(bag)
@@ -158,114 +154,20 @@ def replay_live(bag: str | Path, cfg: PerceptionConfig, node_name: str = "/perce
     if missing:
         raise ValueError(f"bag {bag} lacks topics {missing}; it has {sorted(summary)}")
     tf_topics = [t for t in TF_TOPICS if t in summary]
-    stream_of = {cfg.topics.color: "color", cfg.topics.depth: "depth", cfg.topics.camera_info: "camera_info"}
 
     own_context = not rclpy.ok()
     if own_context:
         rclpy.init()
     node = rclpy.create_node("concerto_bag_player")
     report = LiveReport()
-    received = threading.Condition()
     stop = threading.Event()
     try:
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        pubs = {t: node.create_publisher(message_class(summary[t][0]), t, latched if t == "/tf_static" else reliable)
-                for t in image_topics + tf_topics}
-
-        def on_cloud(msg, store):
-            with received:
-                store.append(msg)
-                received.notify_all()
-
-        def on_diag(msg):
-            for st in msg.status:
-                if st.name.startswith(node_name.split("/")[-1]):
-                    report.diagnostics = {kv.key: kv.value for kv in st.values}
-
-        out_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        node.create_subscription(PointCloud2, f"{node_name}/semantic_points", lambda m: on_cloud(m, report.clouds), out_qos)
-        node.create_subscription(PointCloud2, f"{node_name}/feature_points", lambda m: on_cloud(m, report.feature_clouds), out_qos)
-        node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        spinner = threading.Thread(target=lambda: _spin(executor, stop), daemon=True)
-        spinner.start()
-
-        # wait for the node: its subscriptions on every input topic and a match on its output
-        deadline = time.monotonic() + startup_timeout
-        while time.monotonic() < deadline:
-            if node_process is not None and not node_process.alive():
-                raise RuntimeError(f"perception_node exited during start-up:\n{node_process.tail()}")
-            if all(pubs[t].get_subscription_count() > 0 for t in image_topics):
-                break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"no subscriber on {image_topics} after {startup_timeout:.0f} s: is "
-                               f"{node_name} running with the same topic names and ROS_DOMAIN_ID?")
-        for line in qos_report(node, image_topics):
-            log(line)
-        time.sleep(0.5)  # let the reverse (output) match settle
-
-        tf_queue: list[tuple[int, str, bytes]] = []
-        if tf_topics:
-            for raw, dec in zip(iter_raw(bag, tf_topics), iter_messages(bag, tf_topics)):
-                stamps = [stamp_to_ns(t.header.stamp) for t in dec.msg.transforms] or [dec.stamp_ns]
-                if raw.topic == "/tf_static":
-                    pubs[raw.topic].publish(raw.data)
-                else:
-                    tf_queue.append((max(stamps), raw.topic, raw.data))
-        tf_queue.sort(key=lambda x: x[0])
-        tf_next = 0
-        lookahead_ns = int(tf_lookahead * 1e9)
-
-        predictor = KeyframePredictor(bag, cfg)
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=summary[cfg.topics.color][1], desc="live replay", unit="frame")
-        wall0 = time.monotonic()
-        first_log_ns = None
-        for raw, dec in zip(iter_raw(bag, image_topics), iter_messages(bag, image_topics)):
-            if node_process is not None and not node_process.alive():
-                raise RuntimeError(f"perception_node died during replay:\n{node_process.tail()}")
-            stamp = stamp_to_ns(dec.msg.header.stamp)
-            while tf_next < len(tf_queue) and tf_queue[tf_next][0] <= stamp + lookahead_ns:
-                pubs[tf_queue[tf_next][1]].publish(tf_queue[tf_next][2])
-                tf_next += 1
-            if not lockstep:
-                first_log_ns = raw.stamp_ns if first_log_ns is None else first_log_ns
-                due = wall0 + (raw.stamp_ns - first_log_ns) * 1e-9 / max(rate, 1e-6)
-                time.sleep(max(0.0, due - time.monotonic()))
-            with received:
-                n_before = len(report.clouds)
-            pubs[raw.topic].publish(raw.data)
-            for keyframe in predictor.add(stream_of[raw.topic], dec.msg):
-                report.frames_sent += 1
-                report.keyframes_expected += int(keyframe)
-                if bar is not None:
-                    bar.update(1)
-                if lockstep and keyframe:
-                    with received:
-                        ok = received.wait_for(lambda: len(report.clouds) > n_before, timeout=frame_timeout)
-                    if not ok:
-                        report.timeouts += 1
-                        log(f"no cloud from {node_name} within {frame_timeout:.0f} s of keyframe "
-                            f"{report.frames_sent} (skipped by the node? see its log and /diagnostics)")
-                elif lockstep:
-                    time.sleep(NON_KEYFRAME_PAUSE_S)  # the node integrates it (tens of ms); no cloud comes
-            if max_frames is not None and report.frames_sent >= max_frames:
-                break
-        while tf_next < len(tf_queue):
-            pubs[tf_queue[tf_next][1]].publish(tf_queue[tf_next][2])
-            tf_next += 1
-        if bar is not None:
-            bar.close()
-        if not lockstep:  # give the worker time to finish the last keyframe
-            deadline = time.monotonic() + frame_timeout
-            while time.monotonic() < deadline and len(report.clouds) < report.keyframes_expected:
-                time.sleep(0.05)
-        time.sleep(1.2)  # one diagnostics period
+        player = _Player(node, summary, image_topics + tf_topics, node_name, report, stop)
+        player.wait_for_node(image_topics, startup_timeout, node_process, log)
+        player.queue_tf(bag, tf_topics)
+        playback = _Playback(rate, lockstep, frame_timeout, int(tf_lookahead * 1e9), max_frames, node_process,
+                             log, progress)
+        _play_images(player, bag, cfg, image_topics, summary[cfg.topics.color][1], playback)
     finally:
         stop.set()
         node.destroy_node()
@@ -273,6 +175,158 @@ def replay_live(bag: str | Path, cfg: PerceptionConfig, node_name: str = "/perce
             rclpy.shutdown()
     report.wall_s = time.perf_counter() - t_start
     return report
+
+
+class _Player:
+    """The player's ROS side: a publisher per played topic (``/tf_static`` latched), the
+    subscriptions that collect the node's clouds and ``/diagnostics`` into ``report``, and an
+    executor spinning on a daemon thread until ``stop`` is set."""
+
+    def __init__(self, node, summary: dict, topics: list[str], node_name: str, report: LiveReport,
+                 stop: threading.Event):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import PointCloud2
+
+        self.node, self.node_name, self.report = node, node_name, report
+        self.received = threading.Condition()
+        self.tf_queue: list[tuple[int, str, bytes]] = []
+        self.tf_next = 0
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.pubs = {t: node.create_publisher(message_class(summary[t][0]), t, latched if t == "/tf_static" else reliable)
+                     for t in topics}
+        out_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        node.create_subscription(PointCloud2, f"{node_name}/semantic_points", lambda m: self._on_cloud(m, report.clouds), out_qos)
+        node.create_subscription(PointCloud2, f"{node_name}/feature_points", lambda m: self._on_cloud(m, report.feature_clouds), out_qos)
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        spinner = threading.Thread(target=lambda: _spin(executor, stop), daemon=True)
+        spinner.start()
+
+    def _on_cloud(self, msg, store: list) -> None:
+        with self.received:
+            store.append(msg)
+            self.received.notify_all()
+
+    def _on_diag(self, msg) -> None:
+        for st in msg.status:
+            if st.name.startswith(self.node_name.split("/")[-1]):
+                self.report.diagnostics = {kv.key: kv.value for kv in st.values}
+
+    def wait_for_node(self, image_topics: list[str], startup_timeout: float, node_process: NodeProcess | None,
+                      log: Callable[[str], Any]) -> None:
+        """Wait for the node's subscriptions on every input topic and a match on its output.
+
+        Raises:
+            RuntimeError: ``node_process`` exited, or no subscriber after ``startup_timeout`` s.
+        """
+        deadline = time.monotonic() + startup_timeout
+        while time.monotonic() < deadline:
+            if node_process is not None and not node_process.alive():
+                raise RuntimeError(f"perception_node exited during start-up:\n{node_process.tail()}")
+            if all(self.pubs[t].get_subscription_count() > 0 for t in image_topics):
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"no subscriber on {image_topics} after {startup_timeout:.0f} s: is "
+                               f"{self.node_name} running with the same topic names and ROS_DOMAIN_ID?")
+        for line in qos_report(self.node, image_topics):
+            log(line)
+        time.sleep(0.5)  # let the reverse (output) match settle
+
+    def queue_tf(self, bag, tf_topics: list[str]) -> None:
+        """Publish the bag's ``/tf_static`` now and queue its ``/tf`` messages by their newest
+        transform stamp (int ns)."""
+        if tf_topics:
+            for raw, dec in zip(iter_raw(bag, tf_topics), iter_messages(bag, tf_topics)):
+                stamps = [stamp_to_ns(t.header.stamp) for t in dec.msg.transforms] or [dec.stamp_ns]
+                if raw.topic == "/tf_static":
+                    self.pubs[raw.topic].publish(raw.data)
+                else:
+                    self.tf_queue.append((max(stamps), raw.topic, raw.data))
+        self.tf_queue.sort(key=lambda x: x[0])
+        self.tf_next = 0
+
+    def publish_tf(self, until_ns: int | None = None) -> None:
+        """Publish the queued ``/tf`` messages stamped up to ``until_ns`` (None: all left)."""
+        q = self.tf_queue
+        while self.tf_next < len(q) and (until_ns is None or q[self.tf_next][0] <= until_ns):
+            self.pubs[q[self.tf_next][1]].publish(q[self.tf_next][2])
+            self.tf_next += 1
+
+    def clouds_received(self) -> int:
+        with self.received:
+            return len(self.report.clouds)
+
+    def wait_for_cloud(self, n_before: int, timeout: float) -> bool:
+        """Whether a cloud beyond the first ``n_before`` arrived within ``timeout`` seconds."""
+        with self.received:
+            return self.received.wait_for(lambda: len(self.report.clouds) > n_before, timeout=timeout)
+
+
+@dataclass
+class _Playback:
+    """Playback options of :func:`replay_live` (``tf_lookahead_ns`` in int nanoseconds)."""
+
+    rate: float
+    lockstep: bool
+    frame_timeout: float
+    tf_lookahead_ns: int
+    max_frames: int | None
+    node_process: NodeProcess | None
+    log: Callable[[str], Any]
+    progress: bool
+
+
+def _play_images(player: _Player, bag, cfg: PerceptionConfig, image_topics: list[str], num_frames,
+                 opt: _Playback) -> None:
+    """Publish the bag's image and camera-info messages (with ``/tf`` ahead of them), in
+    lockstep with the node's clouds or at the recorded rate; then the rest of ``/tf``, and wait
+    for the last clouds and one diagnostics period. ``num_frames``: total of the progress bar."""
+    report, node_process = player.report, opt.node_process
+    stream_of = {cfg.topics.color: "color", cfg.topics.depth: "depth", cfg.topics.camera_info: "camera_info"}
+    predictor = KeyframePredictor(bag, cfg)
+    bar = None
+    if opt.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=num_frames, desc="live replay", unit="frame")
+    wall0 = time.monotonic()
+    first_log_ns = None
+    for raw, dec in zip(iter_raw(bag, image_topics), iter_messages(bag, image_topics)):
+        if node_process is not None and not node_process.alive():
+            raise RuntimeError(f"perception_node died during replay:\n{node_process.tail()}")
+        player.publish_tf(stamp_to_ns(dec.msg.header.stamp) + opt.tf_lookahead_ns)
+        if not opt.lockstep:
+            first_log_ns = raw.stamp_ns if first_log_ns is None else first_log_ns
+            due = wall0 + (raw.stamp_ns - first_log_ns) * 1e-9 / max(opt.rate, 1e-6)
+            time.sleep(max(0.0, due - time.monotonic()))
+        n_before = player.clouds_received()
+        player.pubs[raw.topic].publish(raw.data)
+        for keyframe in predictor.add(stream_of[raw.topic], dec.msg):
+            report.frames_sent += 1
+            report.keyframes_expected += int(keyframe)
+            if bar is not None:
+                bar.update(1)
+            if opt.lockstep and keyframe:
+                if not player.wait_for_cloud(n_before, opt.frame_timeout):
+                    report.timeouts += 1
+                    opt.log(f"no cloud from {player.node_name} within {opt.frame_timeout:.0f} s of keyframe "
+                            f"{report.frames_sent} (skipped by the node? see its log and /diagnostics)")
+            elif opt.lockstep:
+                time.sleep(NON_KEYFRAME_PAUSE_S)  # the node integrates it (tens of ms); no cloud comes
+        if opt.max_frames is not None and report.frames_sent >= opt.max_frames:
+            break
+    player.publish_tf()
+    if bar is not None:
+        bar.close()
+    if not opt.lockstep:  # give the worker time to finish the last keyframe
+        deadline = time.monotonic() + opt.frame_timeout
+        while time.monotonic() < deadline and len(report.clouds) < report.keyframes_expected:
+            time.sleep(0.05)
+    time.sleep(1.2)  # one diagnostics period
 
 
 #: lockstep pause after a frame that is not a keyframe (the node only integrates it)

@@ -35,6 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_file_arguments(parser)
+    _add_model_arguments(parser)
+    _add_runtime_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _add_file_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, --input, --output and --preset."""
     parser.add_argument(
         "--checkpoint",
         required=True,
@@ -63,6 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="encoder preset (tiny, small, base, large, concerto_large_video, or "
         "concerto_small/base/large, sonata); required when the checkpoint has no config",
     )
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backend, --device, --threads, --patch-size and --stage-orders."""
     parser.add_argument(
         "--backend",
         choices=_BACKENDS,
@@ -98,6 +111,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "(e.g. 'z,z-trans,hilbert,hilbert-trans;hilbert,z,z-trans,hilbert-trans;...'); "
         "default: the config's order for every stage",
     )
+
+
+def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """--runtime, --onnx and --provider (ONNX Runtime)."""
     parser.add_argument("--runtime", choices=_RUNTIMES, default="torch",
                         help="torch: eager PyTorch; onnxruntime: the exported ONNX graph under ONNX "
                         "Runtime (default: %(default)s)")
@@ -108,8 +125,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--provider", choices=_PROVIDERS, default="cpu",
                         help="ONNX Runtime execution provider (cuda and tensorrt need the onnxruntime-gpu "
                         "wheel); default: %(default)s")
-    parser.set_defaults(func=run)
-    return parser
 
 
 def _read_input(path: str, device: str):

@@ -143,37 +143,72 @@ def run_demo(output: str | Path = "outputs/demo", seed: int = 0, num_frames: int
     gt = ground_truth_lookup(seq, cfg.window.voxel_size, cfg.window.num_frames)
     result_dir = out / "result"
     if offline:
-        print("[demo] 3/4 replaying offline through the pipeline (no ROS)")
-        from concerto_ros.bag.outputs import write_results
-        from concerto_ros.bag.replay import replay_bag
-
-        rep = replay_bag(bag, cfg, progress=progress)
-        r = rep.result
-        if r is None:
-            print(f"[demo] no frame processed; skipped: {rep.skipped}")
-            return 1
-        coord, labels, conf, names = r.coord, r.labels, r.confidence, list(r.class_names)
-        write_results(result_dir, r.coord, r.color, r.labels, r.confidence, r.class_names,
-                      {"title": f"demo room {seed}: last window (offline)", "mode": "offline",
-                       "frames_processed": rep.frames_processed, "timings_ms": rep.timings},
-                      feature_colors=r.feature_colors, gt_labels=gt(r.coord))
+        got = _replay_offline(bag, cfg, result_dir, seed, gt, progress)
     else:
-        print("[demo] 3/4 starting perception_node and playing the bag into it over DDS")
-        from concerto_ros.bag.live import run_live
-
-        code = run_live(bag, cfg, cfg_path, overrides, result_dir, start_node=True, lockstep=True,
-                        progress=progress, title=f"demo room {seed}: last window published by the node",
-                        gt_labels_fn=gt)
-        if code != 0:
-            return code
-        from plyfile import PlyData
-
-        v = PlyData.read(str(result_dir / "window.ply"))["vertex"]
-        coord = np.stack([v["x"], v["y"], v["z"]], axis=1)
-        labels, conf = np.asarray(v["label"]), np.asarray(v["confidence"])
-        names = list(models.label_names)
+        got = _play_into_node(bag, cfg, cfg_path, overrides, result_dir, seed, gt, models, progress)
+    if isinstance(got, int):
+        return got
+    coord, labels, conf, names = got
     scores = ground_truth_scores(labels, names, gt(coord))
-    summary_path = result_dir / "summary.json"
+    _write_summary(result_dir / "summary.json", models, names, scores)
+    print(f"[demo] 4/4 results (mIoU vs ground truth {scores['miou']:.3f}, overall acc {scores['oacc']:.3f}, "
+          f"mean confidence {float(np.mean(conf)):.3f}; {'trained' if models.trained_labels else 'SEEDED RANDOM'} "
+          f"labels {names}):")
+    for name in ("window.ply", "window.png", "summary.json", "perception_node.log"):
+        if (result_dir / name).exists():
+            print(f"        {result_dir / name}")
+    return 0
+
+
+def _replay_offline(bag: Path, cfg, result_dir: Path, seed: int, gt, progress: bool):
+    """Step 3 without ROS: replay ``bag`` through the pipeline and write the last window.
+
+    Returns:
+        ``(coord (N, 3), labels (N,), confidence (N,), label names)`` of the last window, or
+        exit code 1 when no frame was processed.
+    """
+    print("[demo] 3/4 replaying offline through the pipeline (no ROS)")
+    from concerto_ros.bag.outputs import write_results
+    from concerto_ros.bag.replay import replay_bag
+
+    rep = replay_bag(bag, cfg, progress=progress)
+    r = rep.result
+    if r is None:
+        print(f"[demo] no frame processed; skipped: {rep.skipped}")
+        return 1
+    write_results(result_dir, r.coord, r.color, r.labels, r.confidence, r.class_names,
+                  {"title": f"demo room {seed}: last window (offline)", "mode": "offline",
+                   "frames_processed": rep.frames_processed, "timings_ms": rep.timings},
+                  feature_colors=r.feature_colors, gt_labels=gt(r.coord))
+    return r.coord, r.labels, r.confidence, list(r.class_names)
+
+
+def _play_into_node(bag: Path, cfg, cfg_path: Path, overrides: dict, result_dir: Path, seed: int, gt, models,
+                    progress: bool):
+    """Step 3 over DDS: start ``perception_node``, play ``bag`` into it in lockstep and read
+    back the last window it published (``window.ply``).
+
+    Returns:
+        ``(coord (N, 3), labels (N,), confidence (N,), label names)``, or the non-zero exit
+        code of :func:`~concerto_ros.bag.live.run_live`.
+    """
+    print("[demo] 3/4 starting perception_node and playing the bag into it over DDS")
+    from concerto_ros.bag.live import run_live
+
+    code = run_live(bag, cfg, cfg_path, overrides, result_dir, start_node=True, lockstep=True,
+                    progress=progress, title=f"demo room {seed}: last window published by the node",
+                    gt_labels_fn=gt)
+    if code != 0:
+        return code
+    from plyfile import PlyData
+
+    v = PlyData.read(str(result_dir / "window.ply"))["vertex"]
+    coord = np.stack([v["x"], v["y"], v["z"]], axis=1)
+    return coord, np.asarray(v["label"]), np.asarray(v["confidence"]), list(models.label_names)
+
+
+def _write_summary(summary_path: Path, models, names: list[str], scores: dict) -> None:
+    """Add the model and the ground-truth scores to the ``summary.json`` step 3 wrote."""
     summary = json.loads(summary_path.read_text())
     summary["model"] = {"description": models.description, "label_names": names,
                         "trained_labels": models.trained_labels,
@@ -184,10 +219,3 @@ def run_demo(output: str | Path = "outputs/demo", seed: int = 0, num_frames: int
         "labels come from the seeded random head (model.bundle ''): expect chance-level scores",
     }
     summary_path.write_text(json.dumps(summary, indent=2))
-    print(f"[demo] 4/4 results (mIoU vs ground truth {scores['miou']:.3f}, overall acc {scores['oacc']:.3f}, "
-          f"mean confidence {float(np.mean(conf)):.3f}; {'trained' if models.trained_labels else 'SEEDED RANDOM'} "
-          f"labels {names}):")
-    for name in ("window.ply", "window.png", "summary.json", "perception_node.log"):
-        if (result_dir / name).exists():
-            print(f"        {result_dir / name}")
-    return 0

@@ -580,27 +580,52 @@ def _bookshelf_parts(b: _Builder):
     return parts, w / 2, d / 2
 
 
-def make_room(seed: int) -> Scene:
-    """Generate a random furnished room, deterministically from ``seed``.
+@dataclass
+class _Room:
+    """A room under construction: its builder, interior size (metres) and walls
+    (``(inward normal, centre, half size)`` each, in the order ``-x, +x, -y, +y``)."""
 
-    The room interior is ``Lx x Ly x H`` with ``Lx, Ly ~ U(4, 6)`` m and
-    ``H ~ U(2.5, 2.8)`` m, centred on the world origin with the floor top at
-    ``z = 0`` (world frame z up). Floor, ceiling and walls are 10 cm thick
-    boxes outside the interior. Furniture: a door on one wall, a table with
-    2-4 chairs near the centre (random yaw), and a sofa, 1-2 cabinets and
-    usually a bookshelf against the walls; footprints never overlap and stay
-    inside the room; tall pieces (> 1.2 m) are only placed against walls.
-    Colours are drawn per object from class-specific material lists with
-    jitter; surfaces carry procedural textures (tiles/planks, wood grain,
-    fabric, wall noise).
-    """
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5CE7E]))
-    b = _Builder(rng)
-    lx, ly = rng.uniform(4.0, 6.0, size=2)
-    H = rng.uniform(2.5, 2.8)
-    T = 0.1
+    b: _Builder
+    lx: float
+    ly: float
+    walls: list
 
-    # --- room shell -----------------------------------------------------
+    def wall_frame(self, k: int):
+        """``(inward normal, tangent, point on the wall surface, wall length)`` of wall ``k``."""
+        n = np.array(self.walls[k][0])
+        tangent = np.array([-n[1], n[0]])
+        wall_pos = -n * np.array([self.lx / 2, self.ly / 2])  # point on the wall surface (room axis)
+        length = self.ly if n[0] != 0 else self.lx
+        return n, tangent, wall_pos, length
+
+    def fits(self, fp: _Footprint) -> bool:
+        """Whether ``fp`` lies inside the room and overlaps no placed footprint."""
+        return _inside_room(fp, self.lx, self.ly) and not any(_overlap(fp, f) for f in self.b.footprints)
+
+    def place_against_wall(self, parts_fn, name: str, tries: int = 40) -> bool:
+        """Put the object made by ``parts_fn`` with its back to a random wall, facing the room."""
+        b, rng = self.b, self.b.rng
+        parts, hw, hd = parts_fn(b)
+        for _ in range(tries):
+            k = int(rng.integers(4))
+            n, tangent, wall_pos, length = self.wall_frame(k)
+            if length / 2 - hw - 0.05 <= 0:
+                continue
+            s = rng.uniform(-(length / 2 - hw - 0.05), length / 2 - hw - 0.05)
+            origin = wall_pos + tangent * s + n * (hd + 0.01)
+            yaw = _yaw_facing(n)
+            fp = _footprint(origin, yaw, hw, hd)
+            if not self.fits(fp):
+                continue
+            b.footprints.append(_footprint(origin, yaw, hw, hd, margin=0.04))
+            b.add_parts(origin, yaw, parts, _CID[name], b.new_object(name))
+            return True
+        return False
+
+
+def _add_shell(b: _Builder, lx: float, ly: float, H: float, T: float) -> list:
+    """Floor, ceiling and four walls, ``T`` m thick, outside the interior; returns the walls."""
+    rng = b.rng
     floor_tex = TEX_TILES if rng.random() < 0.4 else TEX_PLANKS
     oid = b.new_object("floor")
     b.add_world(
@@ -636,35 +661,14 @@ def make_room(seed: int) -> Scene:
         b.add_world(
             (c[0], c[1], H / 2), (hs[0], hs[1], H / 2 + T), 0.0, _CID["wall"], oid, col, TEX_WALL
         )
+    return walls
 
-    def wall_frame(k):
-        n = np.array(walls[k][0])
-        tangent = np.array([-n[1], n[0]])
-        wall_pos = -n * np.array([lx / 2, ly / 2])  # point on the wall surface (room axis)
-        length = ly if n[0] != 0 else lx
-        return n, tangent, wall_pos, length
 
-    def place_against_wall(parts_fn, name, tries=40):
-        parts, hw, hd = parts_fn(b)
-        for _ in range(tries):
-            k = int(rng.integers(4))
-            n, tangent, wall_pos, length = wall_frame(k)
-            if length / 2 - hw - 0.05 <= 0:
-                continue
-            s = rng.uniform(-(length / 2 - hw - 0.05), length / 2 - hw - 0.05)
-            origin = wall_pos + tangent * s + n * (hd + 0.01)
-            yaw = _yaw_facing(n)
-            fp = _footprint(origin, yaw, hw, hd)
-            if not _inside_room(fp, lx, ly) or any(_overlap(fp, f) for f in b.footprints):
-                continue
-            b.footprints.append(_footprint(origin, yaw, hw, hd, margin=0.04))
-            b.add_parts(origin, yaw, parts, _CID[name], b.new_object(name))
-            return True
-        return False
-
-    # --- door (reserves a clearance zone in front of it) ------------------
+def _add_door(room: _Room) -> None:
+    """A door on a random wall; reserves a clearance zone in front of it."""
+    b, rng = room.b, room.b.rng
     k = int(rng.integers(4))
-    n, tangent, wall_pos, length = wall_frame(k)
+    n, tangent, wall_pos, length = room.wall_frame(k)
     dw, dh = rng.uniform(0.80, 0.95), rng.uniform(2.0, 2.15)
     s = rng.uniform(-(length / 2 - dw / 2 - 0.2), length / 2 - dw / 2 - 0.2)
     origin = wall_pos + tangent * s
@@ -683,69 +687,110 @@ def make_room(seed: int) -> Scene:
     b.add_parts(origin, yaw, door_parts, _CID["door"], b.new_object("door"))
     b.footprints.append(_footprint(origin + n * 0.45, yaw, dw / 2 + 0.1, 0.45))
 
-    # --- table + chairs near the centre ------------------------------------
+
+def _chair_slots(tw: float, td: float) -> list:
+    """Candidate chair slots around a ``tw x td`` table: (side normal in the table frame,
+    offset along the side, table half extent towards that side)."""
+    slots = []
+    for sy in (-1.0, 1.0):
+        for off in (-tw / 4, tw / 4) if tw > 1.2 else (0.0,):
+            slots.append((np.array([0.0, sy]), off, td / 2))
+    for sx in (-1.0, 1.0):
+        slots.append((np.array([sx, 0.0]), 0.0, tw / 2))
+    return slots
+
+
+def _add_chairs(room: _Room, tc: np.ndarray, tyaw: float, tw: float, td: float) -> None:
+    """2-4 chairs facing the table at ``tc`` (yaw ``tyaw``), where they fit."""
+    b, rng = room.b, room.b.rng
+    R2 = _rot_z(tyaw)[:2, :2]
+    slots = _chair_slots(tw, td)
+    order = rng.permutation(len(slots))
+    n_chairs = int(rng.integers(2, 5))
+    placed = 0
+    for j in order:
+        if placed >= n_chairs:
+            break
+        side, off, half_ext = slots[j]
+        parts, hw, hd = _chair_parts(b)
+        side_w = R2 @ side
+        along_w = R2 @ np.array([-side[1], side[0]])
+        dist = half_ext + hd + rng.uniform(0.05, 0.2)
+        origin = tc + side_w * dist + along_w * (off + rng.uniform(-0.05, 0.05))
+        cyaw = _yaw_facing(-side_w) + rng.uniform(-0.25, 0.25)
+        fp = _footprint(origin, cyaw, hw, hd)
+        if not room.fits(fp):
+            continue
+        b.footprints.append(_footprint(origin, cyaw, hw, hd, margin=0.02))
+        b.add_parts(origin, cyaw, parts, _CID["chair"], b.new_object("chair"))
+        placed += 1
+
+
+def _add_table_and_chairs(room: _Room) -> None:
+    """A table near the room centre (random yaw) with chairs around it, if one fits."""
+    b, rng = room.b, room.b.rng
     tw, td, th = rng.uniform(1.0, 1.6), rng.uniform(0.6, 0.9), rng.uniform(0.72, 0.78)
     tyaw = (
         rng.uniform(0.0, math.pi)
         if rng.random() < 0.5
         else rng.integers(2) * math.pi / 2 + rng.uniform(-0.15, 0.15)
     )
-    R2 = _rot_z(tyaw)[:2, :2]
     for _ in range(20):
         tc = rng.uniform(-0.4, 0.4, size=2)
-        fp = _footprint(tc, tyaw, tw / 2, td / 2)
-        table_ok = _inside_room(fp, lx, ly) and not any(_overlap(fp, f) for f in b.footprints)
+        table_ok = room.fits(_footprint(tc, tyaw, tw / 2, td / 2))
         if table_ok:
             break
     if table_ok:
         b.footprints.append(_footprint(tc, tyaw, tw / 2, td / 2, margin=0.03))
         b.add_parts(tc, tyaw, _table_parts(b, tw, td, th), _CID["table"], b.new_object("table"))
-        # candidate chair slots:
-        # (side normal in table frame, offset along the side, table half extent)
-        slots = []
-        for sy in (-1.0, 1.0):
-            for off in (-tw / 4, tw / 4) if tw > 1.2 else (0.0,):
-                slots.append((np.array([0.0, sy]), off, td / 2))
-        for sx in (-1.0, 1.0):
-            slots.append((np.array([sx, 0.0]), 0.0, tw / 2))
-        order = rng.permutation(len(slots))
-        n_chairs = int(rng.integers(2, 5))
-        placed = 0
-        for j in order:
-            if placed >= n_chairs:
-                break
-            side, off, half_ext = slots[j]
-            parts, hw, hd = _chair_parts(b)
-            side_w = R2 @ side
-            along_w = R2 @ np.array([-side[1], side[0]])
-            dist = half_ext + hd + rng.uniform(0.05, 0.2)
-            origin = tc + side_w * dist + along_w * (off + rng.uniform(-0.05, 0.05))
-            cyaw = _yaw_facing(-side_w) + rng.uniform(-0.25, 0.25)
-            fp = _footprint(origin, cyaw, hw, hd)
-            if not _inside_room(fp, lx, ly) or any(_overlap(fp, f) for f in b.footprints):
-                continue
-            b.footprints.append(_footprint(origin, cyaw, hw, hd, margin=0.02))
-            b.add_parts(origin, cyaw, parts, _CID["chair"], b.new_object("chair"))
-            placed += 1
+        _add_chairs(room, tc, tyaw, tw, td)
 
-    # --- wall furniture ------------------------------------------------------
-    place_against_wall(_sofa_parts, "sofa")
+
+def _add_wall_furniture(room: _Room) -> None:
+    """A sofa, 1-2 cabinets, usually a bookshelf and sometimes a lone chair against walls."""
+    rng = room.b.rng
+    room.place_against_wall(_sofa_parts, "sofa")
     for _ in range(int(rng.integers(1, 3))):
-        place_against_wall(_cabinet_parts, "cabinet")
+        room.place_against_wall(_cabinet_parts, "cabinet")
     if rng.random() < 0.85:
-        place_against_wall(_bookshelf_parts, "bookshelf")
+        room.place_against_wall(_bookshelf_parts, "bookshelf")
     if rng.random() < 0.5:  # a lone chair against a wall
-        place_against_wall(lambda bb: _chair_parts(bb), "chair")
+        room.place_against_wall(lambda bb: _chair_parts(bb), "chair")
 
-    # --- lights ----------------------------------------------------------------
+
+def _light_dirs(rng: np.random.Generator) -> np.ndarray:
+    """(2, 3) unit directions towards the key light (35-65 deg elevation) and the fill light."""
     az = rng.uniform(0, 2 * math.pi)
     el = rng.uniform(math.radians(35), math.radians(65))
     key = np.array([math.cos(az) * math.cos(el), math.sin(az) * math.cos(el), math.sin(el)])
     fill = np.array([-key[0], -key[1], 0.3])
     fill /= np.linalg.norm(fill)
-    return Scene(
-        int(seed), np.array([lx, ly, H]), tuple(b.boxes), tuple(b.objects), np.stack([key, fill])
-    )
+    return np.stack([key, fill])
+
+
+def make_room(seed: int) -> Scene:
+    """Generate a random furnished room, deterministically from ``seed``.
+
+    The room interior is ``Lx x Ly x H`` with ``Lx, Ly ~ U(4, 6)`` m and
+    ``H ~ U(2.5, 2.8)`` m, centred on the world origin with the floor top at
+    ``z = 0`` (world frame z up). Floor, ceiling and walls are 10 cm thick
+    boxes outside the interior. Furniture: a door on one wall, a table with
+    2-4 chairs near the centre (random yaw), and a sofa, 1-2 cabinets and
+    usually a bookshelf against the walls; footprints never overlap and stay
+    inside the room; tall pieces (> 1.2 m) are only placed against walls.
+    Colours are drawn per object from class-specific material lists with
+    jitter; surfaces carry procedural textures (tiles/planks, wood grain,
+    fabric, wall noise).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5CE7E]))
+    b = _Builder(rng)
+    lx, ly = rng.uniform(4.0, 6.0, size=2)
+    H = rng.uniform(2.5, 2.8)
+    room = _Room(b, lx, ly, _add_shell(b, lx, ly, H, T=0.1))
+    _add_door(room)
+    _add_table_and_chairs(room)
+    _add_wall_furniture(room)
+    return Scene(int(seed), np.array([lx, ly, H]), tuple(b.boxes), tuple(b.objects), _light_dirs(rng))
 
 
 # --------------------------------------------------------------------------
@@ -801,6 +846,126 @@ def _shade_texture(
     return 0.96 + 0.06 * _value_noise(p_local, 20.0, seeds)
 
 
+def _ray_directions(intrinsics: Sequence[float], Rwc: np.ndarray) -> np.ndarray:
+    """(H, W, 3) world-frame ray directions through the pixel centres, scaled so that the
+    optical-frame z component is 1 (the ray parameter t is then the depth z)."""
+    fx, fy, cx, cy, width, height = intrinsics
+    W, H = int(width), int(height)
+    u = (np.arange(W, dtype=np.float64) - cx) / fx
+    v = (np.arange(H, dtype=np.float64) - cy) / fy
+    d_cam = np.empty((H, W, 3))
+    d_cam[..., 0] = u[None, :]
+    d_cam[..., 1] = v[:, None]
+    d_cam[..., 2] = 1.0
+    return d_cam @ Rwc.T  # (H, W, 3)
+
+
+#: (8, 3) corner signs of a box, for screen-space culling
+_CORNER_SIGNS = np.array(
+    [[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64
+)
+
+
+def _screen_window(c, R, h, Rcw, t_cw, intrinsics) -> tuple[slice, slice] | None:
+    """Pixel rows/columns ``(slice_v, slice_u)`` that box ``(c, R, h)`` can cover (whole image
+    when it straddles the camera plane); None when it is behind the camera or off-screen."""
+    fx, fy, cx, cy, width, height = intrinsics
+    W, H = int(width), int(height)
+    corners_c = (c + (_CORNER_SIGNS * h) @ R.T) @ Rcw.T + t_cw
+    zc = corners_c[:, 2]
+    if np.all(zc <= 0.0):
+        return None  # entirely behind the camera
+    if np.all(zc > 1e-6):
+        us = fx * corners_c[:, 0] / zc + cx
+        vs = fy * corners_c[:, 1] / zc + cy
+        u0 = max(int(math.floor(us.min())) - 1, 0)
+        u1 = min(int(math.ceil(us.max())) + 2, W)
+        v0 = max(int(math.floor(vs.min())) - 1, 0)
+        v1 = min(int(math.ceil(vs.max())) + 2, H)
+        if u0 >= u1 or v0 >= v1:
+            return None
+    else:
+        u0, u1, v0, v1 = 0, W, 0, H
+    return slice(v0, v1), slice(u0, u1)
+
+
+def _slab_entry_exit(D: list[np.ndarray], R: np.ndarray, h: np.ndarray, o_l: np.ndarray):
+    """Slab-method entry and exit ray parameters ``(t_near, t_far)`` of rays with world
+    directions ``D`` (x, y, z arrays) from box-local origin ``o_l`` into the box of
+    rotation ``R`` and half extents ``h``; a ray hits when ``t_near <= t_far``."""
+    tn = tf = None
+    for j in range(3):  # slab of local axis j
+        dl = None
+        for k in range(3):
+            if R[k, j] != 0.0:
+                term = D[k] if R[k, j] == 1.0 else R[k, j] * D[k]
+                dl = term if dl is None else dl + term
+        inv = 1.0 / dl
+        ta = (-h[j] - o_l[j]) * inv
+        tb = (h[j] - o_l[j]) * inv
+        lo, hi = np.minimum(ta, tb), np.maximum(ta, tb)
+        tn = lo if tn is None else np.maximum(tn, lo)
+        tf = hi if tf is None else np.minimum(tf, hi)
+    return tn, tf
+
+
+def _cast_rays(A: dict, T: np.ndarray, intrinsics: Sequence[float], d_world: np.ndarray):
+    """Nearest hit per pixel: ``(best_t (H, W) float64 depth, inf where none; best_i (H, W)
+    int64 box index, -1 where none)``."""
+    H, W = d_world.shape[:2]
+    Rwc, o = T[:3, :3], T[:3, 3]
+    centers, rots, halfs = A["centers"], A["rotations"], A["half_sizes"]
+    dxyz = [np.ascontiguousarray(d_world[..., k]) for k in range(3)]
+    best_t = np.full((H, W), np.inf)
+    best_i = np.full((H, W), -1, dtype=np.int64)
+    Rcw, t_cw = Rwc.T, -Rwc.T @ o
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for i in range(len(centers)):
+            c, R, h = centers[i], rots[i], halfs[i]
+            sl = _screen_window(c, R, h, Rcw, t_cw, intrinsics)
+            if sl is None:
+                continue
+            tn, tf = _slab_entry_exit([dk[sl] for dk in dxyz], R, h, R.T @ (o - c))
+            upd = (tn <= tf) & (tn > _EPS_T) & (tn < best_t[sl])
+            np.copyto(best_t[sl], tn, where=upd)
+            np.copyto(best_i[sl], i, where=upd)
+    return best_t, best_i
+
+
+def _shade(scene: Scene, A: dict, idx: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lambertian key + fill shading times texture at world hit points ``p`` (N, 3) of
+    boxes ``idx`` (N,): ``(rgb (N, 3) float in [0, ~1.1], face normals (N, 3))``."""
+    centers, halfs = A["centers"], A["half_sizes"]
+    Rb = A["rotations"][idx]
+    p_l = np.einsum("nij,ni->nj", Rb, p - centers[idx])
+    ratio = np.abs(p_l) / halfs[idx]
+    axis = np.argmax(ratio, axis=1)
+    sgn = np.sign(p_l[np.arange(len(idx)), axis])
+    sgn[sgn == 0] = 1.0
+    normal = Rb[np.arange(len(idx)), :, axis] * sgn[:, None]
+    key, fill = scene.light_dirs
+    shade = 0.38 + 0.5 * np.clip(normal @ key, 0, None) + 0.22 * np.clip(normal @ fill, 0, None)
+    tex = np.ones(len(idx))
+    kinds = A["textures"][idx]
+    tseeds = A["texture_seeds"][idx]
+    for kind in np.unique(kinds):
+        m = kinds == kind
+        tex[m] = _shade_texture(int(kind), p_l[m], p[m], tseeds[m])
+    return A["colors"][idx] * (shade * tex)[:, None], normal
+
+
+def _add_sensor_noise(color, depth, valid, normal, dv, noise_seed: int) -> np.ndarray:
+    """Depth noise and drop-outs (in place on ``depth``) and colour noise (see :func:`render`);
+    returns the noisy colour scaled to [0, 255]."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(noise_seed), 0xD3971]))
+    z = depth[valid]
+    z_noisy = z + rng.standard_normal(len(z)) * (1.2e-3 * z * z)
+    cos_inc = np.abs(np.sum(normal * dv, axis=1)) / np.linalg.norm(dv, axis=1)
+    drop = (rng.random(len(z)) < 0.005) | ((cos_inc < 0.12) & (rng.random(len(z)) < 0.5))
+    depth[valid] = np.where(drop, 0.0, np.maximum(z_noisy, 0.0))
+    return color * 255.0 + rng.standard_normal(color.shape) * 2.0
+
+
 def render(
     scene: Scene,
     T_world_camera: np.ndarray,
@@ -833,103 +998,22 @@ def render(
     by the slab method (boxes whose projection misses the image are culled),
     nearest hit wins.
     """
-    fx, fy, cx, cy, width, height = intrinsics
-    W, H = int(width), int(height)
     T = np.asarray(T_world_camera, dtype=np.float64)
-    Rwc, o = T[:3, :3], T[:3, 3]
+    o = T[:3, 3]
     A = scene.arrays()
-    centers, rots, halfs = A["centers"], A["rotations"], A["half_sizes"]
-
-    # Ray directions with unit optical z: the ray parameter t is the depth z.
-    u = (np.arange(W, dtype=np.float64) - cx) / fx
-    v = (np.arange(H, dtype=np.float64) - cy) / fy
-    d_cam = np.empty((H, W, 3))
-    d_cam[..., 0] = u[None, :]
-    d_cam[..., 1] = v[:, None]
-    d_cam[..., 2] = 1.0
-    d_world = d_cam @ Rwc.T  # (H, W, 3)
-    dxyz = [np.ascontiguousarray(d_world[..., k]) for k in range(3)]
-
-    best_t = np.full((H, W), np.inf)
-    best_i = np.full((H, W), -1, dtype=np.int64)
-
-    # box corners for screen-space culling
-    signs = np.array(
-        [[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64
-    )
-    Rcw, t_cw = Rwc.T, -Rwc.T @ o
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for i in range(len(centers)):
-            c, R, h = centers[i], rots[i], halfs[i]
-            corners_c = (c + (signs * h) @ R.T) @ Rcw.T + t_cw
-            zc = corners_c[:, 2]
-            if np.all(zc <= 0.0):
-                continue  # entirely behind the camera
-            if np.all(zc > 1e-6):
-                us = fx * corners_c[:, 0] / zc + cx
-                vs = fy * corners_c[:, 1] / zc + cy
-                u0 = max(int(math.floor(us.min())) - 1, 0)
-                u1 = min(int(math.ceil(us.max())) + 2, W)
-                v0 = max(int(math.floor(vs.min())) - 1, 0)
-                v1 = min(int(math.ceil(vs.max())) + 2, H)
-                if u0 >= u1 or v0 >= v1:
-                    continue
-            else:
-                u0, u1, v0, v1 = 0, W, 0, H
-            sl = (slice(v0, v1), slice(u0, u1))
-            D = [dk[sl] for dk in dxyz]
-            o_l = R.T @ (o - c)
-            tn = tf = None
-            for j in range(3):  # slab of local axis j
-                dl = None
-                for k in range(3):
-                    if R[k, j] != 0.0:
-                        term = D[k] if R[k, j] == 1.0 else R[k, j] * D[k]
-                        dl = term if dl is None else dl + term
-                inv = 1.0 / dl
-                ta = (-h[j] - o_l[j]) * inv
-                tb = (h[j] - o_l[j]) * inv
-                lo, hi = np.minimum(ta, tb), np.maximum(ta, tb)
-                tn = lo if tn is None else np.maximum(tn, lo)
-                tf = hi if tf is None else np.minimum(tf, hi)
-            upd = (tn <= tf) & (tn > _EPS_T) & (tn < best_t[sl])
-            np.copyto(best_t[sl], tn, where=upd)
-            np.copyto(best_i[sl], i, where=upd)
+    d_world = _ray_directions(intrinsics, T[:3, :3])
+    best_t, best_i = _cast_rays(A, T, intrinsics, d_world)
 
     valid = best_i >= 0
     depth = np.where(valid, best_t, 0.0)
     labels = np.where(valid, A["class_ids"][np.maximum(best_i, 0)], 0).astype(np.uint16)
 
-    # --- shading -----------------------------------------------------------
-    color = np.zeros((H, W, 3))
-    idx = best_i[valid]
+    color = np.zeros(d_world.shape)
     dv = d_world[valid]
     p = o + depth[valid][:, None] * dv
-    Rb = rots[idx]
-    p_l = np.einsum("nij,ni->nj", Rb, p - centers[idx])
-    ratio = np.abs(p_l) / halfs[idx]
-    axis = np.argmax(ratio, axis=1)
-    sgn = np.sign(p_l[np.arange(len(idx)), axis])
-    sgn[sgn == 0] = 1.0
-    normal = Rb[np.arange(len(idx)), :, axis] * sgn[:, None]
-    key, fill = scene.light_dirs
-    shade = 0.38 + 0.5 * np.clip(normal @ key, 0, None) + 0.22 * np.clip(normal @ fill, 0, None)
-    tex = np.ones(len(idx))
-    kinds = A["textures"][idx]
-    tseeds = A["texture_seeds"][idx]
-    for kind in np.unique(kinds):
-        m = kinds == kind
-        tex[m] = _shade_texture(int(kind), p_l[m], p[m], tseeds[m])
-    color[valid] = A["colors"][idx] * (shade * tex)[:, None]
-
+    color[valid], normal = _shade(scene, A, best_i[valid], p)
     if noise:
-        rng = np.random.default_rng(np.random.SeedSequence([int(noise_seed), 0xD3971]))
-        z = depth[valid]
-        z_noisy = z + rng.standard_normal(len(z)) * (1.2e-3 * z * z)
-        cos_inc = np.abs(np.sum(normal * dv, axis=1)) / np.linalg.norm(dv, axis=1)
-        drop = (rng.random(len(z)) < 0.005) | ((cos_inc < 0.12) & (rng.random(len(z)) < 0.5))
-        depth[valid] = np.where(drop, 0.0, np.maximum(z_noisy, 0.0))
-        color = color * 255.0 + rng.standard_normal(color.shape) * 2.0
+        color = _add_sensor_noise(color, depth, valid, normal, dv, noise_seed)
     else:
         color = color * 255.0
     color_u8 = np.clip(np.rint(color), 0, 255).astype(np.uint8)

@@ -100,10 +100,8 @@ def evaluate_queries(cfg, sources: Iterable[Any], names: Any = None, k: int = 10
     import copy
 
     from concerto_ros.augment import yaw_transform
-    from concerto_ros.bag.replay import process_frames
-    from concerto_ros.evaluation.run import describe_models, is_scene_collection, open_labelled, source_frames
+    from concerto_ros.evaluation.run import describe_models
     from concerto_ros.pipeline import PerceptionPipeline
-    from concerto_ros.recordings import load_label_set
     from concerto_ros.sensors.skips import SkipCounter
 
     t0 = time.perf_counter()
@@ -116,31 +114,57 @@ def evaluate_queries(cfg, sources: Iterable[Any], names: Any = None, k: int = 10
     per_text: dict[str, list[dict]] = {}
     windows = 0
     for src in sources:
-        rec = open_labelled(src)
-        gts = rec.label_set
-        names_set = load_label_set(names) if names is not None else gts
-        pipeline.reset()
-        frames, _total = source_frames(rec, pipeline.cfg, pipeline, skips, log, scenes, transform)
-        last = None
+        windows += _score_source(pipeline, src, names, per_text, skips, log, scenes, transform, k, min_voxels)
+    rows = _mean_over_windows(per_text)
+    return {"mean_precision_names": _mean(rows, "precision_at_k", False),
+            "mean_precision_synonyms": _mean(rows, "precision_at_k", True),
+            "mean_auc_names": _mean(rows, "auc", False), "mean_auc_synonyms": _mean(rows, "auc", True),
+            "k": int(k), "queries": rows, "windows": windows, "model": describe_models(pipeline),
+            "text_encoder": pipeline.language.text_encoder.name, "negatives": list(pipeline.language.scorer.negatives),
+            "yaw_deg": float(yaw_deg), "up": str(up), "skipped": skips.as_dict(), "wall_s": time.perf_counter() - t0}
 
-        def score(result) -> None:
-            nonlocal windows
-            if result.window.labels is None or result.text_embeddings is None:
-                return
-            windows += 1
-            for row in score_window(pipeline.language, result.text_embeddings, result.window.labels, gts.classes,
-                                    names_set, k=k, min_voxels=min_voxels):
-                per_text.setdefault(row["text"], []).append(row)
 
-        independent = is_scene_collection(rec, scenes)
-        for _frame, result in process_frames(pipeline, frames, skips):
-            if result is None:  # not a keyframe
-                continue
-            if independent:
-                score(result)
-            last = result
-        if last is not None and not independent:
-            score(last)
+def _score_source(pipeline, src, names, per_text: dict[str, list[dict]], skips, log, scenes: str, transform,
+                  k: int, min_voxels: int) -> int:
+    """Run one labelled source through ``pipeline`` (reset first) and append the
+    :func:`score_window` rows of its scored windows (every keyframe window of a scene
+    collection, else the last one) to ``per_text[text]``; returns the windows scored."""
+    from concerto_ros.bag.replay import process_frames
+    from concerto_ros.evaluation.run import is_scene_collection, open_labelled, source_frames
+    from concerto_ros.recordings import load_label_set
+
+    rec = open_labelled(src)
+    gts = rec.label_set
+    names_set = load_label_set(names) if names is not None else gts
+    pipeline.reset()
+    frames, _total = source_frames(rec, pipeline.cfg, pipeline, skips, log, scenes, transform)
+    windows = 0
+
+    def score(result) -> None:
+        nonlocal windows
+        if result.window.labels is None or result.text_embeddings is None:
+            return
+        windows += 1
+        for row in score_window(pipeline.language, result.text_embeddings, result.window.labels, gts.classes,
+                                names_set, k=k, min_voxels=min_voxels):
+            per_text.setdefault(row["text"], []).append(row)
+
+    independent = is_scene_collection(rec, scenes)
+    last = None
+    for _frame, result in process_frames(pipeline, frames, skips):
+        if result is None:  # not a keyframe
+            continue
+        if independent:
+            score(result)
+        last = result
+    if last is not None and not independent:
+        score(last)
+    return windows
+
+
+def _mean_over_windows(per_text: dict[str, list[dict]]) -> list[dict]:
+    """One row per query text: precision_at_k and AUC averaged over its windows (AUC: None
+    when no window has a finite one), targets summed, ``windows`` counted."""
     rows = []
     for text, hits in per_text.items():
         rows.append({"text": text, "class": hits[0]["class"], "synonym": hits[0]["synonym"], "k": hits[0]["k"],
@@ -148,9 +172,4 @@ def evaluate_queries(cfg, sources: Iterable[Any], names: Any = None, k: int = 10
                      "auc": float(np.nanmean([h["auc"] for h in hits])) if any(np.isfinite(h["auc"]) for h in hits)
                      else None,
                      "targets": int(sum(h["targets"] for h in hits)), "windows": len(hits)})
-    return {"mean_precision_names": _mean(rows, "precision_at_k", False),
-            "mean_precision_synonyms": _mean(rows, "precision_at_k", True),
-            "mean_auc_names": _mean(rows, "auc", False), "mean_auc_synonyms": _mean(rows, "auc", True),
-            "k": int(k), "queries": rows, "windows": windows, "model": describe_models(pipeline),
-            "text_encoder": pipeline.language.text_encoder.name, "negatives": list(pipeline.language.scorer.negatives),
-            "yaw_deg": float(yaw_deg), "up": str(up), "skipped": skips.as_dict(), "wall_s": time.perf_counter() - t0}
+    return rows

@@ -456,6 +456,60 @@ def array_to_pointcloud2_data(
     return specs, point_step, out.tobytes()
 
 
+def _uint32_labels(label: Any) -> np.ndarray:
+    """``(N,)`` integer labels as ``uint32`` (signed ones reinterpreted bitwise from int32).
+
+    Raises:
+        ValueError: not ``(N,)`` integers, or out of the int32/uint32 range.
+    """
+    lab = np.asarray(label)
+    if lab.ndim != 1 or lab.dtype.kind not in "iub":
+        raise ValueError(f"label must be (N,) integers, got {lab.shape} {lab.dtype}")
+    if lab.dtype.kind == "i":
+        if lab.size and (lab.min() < -(2**31) or lab.max() >= 2**31):
+            raise ValueError("signed labels must fit in int32")
+        return lab.astype(np.int32).view(np.uint32)
+    if lab.size and lab.max() >= 2**32:
+        raise ValueError("labels must fit in uint32")
+    return lab.astype(np.uint32)
+
+
+def _output_columns(n: int, keep: np.ndarray | None, rgb, label, confidence,
+                    extra: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """The per-point columns of :func:`fill_pointcloud2` in field order, each checked to have
+    ``n`` rows and reduced to the rows ``keep`` (None: all rows kept).
+
+    Raises:
+        ValueError: a wrong shape or row count, a bad label, or a name clash.
+    """
+
+    def select(name: str, v: np.ndarray) -> np.ndarray:
+        if v.shape[0] != n:
+            raise ValueError(f"{name} has {v.shape[0]} rows, points has {n}")
+        return v if keep is None else v[keep]
+
+    columns: dict[str, np.ndarray] = {}
+    if rgb is not None:
+        columns["rgb"] = select("rgb", np.asarray(rgb))
+    if label is not None:
+        columns["label"] = select("label", _uint32_labels(label))
+    if confidence is not None:
+        conf = np.asarray(confidence, dtype=np.float32)
+        if conf.ndim != 1:
+            raise ValueError(f"confidence must be (N,), got {conf.shape}")
+        columns["confidence"] = select("confidence", conf)
+    for name, values in (extra or {}).items():
+        if name in columns or name in ("x", "y", "z"):
+            raise ValueError(f"extra field {name!r} clashes with a standard field")
+        v = np.asarray(values)
+        if not (v.dtype.kind in "iu" and v.dtype.itemsize <= 4):
+            v = v.astype(np.float32)
+        if v.ndim not in (1, 2):
+            raise ValueError(f"extra field {name!r} must be (N,) or (N, D), got {v.shape}")
+        columns[name] = select(name, v)
+    return columns
+
+
 def fill_pointcloud2(
     msg: Any,
     field_factory: Callable[..., Any],
@@ -497,46 +551,9 @@ def fill_pointcloud2(
     pts = np.asarray(points)
     if pts.ndim != 2 or pts.shape[1] != 3:
         raise ValueError(f"points must be (N, 3), got {pts.shape}")
-    n = pts.shape[0]
     keep = np.isfinite(pts).all(axis=1)
     all_valid = bool(keep.all())
-
-    def select(name: str, v: np.ndarray) -> np.ndarray:
-        if v.shape[0] != n:
-            raise ValueError(f"{name} has {v.shape[0]} rows, points has {n}")
-        return v if all_valid else v[keep]
-
-    columns: dict[str, np.ndarray] = {}
-    if rgb is not None:
-        columns["rgb"] = select("rgb", np.asarray(rgb))
-    if label is not None:
-        lab = np.asarray(label)
-        if lab.ndim != 1 or lab.dtype.kind not in "iub":
-            raise ValueError(f"label must be (N,) integers, got {lab.shape} {lab.dtype}")
-        if lab.dtype.kind == "i":
-            if lab.size and (lab.min() < -(2**31) or lab.max() >= 2**31):
-                raise ValueError("signed labels must fit in int32")
-            lab = lab.astype(np.int32).view(np.uint32)
-        else:
-            if lab.size and lab.max() >= 2**32:
-                raise ValueError("labels must fit in uint32")
-            lab = lab.astype(np.uint32)
-        columns["label"] = select("label", lab)
-    if confidence is not None:
-        conf = np.asarray(confidence, dtype=np.float32)
-        if conf.ndim != 1:
-            raise ValueError(f"confidence must be (N,), got {conf.shape}")
-        columns["confidence"] = select("confidence", conf)
-    for name, values in (extra or {}).items():
-        if name in columns or name in ("x", "y", "z"):
-            raise ValueError(f"extra field {name!r} clashes with a standard field")
-        v = np.asarray(values)
-        if not (v.dtype.kind in "iu" and v.dtype.itemsize <= 4):
-            v = v.astype(np.float32)
-        if v.ndim not in (1, 2):
-            raise ValueError(f"extra field {name!r} must be (N,) or (N, D), got {v.shape}")
-        columns[name] = select(name, v)
-
+    columns = _output_columns(pts.shape[0], None if all_valid else keep, rgb, label, confidence, extra)
     kept = pts if all_valid else pts[keep]
     specs, point_step, data = array_to_pointcloud2_data(kept, **columns)
     set_stamp(msg.header, stamp_ns, frame_id)
