@@ -689,6 +689,7 @@ class PerceptionPipeline:
         ``window.num_frames`` frames of points on the floor and two walls of a 4 x 4 x 2.5 m
         box in this pipeline's own frames and voxel size, ``window.max_voxels`` points per
         frame (30,000 when the budget is off), so the encoders see a window of the live size.
+        The map's reserved rows are touched too (:meth:`SemanticVoxelMap.touch_reserved`).
 
         Returns:
             Seconds taken.
@@ -712,6 +713,8 @@ class PerceptionPipeline:
                                    frame_id=self.cfg.fixed_frame or "warm_up", sensor_frame_id="warm_up_sensor",
                                    T_fixed_sensor=T))
         self._heads(self._features(window.build(), {}))
+        if self.map is not None:
+            self.map.touch_reserved()
         return time.perf_counter() - t0
 
     def _encode_or_restore(self, keyframe: Keyframe) -> PipelineResult:

@@ -70,7 +70,7 @@ def test_cpu_overlay_layers_only_the_live_budget_over_the_shipped_yaml(tmp_path)
     cpu = load_config([base, ROOT / "config" / "perception_cpu.yaml"])
     changed = {k: v for k, v in to_flat(cpu).items() if v != to_flat(load_config(base))[k]}
     assert changed == {"lift.pixel_stride": 2, "window.max_voxels": 30000, "model.num_threads": 1,
-                       "worker.queue_depth": 60, "cross4d.precision": "auto", "tf.timeout": 0.5}
+                       "worker.queue_depth": 30, "cross4d.precision": "auto", "tf.timeout": 0.5}
     # later files win, each sets only what it names, overrides come last
     extra = tmp_path / "site.yaml"
     extra.write_text("/**:\n  ros__parameters:\n    window:\n      max_voxels: 80000\n    fixed_frame: map\n")

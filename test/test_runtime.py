@@ -193,3 +193,14 @@ def test_warm_up_runs_the_encoders_on_a_window_of_the_live_size_and_keeps_nothin
     rt.stop()
     assert rt.warm_up_s > 0.0 and len(calls) == 2
     assert StreamingRuntime.from_config(p, _Identity(), lambda *a: None, lambda s: None).warm_up is True
+
+
+def test_warm_up_maps_the_pages_the_map_reserved():
+    p = _pipeline(**{"window.max_voxels": 2000, "map.max_voxels": 10000})
+    cols = p.map._cols
+    assert cols.capacity >= 10000 and cols.n == 0
+    touched = p.map.touch_reserved()
+    row_bytes = sum(c.data[0].nbytes for c in cols._cols.values())
+    assert touched == cols.capacity * row_bytes  # every reserved row of every column, once
+    assert all(not np.any(c.data) for c in cols._cols.values())  # written with each column's fill (0)
+    assert len(p.map) == 0

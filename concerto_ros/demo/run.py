@@ -137,7 +137,7 @@ def run_demo(output: str | Path = "outputs/demo", seed: int = 0, num_frames: int
     print(f"        -> {seq}")
     print("[demo] 2/4 converting to rosbag2 (MCAP)")
     bag = out / "demo_bag"
-    report = convert_rgbd_folder(seq, bag, storage="mcap", overwrite=True)
+    report = convert_rgbd_folder(seq, bag, storage="mcap", overwrite=True, progress=progress)
     print(f"        -> {report.bag_path} ({report.frames} frames, {report.size_bytes / 1e6:.1f} MB)")
 
     gt = ground_truth_lookup(seq, cfg.window.voxel_size, cfg.window.num_frames)

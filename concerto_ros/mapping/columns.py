@@ -50,6 +50,17 @@ class ColumnStore:
         """Rows allocated."""
         return self._cap
 
+    def touch_reserved(self) -> int:
+        """Write every reserved row past ``n`` once (with the column's fill), so that the
+        kernel maps their pages now rather than when rows are appended; returns the bytes
+        touched."""
+        touched = 0
+        for col in self._cols.values():
+            tail = col.data[self._n:]
+            tail[...] = col.fill
+            touched += tail.nbytes
+        return touched
+
     def add_column(self, name: str, tail: tuple = (), dtype=np.float32, fill=0) -> np.ndarray:
         """Create column ``name`` of shape ``(capacity, *tail)``; existing rows get ``fill``.
 

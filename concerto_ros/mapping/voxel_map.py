@@ -748,6 +748,14 @@ class SemanticVoxelMap:
         return [_replace(r, rows=rows[r.rows]) for r in found]
 
     @_locked
+    def touch_reserved(self) -> int:
+        """Map the pages of every reserved row now (the count bound reserves them at
+        construction, untouched): the first seconds in new space then do not page-fault the
+        map's memory on the integration thread. Returns the bytes touched; the resident set
+        grows by about that much at once instead of as the map fills."""
+        with self.lock:
+            return self._cols.touch_reserved()
+
     def stats(self) -> MapStats:
         """Size, memory and eviction counters."""
         c = self._counters

@@ -31,7 +31,7 @@ import traceback
 from typing import Any, Callable
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rcl_interfaces.msg import SetParametersResult
@@ -92,7 +92,10 @@ class PerceptionShell:
         self._entities: list = []
         self._active = False
         self._features_version = 0
-        self.intake_group = MutuallyExclusiveCallbackGroup()
+        #: sensor callbacks may run side by side on the executor's threads (the frame stream is
+        #: thread-safe and pairs out-of-order arrivals): a mutually exclusive group made the
+        #: executor rebuild its wait set between any two messages, one at a time
+        self.intake_group = ReentrantCallbackGroup()
         #: /tf and /tf_static in a group of their own: a pose is never queued behind image
         #: callbacks while the integration thread waits for it (tf.timeout)
         self.tf_group = MutuallyExclusiveCallbackGroup()
