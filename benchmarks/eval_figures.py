@@ -16,6 +16,9 @@ Figures (``--only`` picks some):
 * ``scannet``: a translator fitted on ScanNet scene0000_00 by ``concerto train translator``
   (NYU40 names present in the scene, the node's seeded random encoder), then
   ``concerto eval queries`` unrotated and with ``--yaw 90``;
+* ``scannet_default``: the same translator fitted on the embedded default bundle's fused
+  features (``--set node.model.bundle=default``; its Concerto encoder was pre-trained with
+  views at any yaw), then ``concerto eval queries`` at yaw 0, 90, 180 and 270 degrees;
 * ``compare_demo`` / ``compare_mosd``: ``concerto eval --compare default random`` on the
   demo's labelled sequence (seed 0, 12 frames, 320x240, generated here) and on the mOSD
   test split.
@@ -86,6 +89,14 @@ def figures(out: Path, ssl_bundle: str, demo_seq: Path, translator_out: Path) ->
                      "--set", f"data.classes=[{', '.join(names)}]", "--set", f"data.label_ids={ids}"],
                     [*queries, "-o", str(out / "scannet_queries_yaw0")],
                     [*queries, "--yaw", "90", "-o", str(out / "scannet_queries_yaw90")]],
+        "scannet_default": [["train", "translator", "--output", str(out / "scannet_translator_default"),
+                             "--set", "node.model.bundle=default",
+                             "--set", f"data.sources=[{{type: points, path: {SCANNET}/scene0000_00_vert_all.npy, "
+                             f"labels: {SCANNET}/scene0000_00_sem_label_all.npy}}]",
+                             "--set", f"data.classes=[{', '.join(names)}]", "--set", f"data.label_ids={ids}"]]
+        + [["eval", "queries", "--bundle", str(out / "scannet_translator_default" / "bundle.pt"), "--data",
+            SCANNET_POINTS, "--names", "nyu40", "--set", "lift.min_range=0", "--yaw", str(yaw),
+            "-o", str(out / f"scannet_default_queries_yaw{yaw}")] for yaw in (0, 90, 180, 270)],
         "compare_demo": [["eval", "--data", str(demo_seq), "--compare", "default", "random",
                           "-o", str(out / "compare_demo")]],
         "compare_mosd": [["eval", "--data", MOSD_TEST, "--compare", "default", "random",

@@ -159,7 +159,7 @@ def run(args) -> dict:
     node = NodeProcess(args.config or [default_config_path(), default_config_path().with_name("perception_cpu.yaml")],
                        overrides, log_path=log_path)
     rclpy.init()
-    h = Harness(depth=10)
+    h = Harness(depth=10, keep_clouds=False)
     rng = random.Random(args.seed)
     sent_at: dict[int, float] = {}
     rss, latencies, map_series = [], [], []

@@ -169,7 +169,7 @@ class WorkerConfig:
     yield_backlog: int = _f(4, "Integration before encoding: the encoder thread waits before starting a keyframe while more than this many synced frames wait for the integration thread (for at most worker.max_yield s), then takes the newest keyframe. Keeps a busy encoder on a small CPU from costing frames. 0 = never wait.", lo=0, hi=64)
     max_yield: float = _f(0.5, "Longest wait of the encoder thread for the integration backlog (seconds), so that keyframes keep coming when integration cannot catch up.", lo=0.0, hi=10.0)
     trim_period: float = _f(60.0, "Seconds between returns of freed heap memory to the OS (glibc malloc_trim), done by the encoder thread between keyframes. The encoder keeps freed memory for reuse (faster keyframes); this bounds what heap fragmentation adds to the resident set over hours. 0 = never.", lo=0.0, hi=86400.0)
-    warm_up: bool = _f(True, "At start-up, before the first frame, run the encoders and heads once on a synthetic window of the live size (window.max_voxels), so that the first keyframes do not pay one-off costs (kernel set-up, allocator growth) while frames queue behind them.")
+    warm_up: bool = _f(True, "At start-up, before the first frame, run the encoders and heads once on a synthetic window of the live size (window.max_voxels) and map the memory the map reserves for map.max_voxels (about 0.9 kB per voxel, so the resident set starts near its full-map size), so that the first seconds of a stream do not pay one-off costs (kernel set-up, page faults) while frames queue behind them.")
 
 
 @dataclass

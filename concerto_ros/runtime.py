@@ -131,6 +131,15 @@ class _KeyframeSlot:
             item, self._item = self._item, None
             return item
 
+    def newer_than(self, item):
+        """The waiting keyframe if there is one (``item`` then counts as replaced), else ``item``."""
+        with self._cond:
+            if self._item is None:
+                return item
+            newer, self._item = self._item, None
+            self.replaced += 1
+            return newer
+
     def clear(self) -> None:
         with self._cond:
             self._item = None
@@ -259,10 +268,7 @@ class StreamingRuntime:
             if item is None:
                 continue
             if self._yield_to_integration():
-                newer = self._slot.take(timeout=0.0)  # a keyframe integrated while waiting wins
-                if newer is not None:
-                    self._slot.replaced += 1
-                    item = newer
+                item = self._slot.newer_than(item)  # a keyframe integrated while waiting wins
             keyframe, tag = item
             self._encoder_busy.set()
             try:
@@ -291,7 +297,6 @@ class StreamingRuntime:
             self.trims += 1
         self._last_trim = time.monotonic()
         self.trim_s += self._last_trim - t0
-
 
     def _yield_to_integration(self) -> bool:
         """Wait while the integration backlog exceeds ``yield_backlog`` (at most ``max_yield_s``);

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import rclpy
@@ -29,13 +30,15 @@ class Harness:
         node_name: fully qualified name of the perception node.
         image_topics: topics published with ``Image`` (others by their first message's type).
         depth: history depth of the publishers.
+        keep_clouds: keep every received cloud message (else only its header, for long runs).
 
     Attributes:
         clouds: ``(receive_time_monotonic, PointCloud2)`` of ``~/semantic_points`` in order.
         diag: the latest ``/diagnostics`` key/values of the node, plus ``_level``/``_message``.
     """
 
-    def __init__(self, node_name: str = "/perception_node", depth: int = 50, name: str = "concerto_harness"):
+    def __init__(self, node_name: str = "/perception_node", depth: int = 50, name: str = "concerto_harness",
+                 keep_clouds: bool = True):
         self.node = rclpy.create_node(name)
         self._qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
         self._latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -45,6 +48,7 @@ class Harness:
         self._tf = QoSProfile(depth=max(depth, 100), reliability=ReliabilityPolicy.RELIABLE)
         self.pubs: dict[str, Any] = {}
         self.clouds: list[tuple[float, PointCloud2]] = []
+        self._keep_clouds = bool(keep_clouds)
         self.diag: dict[str, str] = {}
         self._short = node_name.rsplit("/", 1)[-1]
         self._lock = threading.Lock()
@@ -65,6 +69,8 @@ class Harness:
                 break
 
     def _on_cloud(self, msg) -> None:
+        if not self._keep_clouds:  # long runs: the header only (hundreds of clouds add up to GBs)
+            msg = SimpleNamespace(header=msg.header)
         with self._lock:
             self.clouds.append((time.monotonic(), msg))
 
