@@ -58,6 +58,22 @@ class _Identity:
         return frame
 
 
+def _play(rt: StreamingRuntime, frames: int, period_s: float, done=lambda: True, timeout_s: float = 20.0) -> None:
+    """Start ``rt``, offer ``frames`` frames ``period_s`` apart, wait until every frame is
+    integrated, the encoder is idle and ``done()`` holds (or ``timeout_s``), stop it."""
+    rt.start()
+    try:
+        for i in range(frames):
+            rt.offer(_frame(i), tag=i)
+            time.sleep(period_s)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and (rt.frames_integrated < frames or rt._encoder_busy.is_set()
+                                               or not done()):
+            time.sleep(0.05)
+    finally:
+        rt.stop()
+
+
 def test_runtime_integrates_every_frame_and_builds_only_the_keyframes_it_encodes():
     p = _pipeline()
     builds = []
@@ -78,17 +94,7 @@ def test_runtime_integrates_every_frame_and_builds_only_the_keyframes_it_encodes
     results = []
     rt = StreamingRuntime(p, _Identity(), on_result=lambda r, kf, tag: results.append((r.stamp_ns, tag)),
                           on_skip=lambda skip: results.append(skip))
-    rt.start()
-    try:
-        for i in range(12):
-            rt.offer(_frame(i), tag=i)
-            time.sleep(0.03)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (rt.frames_integrated < 12 or rt._encoder_busy.is_set()
-                                               or (results and results[-1][1] != 11)):
-            time.sleep(0.05)
-    finally:
-        rt.stop()
+    _play(rt, 12, 0.03, done=lambda: bool(results) and results[-1][1] == 11)
     assert rt.frames_integrated == 12 and rt.frames_dropped == 0
     assert rt.keyframes_made == 12  # every frame moved 0.05 m > keyframe.min_translation
     assert all(isinstance(r, tuple) for r in results), results  # no skips, no internal errors
@@ -119,15 +125,7 @@ def _backlog_at_encoder_start(yield_backlog: int, max_yield_s: float = 5.0, fram
         return build_keyframe(kf)
 
     p.integrate, p.build_keyframe = slow_integrate, recorded_build
-    rt.start()
-    try:
-        for i in range(frames):
-            rt.offer(_frame(i), tag=i)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (rt.frames_integrated < frames or rt._encoder_busy.is_set()):
-            time.sleep(0.05)
-    finally:
-        rt.stop()
+    _play(rt, frames, 0.0, timeout_s=30.0)
     return starts, rt
 
 
@@ -158,16 +156,7 @@ def test_freed_memory_is_returned_between_keyframes_every_trim_period():
     assert release_freed_memory() is True  # glibc on Linux (CI); the runtime counts the trims that ran
     p = _pipeline()
     rt = StreamingRuntime(p, _Identity(), on_result=lambda *a: None, on_skip=lambda s: None, trim_period_s=0.05)
-    rt.start()
-    try:
-        for i in range(6):
-            rt.offer(_frame(i), tag=i)
-            time.sleep(0.15)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (rt.frames_integrated < 6 or rt._encoder_busy.is_set()):
-            time.sleep(0.05)
-    finally:
-        rt.stop()
+    _play(rt, 6, 0.15)
     # at most one trim per keyframe and per period; at least one after the first period
     assert 1 <= rt.trims <= rt.keyframes_encoded and rt.trim_s >= 0.0
     never = StreamingRuntime(p, _Identity(), on_result=lambda *a: None, on_skip=lambda s: None)
