@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -141,14 +142,10 @@ class QueryLoad:
 
 def run(args) -> dict:
     import rclpy
-    from tf2_msgs.msg import TFMessage
 
     from concerto_ros.bag.live import NodeProcess
     from concerto_ros.config import default_config_path
-    from concerto_ros.msgs.transforms import fill_transform_stamped
-    from concerto_ros.testing import fuzz
     from concerto_ros.testing.harness import Harness
-    from geometry_msgs.msg import TransformStamped
 
     frames = load_frames()
     overrides = {"qos.input": args.qos, "publish.features": False, "topics.points": "/points"}
@@ -160,84 +157,98 @@ def run(args) -> dict:
                        overrides, log_path=log_path)
     rclpy.init()
     h = Harness(depth=10, keep_clouds=False)
-    rng = random.Random(args.seed)
-    sent_at: dict[int, float] = {}
-    rss, latencies, map_series = [], [], []
-    n_sent = n_malformed = 0
+    st = SimpleNamespace(rss=[], latencies=[], map_series=[], sent_at={}, n_sent=0, n_malformed=0, diag={},
+                         queries=None)
     try:
         if not h.wait_for_node(["/camera/color/image_raw", "/camera/depth/image_raw", "/camera/color/camera_info"],
                                timeout=180, alive=node.alive):
             raise RuntimeError(f"the node did not come up:\n{node.tail()}")
         time.sleep(1.0)
-        queries = QueryLoad(h, args.query_rate) if args.query_rate > 0 else None
-        t0 = time.monotonic()
-        stamp0 = time.time_ns()
-        next_sample = 0.0
-        end = t0 + args.minutes * 60.0
-        period = 1.0 / args.rate
-        i = 0
-        while time.monotonic() < end:
-            now = time.monotonic() - t0
-            if now >= next_sample:
-                rss.append((now, rss_mib(node.proc.pid), interval_peak_mib(node.proc.pid)))
-                next_sample += args.sample
-                d = dict(h.diag)
-                map_series.append((now, int(d.get("map_voxels", 0))))
-                print(f"[{now:6.0f} s] RSS {rss[-1][1]:7.1f} MiB (interval peak {rss[-1][2]:7.1f}), sent {n_sent}, "
-                      f"integrated {d.get('frames_integrated', '?')}, clouds {len(h.clouds)}, map "
-                      f"{map_series[-1][1]} voxels, malformed {n_malformed}, alive {node.alive()}", flush=True)
-            stamp = stamp0 + int(now * S)
-            color, depth, info, T = frames[i % len(frames)]
-            ts = TransformStamped()
-            fill_transform_stamped(ts, T, "odom", "cam", stamp)
-            h.publish([("/tf", TFMessage(transforms=[ts])),
-                       ("/camera/color/image_raw", stamped(color, stamp)),
-                       ("/camera/depth/image_raw", stamped(depth, stamp)),
-                       ("/camera/color/camera_info", stamped(info, stamp))])
-            sent_at[stamp] = time.monotonic()
-            n_sent += 1
-            for _ in range(args.fuzz_per_frame(i)):
-                case = rng.choice(fuzz.cases(stamp - S // 100))
-                h.publish(fuzz.fix_topics(case, fuzz.Topics()))
-                n_malformed += len(case.messages)
-            i += 1
-            if queries is not None and i == int(args.rate * 5):  # start once the window has filled
-                queries.start()
-            if not node.alive():
-                break
-            time.sleep(max(0.0, t0 + i * period - time.monotonic()))
-        if queries is not None:
-            queries.stop()
+        st.queries = QueryLoad(h, args.query_rate) if args.query_rate > 0 else None
+        _stream(args, h, node, frames, st)
+        if st.queries is not None:
+            st.queries.stop()
         time.sleep(3.0)
         for arrived, msg in list(h.clouds):
-            st = msg.header.stamp.sec * S + msg.header.stamp.nanosec
-            if st in sent_at:
-                latencies.append(arrived - sent_at[st])
-        diag = dict(h.diag)
+            stamp = msg.header.stamp.sec * S + msg.header.stamp.nanosec
+            if stamp in st.sent_at:
+                st.latencies.append(arrived - st.sent_at[stamp])
+        st.diag = dict(h.diag)
     finally:
-        alive = node.alive()
+        st.alive = node.alive()
         h.close()
         rclpy.shutdown()
-        rc = node.stop()
+        st.rc = node.stop()
+    st.clouds = len(h.clouds)
+    return _summary(args, st, log_path)
+
+
+def _stream(args, h, node, frames, st) -> None:
+    """Publish frames, their /tf and the malformed cases at ``args.rate`` for ``args.minutes``,
+    sampling the node's RSS and diagnostics every ``args.sample`` seconds (into ``st``)."""
+    from geometry_msgs.msg import TransformStamped
+    from tf2_msgs.msg import TFMessage
+
+    from concerto_ros.msgs.transforms import fill_transform_stamped
+    from concerto_ros.testing import fuzz
+
+    rng = random.Random(args.seed)
+    t0, stamp0 = time.monotonic(), time.time_ns()
+    next_sample, end, period, i = 0.0, t0 + args.minutes * 60.0, 1.0 / args.rate, 0
+    while time.monotonic() < end:
+        now = time.monotonic() - t0
+        if now >= next_sample:
+            st.rss.append((now, rss_mib(node.proc.pid), interval_peak_mib(node.proc.pid)))
+            next_sample += args.sample
+            d = dict(h.diag)
+            st.map_series.append((now, int(d.get("map_voxels", 0))))
+            print(f"[{now:6.0f} s] RSS {st.rss[-1][1]:7.1f} MiB (interval peak {st.rss[-1][2]:7.1f}), sent "
+                  f"{st.n_sent}, integrated {d.get('frames_integrated', '?')}, clouds {len(h.clouds)}, map "
+                  f"{st.map_series[-1][1]} voxels, malformed {st.n_malformed}, alive {node.alive()}", flush=True)
+        stamp = stamp0 + int(now * S)
+        color, depth, info, T = frames[i % len(frames)]
+        ts = TransformStamped()
+        fill_transform_stamped(ts, T, "odom", "cam", stamp)
+        h.publish([("/tf", TFMessage(transforms=[ts])),
+                   ("/camera/color/image_raw", stamped(color, stamp)),
+                   ("/camera/depth/image_raw", stamped(depth, stamp)),
+                   ("/camera/color/camera_info", stamped(info, stamp))])
+        st.sent_at[stamp] = time.monotonic()
+        st.n_sent += 1
+        for _ in range(args.fuzz_per_frame(i)):
+            case = rng.choice(fuzz.cases(stamp - S // 100))
+            h.publish(fuzz.fix_topics(case, fuzz.Topics()))
+            st.n_malformed += len(case.messages)
+        i += 1
+        if st.queries is not None and i == int(args.rate * 5):  # start once the window has filled
+            st.queries.start()
+        if not node.alive():
+            break
+        time.sleep(max(0.0, t0 + i * period - time.monotonic()))
+
+
+def _summary(args, st, log_path: Path) -> dict:
+    """The JSON record of a soak (keys in the module docstring)."""
     log = log_path.read_text(errors="replace")
-    after2 = [p for t, _, p in rss if t >= 120.0] or [p for _, _, p in rss]
+    after2 = [p for t, _, p in st.rss if t >= 120.0] or [p for _, _, p in st.rss]
+    diag, queries, lat = st.diag, st.queries, st.latencies
     return {
         "minutes": args.minutes, "rate_hz": args.rate, "qos": args.qos, "fuzz_per_s": args.fuzz, "seed": args.seed,
-        "frames_sent": n_sent, "clouds_received": len(h.clouds), "malformed_sent": n_malformed,
-        "latency_p50_s": percentile(latencies, 50), "latency_p99_s": percentile(latencies, 99),
-        "latency_max_s": max(latencies) if latencies else float("nan"),
-        "rss_mib": [[round(t, 1), round(r, 1), round(p, 1)] for t, r, p in rss],
+        "frames_sent": st.n_sent, "clouds_received": st.clouds, "malformed_sent": st.n_malformed,
+        "latency_p50_s": percentile(lat, 50), "latency_p99_s": percentile(lat, 99),
+        "latency_max_s": max(lat) if lat else float("nan"),
+        "rss_mib": [[round(t, 1), round(r, 1), round(p, 1)] for t, r, p in st.rss],
         "peak_rss_after_2min_min": min(after2), "peak_rss_after_2min_max": max(after2),
         "peak_rss_after_2min_mean": float(np.mean(after2)),
         "peak_rss_after_2min_within": max(max(after2) / np.mean(after2) - 1, 1 - min(after2) / np.mean(after2)),
         "frames_processed": int(diag.get("frames_processed", 0)),
         "frames_integrated": int(diag.get("frames_integrated", 0)),
-        "map_voxels_series": map_series,
+        "map_voxels_series": st.map_series,
         "frames_dropped_queue": int(diag.get("frames_dropped_queue", 0)),
         "sync_dropped_stale": int(diag.get("sync:dropped_stale", 0)),
         "internal_errors": int(diag.get("internal_errors", 0)),
         "skipped": {k[len("skipped:"):]: int(v) for k, v in diag.items() if k.startswith("skipped:")},
-        "alive_at_end": alive, "exit_code": rc,
+        "alive_at_end": st.alive, "exit_code": st.rc,
         "queries": None if queries is None else {
             "rate_hz": args.query_rate, "count": len(queries.times), "hostile_count": len(queries.hostile_times),
             "round_trip_p50_s": percentile(queries.times, 50), "round_trip_p99_s": percentile(queries.times, 99),

@@ -367,8 +367,8 @@ class PerceptionPipeline:
         self.frames_integrated = 0
         self.frames_processed = 0
         self.keyframes = KeyframePolicy.from_config(cfg.keyframe)
-        #: compute PCA feature colours (``publish.features``); the node clears it while nobody
-        #: subscribes to ~/feature_points
+        #: compute PCA feature colours (``publish.features``): a bool, or a callable asked per
+        #: keyframe (the node's: whether anyone subscribes to ~/feature_points)
         self.feature_colors_wanted = True
         #: the persistent semantic map (``map.enabled``); with an empty ``fixed_frame`` it is
         #: created with the first frame, in that frame's sensor frame
@@ -740,7 +740,8 @@ class PerceptionPipeline:
         t0 = time.perf_counter()
         emb, pred = self._heads(feats)
         fcolors = None
-        if self.cfg.publish.features and self.feature_colors_wanted:
+        wanted = self.feature_colors_wanted
+        if self.cfg.publish.features and (wanted() if callable(wanted) else wanted):
             fcolors, self._pca_basis = pca_colors(feats, basis=self._pca_basis, return_basis=True)
         t["heads"] = (time.perf_counter() - t0) * 1e3
         if self.map is not None and self.map.fixed_frame == win.frame_id:

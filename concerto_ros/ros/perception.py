@@ -165,6 +165,9 @@ class PerceptionShell:
             if period > 0:
                 self._entities.append(node.create_timer(period, self.guard(name, fn), callback_group=self.timer_group))
         self._active = True
+        # PCA colours cost tens of ms a keyframe: only while someone looks at them (asked per keyframe)
+        features_pub = self.pubs["features"]
+        self.pipeline.feature_colors_wanted = lambda: features_pub.get_subscription_count() > 0
         self.runtime.start()
         if self.runtime.warm_up_s:
             self.log.info(f"encoders warmed up on a synthetic {cfg.window.num_frames}-frame window in "
@@ -282,8 +285,6 @@ class PerceptionShell:
         self.pubs["semantic"].publish(msg)
         if fmsg is not None:
             self.pubs["features"].publish(fmsg)
-        # PCA colours cost tens of ms a keyframe: only while someone looks at them
-        p.feature_colors_wanted = self.pubs["features"].get_subscription_count() > 0
         if offered_at is not None:
             p.timer.add("latency", (time.monotonic() - offered_at) * 1e3)
 
