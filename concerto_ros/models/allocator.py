@@ -36,7 +36,7 @@ __all__ = ["keep_freed_memory", "release_freed_memory", "ENV_VAR"]
 ENV_VAR = "CONCERTO_KEEP_FREED_MEMORY"
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
-_STATE: dict[str, bool] = {}
+_STATE: dict[str, object] = {}
 
 
 def keep_freed_memory(trim_threshold: int = 1 << 30, top_pad: int = 1 << 28) -> bool:
@@ -55,11 +55,7 @@ def keep_freed_memory(trim_threshold: int = 1 << 30, top_pad: int = 1 << 28) -> 
         return _STATE["applied"]
     applied = False
     if sys.platform.startswith("linux") and os.environ.get(ENV_VAR, "1") != "0":
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):  # musl and other libcs have no mallopt
-            mallopt = None
+        mallopt = getattr(_libc(), "mallopt", None)  # musl and other libcs have no mallopt
         if mallopt is not None:
             applied = all(mallopt(param, value) == 1 for param, value in (
                 (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, int(trim_threshold)), (_M_TOP_PAD, int(top_pad))))
@@ -79,11 +75,19 @@ def release_freed_memory() -> bool:
     """
     if not sys.platform.startswith("linux"):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
         return False
     trim.argtypes = [ctypes.c_size_t]
     trim(0)
     return True
+
+
+def _libc():
+    """The process's C library (``None`` when it cannot be loaded)."""
+    if "libc" not in _STATE:
+        try:
+            _STATE["libc"] = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        except OSError:
+            _STATE["libc"] = None
+    return _STATE["libc"]

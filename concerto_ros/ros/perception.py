@@ -93,8 +93,8 @@ class PerceptionShell:
         self._active = False
         self._features_version = 0
         #: sensor callbacks may run side by side on the executor's threads (the frame stream is
-        #: thread-safe and pairs out-of-order arrivals): a mutually exclusive group made the
-        #: executor rebuild its wait set between any two messages, one at a time
+        #: thread-safe and pairs out-of-order arrivals), so one slow callback does not hold the
+        #: others back; the soaks measured no change in frames integrated either way
         self.intake_group = ReentrantCallbackGroup()
         #: /tf and /tf_static in a group of their own: a pose is never queued behind image
         #: callbacks while the integration thread waits for it (tf.timeout)

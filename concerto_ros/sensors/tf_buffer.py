@@ -160,26 +160,7 @@ class TransformBuffer:
                 values, zero quaternion, or a parent that would create a loop. Nothing is
                 stored then.
         """
-        if not isinstance(parent, str) or not isinstance(child, str) or not parent or not child:
-            raise ValueError(f"set_transform: frame names must be non-empty strings, got {parent!r}, {child!r}")
-        if parent == child:
-            raise ValueError(f"set_transform: parent and child are the same frame {child!r}")
-        if isinstance(stamp_ns, bool) or not isinstance(stamp_ns, numbers.Integral):
-            raise ValueError(f"set_transform: stamp_ns must be integer nanoseconds, got {stamp_ns!r}")
-        stamp_ns = int(stamp_ns)
-        t = np.asarray(translation, dtype=np.float64).reshape(-1)
-        q = np.asarray(quaternion, dtype=np.float64).reshape(-1)
-        if t.shape != (3,) or q.shape != (4,):
-            raise ValueError(f"set_transform: translation must be (3,) and quaternion (4,), got {t.shape}, {q.shape}")
-        if not (np.all(np.isfinite(t)) and np.all(np.isfinite(q))):
-            raise ValueError(f"set_transform: non-finite transform {parent!r} -> {child!r}")
-        scale = float(np.abs(q).max())
-        norm = scale * float(np.linalg.norm(q / scale)) if scale > 0.0 else 0.0  # no overflow for huge q
-        if norm < 1e-9:
-            raise ValueError(f"set_transform: zero quaternion (norm {norm:.3g}) for {parent!r} -> {child!r}")
-        q_wxyz = np.array([q[3], q[0], q[1], q[2]]) / scale
-        q_wxyz /= np.linalg.norm(q_wxyz)
-
+        stamp_ns, t, q_wxyz = _validated_sample(parent, child, stamp_ns, translation, quaternion)
         with self._lock:
             # loop check: walking up from parent must not reach child
             node = parent
@@ -203,25 +184,30 @@ class TransformBuffer:
                 edge.quats[:] = [q_wxyz]
                 self._notify_stored()
                 return
-            if edge.guard is None:
-                self._insert(edge, stamp_ns, t, q_wxyz)
-                return
-            verdict, released = edge.guard.check(stamp_ns, (t, q_wxyz))
-            if verdict == StampVerdict.ACCEPT:
-                self._insert(edge, stamp_ns, t, q_wxyz)
-            elif verdict == StampVerdict.HELD:
-                self.held += 1
-            elif verdict == StampVerdict.JUMP:
-                old = edge.stamps[-1] if edge.stamps else None
-                edge.stamps.clear()
-                edge.translations.clear()
-                edge.quats.clear()
-                for s_ns, (tt, qq) in released:
-                    self._insert(edge, s_ns, tt, qq)
-                if self._on_note is not None:
-                    self._on_note(f"transform {parent!r} -> {child!r} jumped in time "
-                                  f"({_fmt_s(old) if old is not None else '?'} -> {_fmt_s(stamp_ns)}), confirmed by "
-                                  f"{len(released)} samples: its history restarts there")
+            self._store_dynamic(edge, parent, child, stamp_ns, t, q_wxyz)
+
+    def _store_dynamic(self, edge: _Edge, parent: str, child: str, stamp_ns: int, t: np.ndarray,
+                       q_wxyz: np.ndarray) -> None:
+        """Store one dynamic sample through the edge's jump detection (the lock is held)."""
+        if edge.guard is None:
+            self._insert(edge, stamp_ns, t, q_wxyz)
+            return
+        verdict, released = edge.guard.check(stamp_ns, (t, q_wxyz))
+        if verdict == StampVerdict.ACCEPT:
+            self._insert(edge, stamp_ns, t, q_wxyz)
+        elif verdict == StampVerdict.HELD:
+            self.held += 1
+        elif verdict == StampVerdict.JUMP:
+            old = edge.stamps[-1] if edge.stamps else None
+            edge.stamps.clear()
+            edge.translations.clear()
+            edge.quats.clear()
+            for s_ns, (tt, qq) in released:
+                self._insert(edge, s_ns, tt, qq)
+            if self._on_note is not None:
+                self._on_note(f"transform {parent!r} -> {child!r} jumped in time "
+                              f"({_fmt_s(old) if old is not None else '?'} -> {_fmt_s(stamp_ns)}), confirmed by "
+                              f"{len(released)} samples: its history restarts there")
 
     def _notify_stored(self) -> None:
         """Wake :meth:`wait_for_change` callers (the lock is held)."""
@@ -408,3 +394,28 @@ class TransformBuffer:
         t = (1.0 - alpha) * edge.translations[i - 1] + alpha * edge.translations[i]
         q = _slerp(edge.quats[i - 1], edge.quats[i], alpha)
         return _rigid(t, q)
+
+
+def _validated_sample(parent, child, stamp_ns, translation, quaternion) -> tuple[int, np.ndarray, np.ndarray]:
+    """Checked ``(stamp_ns, translation (3,) float64, unit quaternion w, x, y, z (4,))`` of one
+    transform sample; raises ``ValueError`` like :meth:`TransformBuffer.set_transform`."""
+    if not isinstance(parent, str) or not isinstance(child, str) or not parent or not child:
+        raise ValueError(f"set_transform: frame names must be non-empty strings, got {parent!r}, {child!r}")
+    if parent == child:
+        raise ValueError(f"set_transform: parent and child are the same frame {child!r}")
+    if isinstance(stamp_ns, bool) or not isinstance(stamp_ns, numbers.Integral):
+        raise ValueError(f"set_transform: stamp_ns must be integer nanoseconds, got {stamp_ns!r}")
+    stamp_ns = int(stamp_ns)
+    t = np.asarray(translation, dtype=np.float64).reshape(-1)
+    q = np.asarray(quaternion, dtype=np.float64).reshape(-1)
+    if t.shape != (3,) or q.shape != (4,):
+        raise ValueError(f"set_transform: translation must be (3,) and quaternion (4,), got {t.shape}, {q.shape}")
+    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(q))):
+        raise ValueError(f"set_transform: non-finite transform {parent!r} -> {child!r}")
+    scale = float(np.abs(q).max())
+    norm = scale * float(np.linalg.norm(q / scale)) if scale > 0.0 else 0.0  # no overflow for huge q
+    if norm < 1e-9:
+        raise ValueError(f"set_transform: zero quaternion (norm {norm:.3g}) for {parent!r} -> {child!r}")
+    q_wxyz = np.array([q[3], q[0], q[1], q[2]]) / scale
+    q_wxyz /= np.linalg.norm(q_wxyz)
+    return stamp_ns, t, q_wxyz
