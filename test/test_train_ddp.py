@@ -116,7 +116,10 @@ def runs(tmp_path_factory):
     probe = ["train", "probe", "--output", str(tmp / "probe"), "--no-progress",
              "--set", f"data.train=[{', '.join(src[:3])}]", "--set", f"data.test=[{src[3]}]",
              "--set", "data.classes=[unlabeled, floor, wall]", "--set", "data.label_map={}",
-             "--set", "loop.epochs=6", "--set", "loop.batch_size=1024"]
+             "--set", "loop.epochs=6", "--set", "loop.batch_size=1024",
+             # the yaws are seeded by each source's path (a tmp folder here): unrotated scenes
+             # keep the number below independent of it (measured 0.63-0.97 with yaw over paths)
+             "--set", "augment.yaw=false"]
     proc = _torchrun([[*ssl, "--output", str(tmp / "two")], [*ssl, "--output", str(tmp / "mixed"), "--resume"], probe],
                      tmp)
     return tmp, proc
