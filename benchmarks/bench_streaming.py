@@ -111,7 +111,9 @@ class Session:
                                                     on_skip=self.skips.record)
         self.offered: list[tuple[int, float]] = []  # (stamp, offer time)
         self.outputs: list[tuple[int, float, float]] = []  # (window stamp, publish time, offer time of its frame)
-        self.rss: list[float] = []
+        self.rss: list[float] = []  # RSS (MiB) every 0.5 s, at rss_t (s from the feeder's start), map size map_n
+        self.rss_t: list[float] = []
+        self.map_n: list[int] = []
         self.t0, self.feed_late_s = time.monotonic(), 0.0  # feeder start; its largest lag behind the schedule
         self._stop = threading.Event()
 
@@ -143,9 +145,29 @@ class Session:
             self._stop.wait(max(0.0, t0 + i / self.rate - time.monotonic()))
 
     def _sample(self) -> None:
+        vmap = self.pipeline.map
         while not self._stop.is_set():
             self.rss.append(rss_mib())
+            self.rss_t.append(time.monotonic() - self.t0)
+            self.map_n.append(len(vmap) if vmap is not None else 0)
             self._stop.wait(0.5)
+
+    def rss_after_full(self) -> dict:
+        """The resident set once the map reached ``map.max_voxels`` (the flatness criterion):
+        the time it did, the RSS then, the most after, and the rise of the second half of the
+        streaming over the part before it (0 when flat; the final trim is not counted)."""
+        bound = self.pipeline.cfg.map.max_voxels
+        t, r, n = np.array(self.rss_t), np.array(self.rss), np.array(self.map_n)
+        live = t <= self.seconds
+        full = np.flatnonzero(live & (n >= bound)) if bound else np.zeros(0, dtype=int)
+        if not len(full):
+            return {"map_full_s": None}
+        i, half = int(full[0]), self.seconds / 2
+        first, second = r[(t >= t[i]) & (t < max(half, t[i]))], r[live & (t >= max(half, t[i]))]
+        return {"map_full_s": round(float(t[i]), 1), "rss_mib_at_full": round(float(r[i]), 1),
+                "rss_mib_max_after_full": round(float(r[live & (t >= t[i])].max()), 1),
+                "rss_mib_rise_second_half": round(float(second.max() - first.max()), 1)
+                if len(first) and len(second) else None}
 
     def run(self) -> dict:
         self.runtime.start()
@@ -189,7 +211,7 @@ class Session:
                 "frame_latency_p50_s": pct(frame_lat, 50), "frame_latency_p99_s": pct(frame_lat, 99),
                 "rss_mib_start": self.rss_start, "rss_mib_max": max(self.rss, default=float("nan")),
                 "rss_mib_end": self.rss[-1] if self.rss else float("nan"),
-                "rss_mib_series": [round(r, 1) for r in self.rss[::4]],
+                "rss_mib_series": [round(r, 1) for r in self.rss[::4]], **self.rss_after_full(),
                 "map_voxels": ms.num_voxels if ms else 0, "map_evictions": ms.evictions if ms else 0,
                 "mean_ms": timings, "p99_ms": p99, "skipped": self.skips.as_dict(), "loadavg": os.getloadavg()}
 
@@ -210,9 +232,11 @@ def main(argv=None) -> int:
                     help="setting override, e.g. --set window.max_voxels=60000 (repeatable)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "streaming.json")
     args = ap.parse_args(argv)
+    from concerto_ros.models.allocator import cap_heap_arenas
     from concerto_ros.runtime import GIL_SWITCH_INTERVAL_S
 
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as perception_node does
+    cap_heap_arenas()  # as perception_node does, before the runtime's threads
     from concerto_ros.config import default_config_path, load_config, parse_overrides
 
     if not DATA.is_dir() and args.source != "generated":
@@ -233,6 +257,10 @@ def main(argv=None) -> int:
               f"keyframe latency p50 {r['latency_p50_s']:.2f} s p99 {r['latency_p99_s']:.2f} s, frame latency p99 "
               f"{r['frame_latency_p99_s']:.2f} s; RSS {r['rss_mib_start']:.0f} -> max {r['rss_mib_max']:.0f} -> end "
               f"{r['rss_mib_end']:.0f} MiB; map {r['map_voxels']} voxels; load {r['loadavg'][0]:.2f}", flush=True)
+        if r.get("map_full_s") is not None:
+            print(f"  map full (map.max_voxels) at {r['map_full_s']:.0f} s with RSS {r['rss_mib_at_full']:.0f} MiB; most "
+                  f"after {r['rss_mib_max_after_full']:.0f} MiB; second-half rise {r['rss_mib_rise_second_half']} MiB",
+                  flush=True)
         print(f"  mean ms per stage: {r['mean_ms']}", flush=True)
         print(f"  p99 ms per stage: {r['p99_ms']}; frames dropped by the integration queue: "
               f"{r['frames_dropped']}, skipped {r['skipped']}; encoder waited {r['encoder_yield_s']:.1f} s for the "

@@ -13,6 +13,9 @@ Prints, and writes to ``benchmarks/results/soak.json`` (and ``soak_rss.png``):
   the peak over the interval (``VmHWM``, reset each sample), and the spread of the interval
   peaks after minute 2 (the growth criterion);
 * latency from publishing a frame to receiving the cloud that includes it: p50, p99, max;
+* every sample, the node's input delays from /diagnostics (``delivery_ms_series``): per topic
+  the p50/p99 transport delay (publisher to the node's middleware) and queueing delay (the
+  middleware to the callback), see :mod:`concerto_ros.ros.delivery`;
 * frames sent, clouds received, frames dropped by the worker queue (by design: the newest
   frame wins while the encoder runs), messages dropped by the sync, skips by reason,
   internal errors, malformed messages sent;
@@ -45,6 +48,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "rgbd_slambook"
 S = 1_000_000_000
+#: /diagnostics keys of the input delays (concerto_ros.ros.delivery) kept in the time series
+DELIVERY_KEYS = ("transport_ms_p50:", "transport_ms_p99:", "queued_ms_p50:", "queued_ms_p99:")
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
@@ -157,7 +162,7 @@ def run(args) -> dict:
                        overrides, log_path=log_path)
     rclpy.init()
     h = Harness(depth=10, keep_clouds=False)
-    st = SimpleNamespace(rss=[], latencies=[], map_series=[], sent_at={}, n_sent=0, n_malformed=0, diag={},
+    st = SimpleNamespace(rss=[], latencies=[], map_series=[], delivery_series=[], sent_at={}, n_sent=0, n_malformed=0, diag={},
                          queries=None)
     try:
         if not h.wait_for_node(["/camera/color/image_raw", "/camera/depth/image_raw", "/camera/color/camera_info"],
@@ -202,9 +207,13 @@ def _stream(args, h, node, frames, st) -> None:
             next_sample += args.sample
             d = dict(h.diag)
             st.map_series.append((now, int(d.get("map_voxels", 0))))
+            st.delivery_series.append((now, {k: float(v) for k, v in d.items() if k.startswith(DELIVERY_KEYS)}))
             print(f"[{now:6.0f} s] RSS {st.rss[-1][1]:7.1f} MiB (interval peak {st.rss[-1][2]:7.1f}), sent "
                   f"{st.n_sent}, integrated {d.get('frames_integrated', '?')}, clouds {len(h.clouds)}, map "
-                  f"{st.map_series[-1][1]} voxels, malformed {st.n_malformed}, alive {node.alive()}", flush=True)
+                  f"{st.map_series[-1][1]} voxels, malformed {st.n_malformed}, alive {node.alive()}; p99 ms transport/queued "
+                  f"/tf {d.get('transport_ms_p99:/tf', '?')}/{d.get('queued_ms_p99:/tf', '?')}, colour "
+                  f"{d.get('transport_ms_p99:/camera/color/image_raw', '?')}/"
+                  f"{d.get('queued_ms_p99:/camera/color/image_raw', '?')}", flush=True)
         stamp = stamp0 + int(now * S)
         color, depth, info, T = frames[i % len(frames)]
         ts = TransformStamped()
@@ -244,6 +253,7 @@ def _summary(args, st, log_path: Path) -> dict:
         "frames_processed": int(diag.get("frames_processed", 0)),
         "frames_integrated": int(diag.get("frames_integrated", 0)),
         "map_voxels_series": st.map_series,
+        "delivery_ms_series": st.delivery_series,
         "frames_dropped_queue": int(diag.get("frames_dropped_queue", 0)),
         "sync_dropped_stale": int(diag.get("sync:dropped_stale", 0)),
         "internal_errors": int(diag.get("internal_errors", 0)),

@@ -91,3 +91,31 @@ def test_bad_arguments_raise_value_errors():
         yaw_matrix(float("nan"))
     with pytest.raises(ValueError, match=r"\(N, 3\)"):
         random_yaw(np.zeros((3, 2)), np.random.default_rng(0))
+
+
+def test_training_yaws_are_seeded_by_seed_and_unit_wherever_the_data_lie(tmp_path):
+    """The probe's and translator's yaw copies: a function of (seed, unit) that does not depend
+    on the folder the data were reached through, drawn in [-max_deg, max_deg)."""
+    from concerto_ros.recordings import Source
+    from concerto_ros.train.config import AugmentConfig
+    from concerto_ros.train.data import TrainUnit, yaw_transforms
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    aug = AugmentConfig(copies=3, max_deg=30.0)
+
+    def draws(path, seed=0, frame=None, labels="l.npy"):
+        unit = TrainUnit(Source(type="points", path=path, labels=str(path.parent / labels)), frame)
+        return yaw_transforms(unit, aug, seed)
+
+    a = draws(tmp_path / "a" / "p.npy")
+    assert len(a) == 3 and all(T.shape == (4, 4) for T in a)
+    for T in a:  # rotations about z by at most 30 degrees
+        assert np.allclose(T[2], [0, 0, 1, 0]) and np.allclose(T[:3, 3], 0)
+        assert abs(np.degrees(np.arctan2(T[1, 0], T[0, 0]))) <= 30.0
+    same = [draws(tmp_path / "link" / "p.npy"), draws(tmp_path / "a" / ".." / "a" / "p.npy")]
+    assert all(np.array_equal(x, y) for d in same for x, y in zip(a, d))
+    for other in (draws(tmp_path / "a" / "p.npy", seed=1), draws(tmp_path / "a" / "q.npy"),
+                  draws(tmp_path / "a" / "p.npy", frame=2)):
+        assert not np.allclose(a[0], other[0])
+    assert yaw_transforms(TrainUnit(Source(type="points", path=tmp_path / "p.npy")), None, 0) == [None]

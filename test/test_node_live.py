@@ -83,6 +83,12 @@ def test_node_publishes_the_fused_kinect_window(tmp_path, slambook_dir, ros_doma
         frame_voxels = np.unique(offline.window.frame_inverse(i))
         assert np.isin(ko[frame_voxels], kl).all()
     assert report.diagnostics.get("frames_processed") == "5", report.diagnostics
+    # where input delays come from (MessageInfo timestamps): the middleware's share and the
+    # wait for an executor thread, each a non-negative p50 <= p99 in milliseconds
+    for kind in ("transport", "queued"):
+        p50 = float(report.diagnostics[f"{kind}_ms_p50:/camera/color/image_raw"])
+        p99 = float(report.diagnostics[f"{kind}_ms_p99:/camera/color/image_raw"])
+        assert 0.0 <= p50 <= p99 < 60_000.0, (kind, p50, p99)
 
     # The same surfaces seen from different frames land within a few centimetres: for the
     # published voxels of frame i that frame j's camera also sees (z-buffer test), the median

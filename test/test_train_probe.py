@@ -118,7 +118,7 @@ def test_probe_mosd_end_to_end(shared_dir, tmp_path):
         "data": {"train": [{"type": "pcd", "path": str(mosd / "learn"), "limit": 3}],
                  "test": [{"type": "pcd", "path": str(mosd / "test"), "limit": 2}], **MOSD_DATA},
         # 3 training scenes are too few to learn yaw-robust features (the augmentation's own
-        # tests are in test_train_augment.py)
+        # tests are in test_eval_yaw.py)
         "augment": {"yaw": False},
         "loop": {"epochs": 8}})
     s = train_probe(cfg, progress=False, log=lambda m: None)
@@ -171,7 +171,7 @@ def test_probe_on_rgbd_folders_uses_the_node_windows_and_their_voxel_labels(tmp_
         "output": str(out), "node": node,
         "data": {"train": [{"type": "folder", "path": str(seq)}], "test": [], "classes": list(CLASS_NAMES),
                  "ignore_index": 0, "label_map": {}, "window_stride": 1, "heldout_fraction": 0.3, "heldout_block": 0.5},
-        "augment": {"yaw": False},  # the unrotated room: the numbers below (yaw: test_train_augment.py)
+        "augment": {"yaw": False},  # the unrotated room: the numbers below (yaw: test_eval_yaw.py)
         "loop": {"epochs": 10, "batch_size": 8192}, "optim": {"class_weight": "balanced", "lr": 0.02}})
     s = train_probe(cfg, progress=False, log=lambda m: None)
     assert s["train_scenes"] == 1 and s["split"].startswith("held-out")

@@ -57,8 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     """
     from concerto_ros.recordings.errors import RecordingError
 
+    from concerto_ros.models.allocator import cap_heap_arenas
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        cap_heap_arenas()  # before any thread starts (concerto_ros.models.allocator says why)
+    except ValueError as exc:
+        print(f"concerto {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except (RecordingError, FileNotFoundError) as exc:

@@ -39,6 +39,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
+from concerto_ros.models.allocator import cap_heap_arenas
 from concerto_ros.ros.perception import DropOldestQueue, PerceptionShell  # noqa: F401  (re-exported)
 from concerto_ros.runtime import GIL_SWITCH_INTERVAL_S
 
@@ -119,6 +120,7 @@ def run(node_factory, argv: list[str] | None = None, name: str = "perception_nod
     node = None
     try:
         try:
+            cap_heap_arenas()  # before the middleware and the runtime start their threads
             node = node_factory()
         except Exception as exc:  # start-up errors: say what is wrong and exit non-zero
             rclpy.logging.get_logger(name).fatal(f"cannot start: {exc}")

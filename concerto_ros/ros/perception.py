@@ -41,6 +41,7 @@ from concerto_ros.config import SPECS, coerce
 from concerto_ros.msgs.language_features import FLOAT16, fill_language_features
 from concerto_ros.msgs.pointcloud2 import fill_pointcloud2
 from concerto_ros.pipeline import PerceptionPipeline, QueryError
+from concerto_ros.ros.delivery import DeliveryTimes
 from concerto_ros.ros.params import RUNTIME_PARAMETERS, declare_config
 from concerto_ros.ros.qos import input_events, input_qos, output_qos, qos_hint
 from concerto_ros.ros.services import PerceptionServices, bounded_query_args  # noqa: F401  (re-exported)
@@ -89,6 +90,8 @@ class PerceptionShell:
         self.tf: TfSource | None = None
         self.skips = SkipCounter(self.log.warning, error=self.log.error)
         self.services = PerceptionServices(self)
+        #: transport and queueing delays of the input messages (reported in /diagnostics)
+        self.delivery = DeliveryTimes()
         self._entities: list = []
         self._active = False
         self._features_version = 0
@@ -133,7 +136,8 @@ class PerceptionShell:
         self.skips.history_s = max(60.0, cfg.diagnostics.window)
         self.pipeline = PerceptionPipeline(cfg, log=self.log.info, warn=self.log.warning)
         self.tf = TfSource(self.node, cache_time_s=cfg.tf.cache_time, skips=self.skips,
-                           callback_group=self.tf_group, guard=self.guard, note=self.log.info)
+                           callback_group=self.tf_group, guard=self.guard, note=self.log.info,
+                           delivery=self.delivery)
         self.stream = FrameStream(cfg, lookup=self._lookup, skips=self.skips, note=self.log.info,
                                   timer=self.pipeline.timer)
         self.runtime = StreamingRuntime.from_config(self.pipeline, self.stream, on_result=self._publish_window,
@@ -151,7 +155,7 @@ class PerceptionShell:
                                         ("points", PointCloud2, t.points)):
             if not topic:
                 continue
-            cb = self.guard(topic, lambda m, s=stream: self._on_msg(s, m))
+            cb = self.delivery.wrap(topic, self.guard(topic, lambda m, s=stream: self._on_msg(s, m)))
             events = input_events(topic, cfg.qos, self.skips, self.log.error, self.guard)
             self._entities.append(node.create_subscription(msg_type, topic, cb, in_qos, event_callbacks=events,
                                                            callback_group=self.intake_group))
@@ -348,6 +352,7 @@ class PerceptionShell:
         values.update({f"sync:{k}": v for k, v in self.stream.assembler.sync.stats.items()})
         for stage, s in p.timer.summary().items():
             values[f"ms:{stage}"] = round(s["mean_ms"], 3)
+        values.update(self.delivery.summary())
         st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.node.get_clock().now().to_msg()

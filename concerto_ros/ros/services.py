@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from sensor_msgs.msg import PointCloud2, PointField
 
-from concerto_ros.msgs.language_features import FLOAT16, FLOAT32, fill_language_features
+from concerto_ros.msgs.language_features import FLOAT16, FLOAT32
 from concerto_ros.msgs.pointcloud2 import fill_pointcloud2
 from concerto_ros.pipeline import QueryError
 

@@ -37,6 +37,8 @@ class TfSource:
         guard: wraps a callback so that no exception leaves it (see
             :meth:`concerto_ros.ros.perception.PerceptionShell.guard`).
         note: callable for one-line notes (accepted time jumps).
+        delivery: a :class:`~concerto_ros.ros.delivery.DeliveryTimes` that records the transport
+            and queueing delays of /tf and /tf_static messages (project backend only), or None.
 
     Attributes:
         backend: ``"tf2_ros"`` or ``"concerto"`` (the project's buffer fed from /tf).
@@ -45,7 +47,7 @@ class TfSource:
     def __init__(self, node: Node, cache_time_s: float = 30.0, prefer_tf2_ros: bool = True,
                  skips: SkipCounter | None = None, callback_group=None,
                  guard: Callable[[str, Callable], Callable] | None = None,
-                 note: Callable[[str], Any] | None = None):
+                 note: Callable[[str], Any] | None = None, delivery=None):
         self._node = node
         self._tf2 = None
         self._subs: list = []
@@ -76,6 +78,8 @@ class TfSource:
         wrap = guard or (lambda topic, fn: fn)
         for topic, qos, is_static in (("/tf", dyn, False), ("/tf_static", static, True)):
             cb = wrap(topic, lambda m, t=topic, s=is_static: self._on_tf(m, t, s))
+            if delivery is not None:
+                cb = delivery.wrap(topic, cb)
             self._subs.append(node.create_subscription(TFMessage, topic, cb, qos, callback_group=callback_group))
 
     def _on_tf(self, msg, topic: str, static: bool) -> None:

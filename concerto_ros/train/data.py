@@ -327,8 +327,10 @@ def yaw_transforms(unit: TrainUnit, augment, seed: int) -> list[Optional[np.ndar
     """The world rotations of ``unit``'s copies: ``[None]`` without yaw augmentation, else
     ``augment.copies`` ``(4, 4)`` rotations by yaws drawn uniformly in ``[-augment.max_deg,
     augment.max_deg)`` degrees about ``augment.up_axis`` through the origin
-    (:func:`concerto_ros.augment.yaw_transform`), seeded by ``seed`` and the unit: every
-    process, and every run with the same seed, draws the same.
+    (:func:`concerto_ros.augment.yaw_transform`), seeded by ``seed`` and the unit's
+    description with every path cut to its last component: every process, and every run with
+    the same seed, draws the same, wherever the data lie (a folder moved or named through
+    another relative path keeps its yaws).
 
     Args:
         augment: a :class:`~concerto_ros.train.config.AugmentConfig`, or None.
@@ -337,7 +339,9 @@ def yaw_transforms(unit: TrainUnit, augment, seed: int) -> list[Optional[np.ndar
 
     if augment is None or not augment.yaw:
         return [None]
-    rng = np.random.default_rng([int(seed), zlib.crc32(repr(unit.describe()).encode())])
+    key = {k: Path(v).name if isinstance(v, str) and ("/" in v or os.sep in v) else v
+           for k, v in unit.describe().items()}
+    rng = np.random.default_rng([int(seed), zlib.crc32(repr(key).encode())])
     lim = float(augment.max_deg)
     return [yaw_transform(float(rng.uniform(-lim, lim)), augment.up_axis) for _ in range(int(augment.copies))]
 
