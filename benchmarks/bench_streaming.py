@@ -154,8 +154,9 @@ class Session:
 
     def rss_after_full(self) -> dict:
         """The resident set once the map reached ``map.max_voxels`` (the flatness criterion):
-        the time it did, the RSS then, the most after, and the rise of the second half of the
-        streaming over the part before it (0 when flat; the final trim is not counted)."""
+        the time it did, the RSS then, the most after, the rise of the second half of the
+        streaming over the part before it (0 when flat; the final trim is not counted), and
+        the peak of each minute (the heap is trimmed between them, ``worker.trim_period``)."""
         bound = self.pipeline.cfg.map.max_voxels
         t, r, n = np.array(self.rss_t), np.array(self.rss), np.array(self.map_n)
         live = t <= self.seconds
@@ -163,11 +164,14 @@ class Session:
         if not len(full):
             return {"map_full_s": None}
         i, half = int(full[0]), self.seconds / 2
+        minutes = [r[live & (t >= m * 60.0) & (t < (m + 1) * 60.0)] for m in range(int(np.ceil(self.seconds / 60.0)))]
         first, second = r[(t >= t[i]) & (t < max(half, t[i]))], r[live & (t >= max(half, t[i]))]
         return {"map_full_s": round(float(t[i]), 1), "rss_mib_at_full": round(float(r[i]), 1),
                 "rss_mib_max_after_full": round(float(r[live & (t >= t[i])].max()), 1),
                 "rss_mib_rise_second_half": round(float(second.max() - first.max()), 1)
-                if len(first) and len(second) else None}
+                if len(first) and len(second) else None,
+                # the heap is trimmed every worker.trim_period (60 s): compare the peaks between trims
+                "rss_mib_peak_per_minute": [round(float(m.max()), 1) for m in minutes if len(m)]}
 
     def run(self) -> dict:
         self.runtime.start()
@@ -259,7 +263,8 @@ def main(argv=None) -> int:
               f"{r['rss_mib_end']:.0f} MiB; map {r['map_voxels']} voxels; load {r['loadavg'][0]:.2f}", flush=True)
         if r.get("map_full_s") is not None:
             print(f"  map full (map.max_voxels) at {r['map_full_s']:.0f} s with RSS {r['rss_mib_at_full']:.0f} MiB; most "
-                  f"after {r['rss_mib_max_after_full']:.0f} MiB; second-half rise {r['rss_mib_rise_second_half']} MiB",
+                  f"after {r['rss_mib_max_after_full']:.0f} MiB; second-half rise {r['rss_mib_rise_second_half']} MiB; "
+                  f"peak per minute {r['rss_mib_peak_per_minute']} MiB",
                   flush=True)
         print(f"  mean ms per stage: {r['mean_ms']}", flush=True)
         print(f"  p99 ms per stage: {r['p99_ms']}; frames dropped by the integration queue: "

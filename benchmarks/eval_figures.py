@@ -19,6 +19,9 @@ Figures (``--only`` picks some):
 * ``scannet_default``: the same translator fitted on the embedded default bundle's fused
   features (``--set node.model.bundle=default``; its Concerto encoder was pre-trained with
   views at any yaw), then ``concerto eval queries`` at yaw 0, 90, 180 and 270 degrees;
+* ``scannet_default_tta``: the same translator with 8 yaw copies of the scene
+  (``--set augment.copies=8``), queried at yaw 0, 45 and 90 degrees without and with
+  rotation test-time augmentation (``--tta-yaws 4``);
 * ``compare_demo`` / ``compare_mosd``: ``concerto eval --compare default random`` on the
   demo's labelled sequence (seed 0, 12 frames, 320x240, generated here) and on the mOSD
   test split.
@@ -97,6 +100,17 @@ def figures(out: Path, ssl_bundle: str, demo_seq: Path, translator_out: Path) ->
         + [["eval", "queries", "--bundle", str(out / "scannet_translator_default" / "bundle.pt"), "--data",
             SCANNET_POINTS, "--names", "nyu40", "--set", "lift.min_range=0", "--yaw", str(yaw),
             "-o", str(out / f"scannet_default_queries_yaw{yaw}")] for yaw in (0, 90, 180, 270)],
+        # the same with 8 yaw copies per training scene, scored without and with rotation
+        # test-time augmentation (4 right-angle yaws averaged: 90 and 270 score as 0 by construction)
+        "scannet_default_tta": [["train", "translator", "--output", str(out / "scannet_translator_default8"),
+                                 "--set", "node.model.bundle=default", "--set", "augment.copies=8",
+                                 "--set", f"data.sources=[{{type: points, path: {SCANNET}/scene0000_00_vert_all.npy, "
+                                 f"labels: {SCANNET}/scene0000_00_sem_label_all.npy}}]",
+                                 "--set", f"data.classes=[{', '.join(names)}]", "--set", f"data.label_ids={ids}"]]
+        + [["eval", "queries", "--bundle", str(out / "scannet_translator_default8" / "bundle.pt"), "--data",
+            SCANNET_POINTS, "--names", "nyu40", "--set", "lift.min_range=0", "--yaw", str(yaw), "--tta-yaws", str(n),
+            "-o", str(out / f"scannet_default8_queries_yaw{yaw}_tta{n}")]
+           for n, yaws in ((1, (0, 45, 90)), (4, (0, 45, 90))) for yaw in yaws],
         "compare_demo": [["eval", "--data", str(demo_seq), "--compare", "default", "random",
                           "-o", str(out / "compare_demo")]],
         "compare_mosd": [["eval", "--data", MOSD_TEST, "--compare", "default", "random",

@@ -194,3 +194,50 @@ def test_map_output_scores_the_same_points_and_equals_the_window_after_one_keyfr
     p = json.loads((out / "metrics.json").read_text())["predictions"]
     assert p["map"]["num_points"] == p["window"]["num_points"] > 0
     assert p["map"]["per_class_iou"] == pytest.approx(p["window"]["per_class_iou"])
+
+
+def test_yaw_average_matches_voxels_across_right_angle_rotations_and_averages_unit_embeddings():
+    """Rotation test-time augmentation: a voxel of a copy rotated by 90 degrees is matched to
+    the same voxel of the unrotated encoding, and the average is the renormalised mean."""
+    from concerto_ros.augment import yaw_transform
+    from concerto_ros.evaluation.queries import YawAverage
+
+    vs = 0.05
+    rng = np.random.default_rng(0)
+    ijk = np.unique(rng.integers(-40, 40, (500, 3)), axis=0)
+    coord = ((ijk + rng.uniform(0.1, 0.9, ijk.shape)) * vs).astype(np.float32)  # one point per voxel
+    labels = np.arange(len(coord)) % 3
+    e0 = rng.normal(size=(len(coord), 4)).astype(np.float32)
+    e0 /= np.linalg.norm(e0, axis=1, keepdims=True)
+    avg = YawAverage(coord, labels, e0, vs)
+    R = yaw_transform(90.0, "z")
+    perm = rng.permutation(len(coord))  # another encoding lists its voxels in its own order
+    rotated = (coord[perm].astype(np.float64) @ R[:3, :3].T).astype(np.float32)
+    e1 = np.roll(e0, 1, axis=1)[perm]  # its embeddings of the same voxels
+    assert avg.add(rotated, e1, np.linalg.inv(R)) == len(coord)
+    assert avg.add(coord[:10] + 10.0, e0[:10], np.eye(4)) == 0  # voxels the first encoding lacks: ignored
+    want = e0 + np.roll(e0, 1, axis=1)
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(avg.embeddings(), want, atol=1e-6)
+    assert avg.labels is labels
+
+
+def test_queries_with_four_yaws_score_the_same_at_90_degrees(sequence, tmp_path):
+    """``concerto eval queries --tta-yaws 4`` with the embedded bundle: the data rotated by 90
+    degrees give the precision and AUC of the unrotated data (the same four encodings)."""
+    out = {}
+    for yaw in (0, 90):
+        o = tmp_path / f"yaw{yaw}"
+        assert main(["eval", "queries", "--bundle", "default", "--data", str(sequence), "--yaw", str(yaw),
+                     "--tta-yaws", "4", "--set", "window.num_frames=2", "--min-voxels", "5", "-o", str(o),
+                     "--no-progress"]) == 0
+        out[yaw] = json.loads((o / "queries.json").read_text())
+    assert out[0]["tta_yaws"] == 4 and out[90]["yaw_deg"] == 90.0
+    a = {q["text"]: q for q in out[0]["queries"]}
+    b = {q["text"]: q for q in out[90]["queries"]}
+    assert set(a) == set(b) and len(a) >= 3
+    for text in a:
+        assert abs(a[text]["precision_at_k"] - b[text]["precision_at_k"]) <= 0.02, text
+        assert abs(a[text]["auc"] - b[text]["auc"]) <= 0.005, text
+    assert main(["eval", "queries", "--bundle", "default", "--data", str(sequence), "--tta-yaws", "0",
+                 "-o", str(tmp_path / "bad"), "--no-progress"]) == 2

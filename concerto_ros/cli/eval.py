@@ -61,7 +61,8 @@ of a label set and their synonyms, and score each query against the ground-truth
 its class: precision of the top-k voxels by relevance and ROC AUC (0.5 = chance). Scored
 windows: the last window of each sequence, every scene of a scene collection. Writes
 OUT/queries.json (mean_precision_names, mean_precision_synonyms, mean_auc_*, per query) and
-OUT/queries.png.
+OUT/queries.png. --tta-yaws N averages the embeddings of N rotated copies of the data per
+voxel (rotation test-time augmentation, as Pointcept tests segmentation).
 """
 
 
@@ -143,6 +144,10 @@ def register(subparsers) -> None:
     pq.add_argument("--top-k", type=int, default=100, help="k of the top-k precision, voxels (default 100)")
     pq.add_argument("--min-voxels", type=int, default=20,
                     help="a class with fewer ground-truth voxels in a window is not queried there (default 20)")
+    pq.add_argument("--tta-yaws", type=int, default=1, metavar="N",
+                    help="rotation test-time augmentation: also encode each source rotated by 360*i/N degrees about "
+                    "the up axis (i = 1..N-1) and average the text embeddings per voxel; with 4, data rotated by "
+                    "90, 180 or 270 degrees score as unrotated. Costs N times the pipeline time (default 1: off)")
     _model_args(pq)
     _data_args(pq)
     pq.set_defaults(func=run_queries_cmd)
@@ -325,7 +330,8 @@ def run_queries_cmd(args) -> int:
         sources = _sources(args.query_data)
         res = evaluate_queries(cfg, sources, names=args.names, k=args.top_k, yaw_deg=_opt(args, "yaw", 0.0),
                                up=_opt(args, "up", "z"), scenes=_opt(args, "scenes", "auto"),
-                               min_voxels=args.min_voxels, progress=_opt(args, "progress", True))
+                               min_voxels=args.min_voxels, progress=_opt(args, "progress", True),
+                               tta_yaws=args.tta_yaws)
         for r in res["queries"]:
             print(f"  {r['text']!r:24} ({r['class']}{', synonym' if r['synonym'] else ''}): precision@{r['k']} "
                   f"{fmt(r['precision_at_k'])}, AUC {fmt(r['auc'])}")

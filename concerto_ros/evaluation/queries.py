@@ -21,7 +21,7 @@ voxels; ``mean_precision_names`` / ``mean_precision_synonyms`` average over the 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -73,9 +73,57 @@ def _mean(rows: list[dict], key: str, synonym: bool) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+class YawAverage:
+    """Rotation test-time augmentation of one scored window: the unit text embeddings of the
+    same scene encoded at other yaws, averaged per voxel of the first (unrotated) encoding and
+    renormalised (the protocol of Pointcept's semantic-segmentation testing, which averages
+    the predictions of rotated copies about the up axis).
+
+    A voxel of another encoding is matched by its representative point rotated back into the
+    first encoding's frame and voxelized there; under a right-angle yaw about the origin the
+    voxel grid maps onto itself, so every voxel holds the same points in every copy and the
+    average over ``n`` yaws ``360 / n`` degrees apart is the same for data rotated by any
+    multiple of ``360 / n`` degrees (for ``n`` = 4: 90, 180, 270).
+
+    Args:
+        coord: ``(M, 3) float32`` the first encoding's voxel representatives (metres).
+        labels: ``(M,)`` their ground truth. emb: ``(M, D) float32`` unit embeddings.
+        voxel_size: the window's voxel edge (metres).
+    """
+
+    def __init__(self, coord: np.ndarray, labels: np.ndarray, emb: np.ndarray, voxel_size: float):
+        from concerto_ros.mapping.keys import pack_keys, voxel_indices
+
+        self.voxel_size, self.labels = float(voxel_size), labels
+        keys = pack_keys(voxel_indices(coord, self.voxel_size, owner="yaw average"))
+        self._order = np.argsort(keys, kind="stable")
+        self._keys = keys[self._order]
+        self._sum = np.array(emb, dtype=np.float32)  # a copy: the window's own array stays as it is
+        self._count = np.ones(len(keys), dtype=np.int64)
+        self._pack, self._indices = pack_keys, voxel_indices
+
+    def add(self, coord: np.ndarray, emb: np.ndarray, back: np.ndarray) -> int:
+        """Add an encoding of the scene rotated by ``back``'s inverse: ``coord (M', 3)`` its
+        voxel representatives, ``emb (M', D)`` their embeddings, ``back (4, 4)`` the rotation
+        into the first encoding's frame. Returns how many of its voxels matched one."""
+        pts = coord.astype(np.float64) @ back[:3, :3].T + back[:3, 3]
+        keys = self._pack(self._indices(pts, self.voxel_size, owner="yaw average"))
+        pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+        hit = self._keys[pos] == keys
+        rows = self._order[pos[hit]]
+        np.add.at(self._sum, rows, emb[hit])
+        np.add.at(self._count, rows, 1)
+        return int(hit.sum())
+
+    def embeddings(self) -> np.ndarray:
+        """``(M, D) float32`` the averaged embeddings, unit norm."""
+        out = self._sum / np.maximum(np.linalg.norm(self._sum, axis=1, keepdims=True), 1e-12)
+        return out.astype(np.float32)
+
+
 def evaluate_queries(cfg, sources: Iterable[Any], names: Any = None, k: int = 100, yaw_deg: float = 0.0,
                      up: str = "z", scenes: str = "auto", min_voxels: int = 20, progress: bool = True,
-                     log: Callable[[str], Any] | None = print) -> dict:
+                     log: Callable[[str], Any] | None = print, tta_yaws: int = 1) -> dict:
     """Run the pipeline over labelled ``sources`` and score text queries (module docstring).
 
     Args:
@@ -87,6 +135,10 @@ def evaluate_queries(cfg, sources: Iterable[Any], names: Any = None, k: int = 10
         k: top-``k`` of the precision; yaw_deg, up, scenes: as
             :func:`~concerto_ros.evaluation.run.evaluate`.
         min_voxels: a class with fewer ground-truth voxels in a window is not queried there.
+        tta_yaws: rotation test-time augmentation: each source is also encoded rotated by
+            ``360 * i / tta_yaws`` degrees about ``up`` (i = 1 .. tta_yaws - 1) and the text
+            embeddings are averaged per voxel (:class:`YawAverage`); 1 = off. Costs
+            ``tta_yaws`` times the pipeline time.
 
     Returns:
         ``{"mean_precision_names", "mean_precision_synonyms", "mean_auc_names",
@@ -109,57 +161,76 @@ def evaluate_queries(cfg, sources: Iterable[Any], names: Any = None, k: int = 10
     if pipeline.language is None:
         raise ValueError("the models have no translator: give a bundle with one (concerto train translator) or "
                          "language.translator")
+    if int(tta_yaws) < 1:
+        raise ValueError(f"tta_yaws must be >= 1 (1 = no test-time augmentation), got {tta_yaws}")
     transform = yaw_transform(yaw_deg, up) if yaw_deg else None
+    tta = [yaw_transform(360.0 * i / int(tta_yaws), up) for i in range(1, int(tta_yaws))]
     skips = SkipCounter(log, period_s=cfg.skip_log_period)
     per_text: dict[str, list[dict]] = {}
     windows = 0
     for src in sources:
-        windows += _score_source(pipeline, src, names, per_text, skips, log, scenes, transform, k, min_voxels)
+        windows += _score_source(pipeline, src, names, per_text, skips, log, scenes, transform, k, min_voxels, tta)
     rows = _mean_over_windows(per_text)
     return {"mean_precision_names": _mean(rows, "precision_at_k", False),
             "mean_precision_synonyms": _mean(rows, "precision_at_k", True),
             "mean_auc_names": _mean(rows, "auc", False), "mean_auc_synonyms": _mean(rows, "auc", True),
             "k": int(k), "queries": rows, "windows": windows, "model": describe_models(pipeline),
             "text_encoder": pipeline.language.text_encoder.name, "negatives": list(pipeline.language.scorer.negatives),
-            "yaw_deg": float(yaw_deg), "up": str(up), "skipped": skips.as_dict(), "wall_s": time.perf_counter() - t0}
+            "yaw_deg": float(yaw_deg), "up": str(up), "tta_yaws": int(tta_yaws), "skipped": skips.as_dict(),
+            "wall_s": time.perf_counter() - t0}
 
 
 def _score_source(pipeline, src, names, per_text: dict[str, list[dict]], skips, log, scenes: str, transform,
-                  k: int, min_voxels: int) -> int:
-    """Run one labelled source through ``pipeline`` (reset first) and append the
-    :func:`score_window` rows of its scored windows (every keyframe window of a scene
-    collection, else the last one) to ``per_text[text]``; returns the windows scored."""
-    from concerto_ros.bag.replay import process_frames
-    from concerto_ros.evaluation.run import is_scene_collection, open_labelled, source_frames
+                  k: int, min_voxels: int, tta: list[np.ndarray] = ()) -> int:
+    """Run one labelled source through ``pipeline`` and append the :func:`score_window` rows
+    of its scored windows to ``per_text[text]``, the embeddings averaged over the ``tta``
+    rotations (:class:`YawAverage`) when given; returns the windows scored."""
+    from concerto_ros.evaluation.run import open_labelled
     from concerto_ros.recordings import load_label_set
 
     rec = open_labelled(src)
     gts = rec.label_set
     names_set = load_label_set(names) if names is not None else gts
+    windows = _scored_windows(pipeline, rec, skips, log, scenes, transform)  # scored as they come without tta
+    if len(tta):  # every window is kept until each rotation has been added
+        windows = [YawAverage(c, y, e, pipeline.cfg.window.voxel_size) for c, y, e in windows]
+        for R in tta:
+            rotated = list(_scored_windows(pipeline, rec, skips, log, scenes,
+                                           R if transform is None else R @ transform))
+            if len(rotated) != len(windows):
+                raise ValueError(f"{rec.path}: {len(rotated)} windows scored rotated, {len(windows)} unrotated")
+            for avg, (c, _y, e) in zip(windows, rotated):
+                avg.add(c, e, np.linalg.inv(R))
+        windows = [(None, avg.labels, avg.embeddings()) for avg in windows]
+    n = 0
+    for _c, labels, emb in windows:
+        n += 1
+        for row in score_window(pipeline.language, emb, labels, gts.classes, names_set, k=k, min_voxels=min_voxels):
+            per_text.setdefault(row["text"], []).append(row)
+    return n
+
+
+def _scored_windows(pipeline, rec, skips, log, scenes: str, transform) -> Iterator[tuple[np.ndarray, np.ndarray,
+                                                                                         np.ndarray]]:
+    """``(coord (M, 3), labels (M,), text embeddings (M, D))`` of each window scored in one
+    pass over ``rec`` (pipeline reset first): every keyframe window of a scene collection,
+    else the last one; windows without labels or embeddings are left out."""
+    from concerto_ros.bag.replay import process_frames
+    from concerto_ros.evaluation.run import is_scene_collection, source_frames
+
     pipeline.reset()
     frames, _total = source_frames(rec, pipeline.cfg, pipeline, skips, log, scenes, transform)
-    windows = 0
-
-    def score(result) -> None:
-        nonlocal windows
-        if result.window.labels is None or result.text_embeddings is None:
-            return
-        windows += 1
-        for row in score_window(pipeline.language, result.text_embeddings, result.window.labels, gts.classes,
-                                names_set, k=k, min_voxels=min_voxels):
-            per_text.setdefault(row["text"], []).append(row)
-
+    keep = lambda r: r.window.labels is not None and r.text_embeddings is not None  # noqa: E731
     independent = is_scene_collection(rec, scenes)
     last = None
     for _frame, result in process_frames(pipeline, frames, skips):
         if result is None:  # not a keyframe
             continue
-        if independent:
-            score(result)
+        if independent and keep(result):
+            yield result.coord, result.window.labels, result.text_embeddings
         last = result
-    if last is not None and not independent:
-        score(last)
-    return windows
+    if last is not None and not independent and keep(last):
+        yield last.coord, last.window.labels, last.text_embeddings
 
 
 def _mean_over_windows(per_text: dict[str, list[dict]]) -> list[dict]:
