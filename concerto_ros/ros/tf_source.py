@@ -9,10 +9,19 @@ tools use. Bad entries (zero quaternion, empty or equal frame names, a loop, non
 values) are ignored as tf2 does, counted as ``bad_transform`` and warned about (throttled,
 naming the frames and the reason); a transform far in the future is held until confirmed
 (the buffer's jump detection). Both backends answer :meth:`TfSource.lookup` identically.
+
+With ``spin_thread`` (``tf.listener_thread``, the default) the project's subscriptions live on
+a node of their own (``<node>_tf_listener``, no parameter services) spun by a single-threaded
+executor on a thread of its own, as tf2_ros's ``TransformListener(spin_thread=True)`` does.
+An rclpy executor takes one message per ready subscription per wait, and on a busy CPU the
+perception node's executor waits only about as often as the sensors publish; the /tf
+subscription (100 messages deep) then queued up to a second of poses while the integration
+thread waited ``tf.timeout`` for them.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable
 
@@ -39,6 +48,8 @@ class TfSource:
         note: callable for one-line notes (accepted time jumps).
         delivery: a :class:`~concerto_ros.ros.delivery.DeliveryTimes` that records the transport
             and queueing delays of /tf and /tf_static messages (project backend only), or None.
+        spin_thread: subscribe on a node of its own, spun on a thread of its own (module
+            docstring); ``callback_group`` is then not used.
 
     Attributes:
         backend: ``"tf2_ros"`` or ``"concerto"`` (the project's buffer fed from /tf).
@@ -47,8 +58,12 @@ class TfSource:
     def __init__(self, node: Node, cache_time_s: float = 30.0, prefer_tf2_ros: bool = True,
                  skips: SkipCounter | None = None, callback_group=None,
                  guard: Callable[[str, Callable], Callable] | None = None,
-                 note: Callable[[str], Any] | None = None, delivery=None):
+                 note: Callable[[str], Any] | None = None, delivery=None, spin_thread: bool = False):
         self._node = node
+        self._listener: Node | None = None  # the node of the listener thread (spin_thread)
+        self._executor = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self._tf2 = None
         self._subs: list = []
         self.skips = skips if skips is not None else SkipCounter()
@@ -76,24 +91,62 @@ class TfSource:
         static = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                             durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
         wrap = guard or (lambda topic, fn: fn)
+        owner = node
+        if spin_thread:
+            owner = self._listener = Node(f"{node.get_name()}_tf_listener", namespace=node.get_namespace(),
+                                          context=node.context, start_parameter_services=False)
+            callback_group = None  # the listener node's default group; its executor is single-threaded
         for topic, qos, is_static in (("/tf", dyn, False), ("/tf_static", static, True)):
             cb = wrap(topic, lambda m, t=topic, s=is_static: self._on_tf(m, t, s))
             if delivery is not None:
                 cb = delivery.wrap(topic, cb)
-            self._subs.append(node.create_subscription(TFMessage, topic, cb, qos, callback_group=callback_group))
+            self._subs.append(owner.create_subscription(TFMessage, topic, cb, qos, callback_group=callback_group))
+        if spin_thread:
+            from rclpy.executors import SingleThreadedExecutor
+
+            self._executor = SingleThreadedExecutor(context=node.context)
+            self._executor.add_node(self._listener)
+            self._thread = threading.Thread(target=self._spin, name="tf_listener", daemon=True)
+            self._thread.start()
+
+    def _spin(self) -> None:
+        """The listener thread: spin the listener node until :meth:`destroy` or shutdown."""
+        log = self._listener.get_logger()
+        while not self._stop.is_set() and self._listener.context.ok():
+            try:
+                self._executor.spin_once(timeout_sec=0.1)
+            except Exception as exc:  # noqa: BLE001 - callbacks are guarded; keep listening
+                if self._stop.is_set() or not self._listener.context.ok():
+                    break
+                log.error(f"tf listener executor: {type(exc).__name__}: {exc}")
 
     def _on_tf(self, msg, topic: str, static: bool) -> None:
         for problem in self.buffer.add_message(msg, static=static):
             self.skips.record(FrameSkipped(topic, "bad_transform", f"ignored {problem}"))
 
     def destroy(self) -> None:
-        """Remove the /tf subscriptions (the tf2_ros listener stays with its node)."""
+        """Remove the /tf subscriptions, and stop the listener thread and its node (the
+        tf2_ros listener stays with its node). Idempotent."""
+        self._stop.set()
+        if self._executor is not None:
+            self._executor.shutdown(timeout_sec=1.0)
+            self._executor = None
+        if self._thread is not None:
+            self._thread.join(2.0)
+            self._thread = None
+        owner = self._listener or self._node
         for sub in self._subs:
             try:
-                self._node.destroy_subscription(sub)
+                owner.destroy_subscription(sub)
             except Exception:  # noqa: BLE001 - the node may be gone already
                 pass
         self._subs = []
+        if self._listener is not None:
+            try:
+                self._listener.destroy_node()
+            except Exception:  # noqa: BLE001 - the context may be gone already
+                pass
+            self._listener = None
 
     def lookup(self, target: str, source: str, stamp_ns: int, timeout_s: float = 0.0) -> np.ndarray:
         """``(4, 4) float64`` transform mapping points in ``source`` to ``target`` at ``stamp_ns``.
