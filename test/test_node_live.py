@@ -19,6 +19,7 @@ pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not built (run scripts/setu
 from geometry_msgs.msg import TransformStamped  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointField  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
+from rclpy.qos import ReliabilityPolicy  # noqa: E402
 
 from concerto_ros.bag.convert_rgbd import convert_rgbd_folder  # noqa: E402
 from concerto_ros.bag.live import NodeProcess, cloud_arrays, replay_live  # noqa: E402
@@ -153,6 +154,13 @@ def test_bad_input_is_skipped_counted_and_the_node_keeps_running(tmp_path, ros_d
     sender = _Sender()
     try:
         assert sender.wait(lambda: sender.pub["depth"].get_subscription_count() > 0, 120), node.tail()
+        # /tf is read by a listener node of its own (tf.listener_thread), best effort (tf.qos: a
+        # reliable reader holds later poses back behind a lost one); /tf_static stays reliable
+        readers = {t: sender.node.get_subscriptions_info_by_topic(t) for t in ("/tf", "/tf_static")}
+        assert [(i.node_name, i.qos_profile.reliability) for i in readers["/tf"]] == \
+            [("perception_node_tf_listener", ReliabilityPolicy.BEST_EFFORT)], readers
+        assert [(i.node_name, i.qos_profile.reliability) for i in readers["/tf_static"]] == \
+            [("perception_node_tf_listener", ReliabilityPolicy.RELIABLE)], readers
         sender.send_static_tf()
         time.sleep(0.5)
         d = lambda key: int(sender.diag.get(key, 0))  # noqa: E731

@@ -233,6 +233,12 @@ class _Player:
         else:
             raise RuntimeError(f"no subscriber on {image_topics} after {startup_timeout:.0f} s: is "
                                f"{self.node_name} running with the same topic names and ROS_DOMAIN_ID?")
+        # /tf too when the bag has it (up to 5 s more; a node without a fixed frame may not read
+        # it): the node reads it on a listener node of its own, matched apart from the sensor
+        # subscriptions, best effort, so a pose sent before that match would be lost
+        tf_deadline = time.monotonic() + 5.0
+        while "/tf" in self.pubs and self.pubs["/tf"].get_subscription_count() == 0 and time.monotonic() < tf_deadline:
+            time.sleep(0.1)
         for line in qos_report(self.node, image_topics):
             log(line)
         time.sleep(0.5)  # let the reverse (output) match settle

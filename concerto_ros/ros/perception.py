@@ -137,7 +137,8 @@ class PerceptionShell:
         self.pipeline = PerceptionPipeline(cfg, log=self.log.info, warn=self.log.warning)
         self.tf = TfSource(self.node, cache_time_s=cfg.tf.cache_time, skips=self.skips,
                            callback_group=self.tf_group, guard=self.guard, note=self.log.info,
-                           delivery=self.delivery, spin_thread=cfg.tf.listener_thread)
+                           delivery=self.delivery, spin_thread=cfg.tf.listener_thread,
+                           reliable=cfg.tf.qos == "reliable")
         self.stream = FrameStream(cfg, lookup=self._lookup, skips=self.skips, note=self.log.info,
                                   timer=self.pipeline.timer)
         self.runtime = StreamingRuntime.from_config(self.pipeline, self.stream, on_result=self._publish_window,

@@ -17,6 +17,14 @@ An rclpy executor takes one message per ready subscription per wait, and on a bu
 perception node's executor waits only about as often as the sensors publish; the /tf
 subscription (100 messages deep) then queued up to a second of poses while the integration
 thread waited ``tf.timeout`` for them.
+
+``reliable=False`` (``tf.qos: best_effort``, the node's default) subscribes /tf best effort. A
+reliable reader delivers samples in order, so a sample lost on the way (a full shared-memory
+port on a busy machine) holds every later one back until the publisher repairs it, at its
+next heartbeat (Fast DDS: every 3 s by default); the poses then arrived 0.7-1.0 s late
+(median; p99 2.8 s, the heartbeat period) however fast the executor was. A best-effort reader
+matches reliable publishers too and loses only the lost sample, which lookups interpolate
+across.
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ class TfSource:
             and queueing delays of /tf and /tf_static messages (project backend only), or None.
         spin_thread: subscribe on a node of its own, spun on a thread of its own (module
             docstring); ``callback_group`` is then not used.
+        reliable: reliable /tf subscription (as tf2_ros); False: best effort (module
+            docstring). /tf_static is reliable and transient-local either way.
 
     Attributes:
         backend: ``"tf2_ros"`` or ``"concerto"`` (the project's buffer fed from /tf).
@@ -58,9 +68,10 @@ class TfSource:
     def __init__(self, node: Node, cache_time_s: float = 30.0, prefer_tf2_ros: bool = True,
                  skips: SkipCounter | None = None, callback_group=None,
                  guard: Callable[[str, Callable], Callable] | None = None,
-                 note: Callable[[str], Any] | None = None, delivery=None, spin_thread: bool = False):
+                 note: Callable[[str], Any] | None = None, delivery=None, spin_thread: bool = False,
+                 reliable: bool = True):
         self._node = node
-        self._listener: Node | None = None  # the node of the listener thread (spin_thread)
+        self._listener_node: Node | None = None  # the node of the listener thread (spin_thread)
         self._executor = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -87,13 +98,14 @@ class TfSource:
                 "run scripts/setup.sh, which builds tf2_msgs for PyPI-wheel ROS 2") from exc
         self.backend = "concerto"
         self.buffer = TransformBuffer(cache_time_s=cache_time_s, on_note=note)
-        dyn = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        dyn = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST,
+                         reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
         static = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                             durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
         wrap = guard or (lambda topic, fn: fn)
         owner = node
         if spin_thread:
-            owner = self._listener = Node(f"{node.get_name()}_tf_listener", namespace=node.get_namespace(),
+            owner = self._listener_node = Node(f"{node.get_name()}_tf_listener", namespace=node.get_namespace(),
                                           context=node.context, start_parameter_services=False)
             callback_group = None  # the listener node's default group; its executor is single-threaded
         for topic, qos, is_static in (("/tf", dyn, False), ("/tf_static", static, True)):
@@ -105,18 +117,19 @@ class TfSource:
             from rclpy.executors import SingleThreadedExecutor
 
             self._executor = SingleThreadedExecutor(context=node.context)
-            self._executor.add_node(self._listener)
+            self._executor.add_node(self._listener_node)
             self._thread = threading.Thread(target=self._spin, name="tf_listener", daemon=True)
             self._thread.start()
 
     def _spin(self) -> None:
         """The listener thread: spin the listener node until :meth:`destroy` or shutdown."""
-        log = self._listener.get_logger()
-        while not self._stop.is_set() and self._listener.context.ok():
+        node = self._listener_node
+        log = node.get_logger()
+        while not self._stop.is_set() and node.context.ok():
             try:
                 self._executor.spin_once(timeout_sec=0.1)
             except Exception as exc:  # noqa: BLE001 - callbacks are guarded; keep listening
-                if self._stop.is_set() or not self._listener.context.ok():
+                if self._stop.is_set() or not node.context.ok():
                     break
                 log.error(f"tf listener executor: {type(exc).__name__}: {exc}")
 
@@ -134,19 +147,19 @@ class TfSource:
         if self._thread is not None:
             self._thread.join(2.0)
             self._thread = None
-        owner = self._listener or self._node
+        owner = self._listener_node or self._node
         for sub in self._subs:
             try:
                 owner.destroy_subscription(sub)
             except Exception:  # noqa: BLE001 - the node may be gone already
                 pass
         self._subs = []
-        if self._listener is not None:
+        if self._listener_node is not None:
             try:
-                self._listener.destroy_node()
+                self._listener_node.destroy_node()
             except Exception:  # noqa: BLE001 - the context may be gone already
                 pass
-            self._listener = None
+            self._listener_node = None
 
     def lookup(self, target: str, source: str, stamp_ns: int, timeout_s: float = 0.0) -> np.ndarray:
         """``(4, 4) float64`` transform mapping points in ``source`` to ``target`` at ``stamp_ns``.

@@ -98,9 +98,15 @@ class Harness:
         return all(self.publisher(t, m).get_subscription_count() > 0 for t, m in zip(topics, msg_types))
 
     def wait_for_node(self, topics: list[str], msg_types: list | None = None, timeout: float = 120.0,
-                      alive: Callable[[], bool] | None = None) -> bool:
-        """Wait until the node subscribes to ``topics`` (default types: Image, Image, CameraInfo)."""
-        msg_types = msg_types or [Image, Image, CameraInfo][: len(topics)]
+                      alive: Callable[[], bool] | None = None, tf: bool = True) -> bool:
+        """Wait until the node subscribes to ``topics`` (default types: Image, Image, CameraInfo)
+        and, with ``tf``, to /tf: the node reads /tf on a listener node of its own
+        (``tf.listener_thread``), matched apart from its sensor subscriptions, and best effort, so
+        a pose sent before that match is lost rather than delivered late."""
+        msg_types = list(msg_types or [Image, Image, CameraInfo][: len(topics)])
+        topics = list(topics)
+        if tf:
+            topics, msg_types = topics + ["/tf"], msg_types + [TFMessage]
         return self.wait(lambda: self.connected(topics, msg_types), timeout, alive)
 
     def cloud_stamps(self) -> list[int]:
