@@ -245,3 +245,15 @@ def test_skip_counter_rolls_and_diagnostic_levels_name_the_dominant_reason():
     assert skips.total == 4 and skips.count(INTERNAL_ERROR) == 1                # cumulative counts stay
     negatives, top_k, notes = bounded_query_args(["", "wall", " ", *[f"n{i}" for i in 30 * [0]]], 2 ** 32 - 1, 16, 1000)
     assert len(negatives) == 16 and "wall" in negatives and top_k == 1000 and len(notes) == 3
+
+
+def test_an_internal_error_after_warnings_logs_through_a_real_rclpy_logger():
+    """rclpy refuses a logging call site whose severity changes; the skip counter warns and
+    errs from separate call sites, so the first internal error after a skip warning is logged
+    (a shared call site raised ValueError inside the node's guard in a soak)."""
+    rclpy_logging = pytest.importorskip("rclpy.logging")
+    logger = rclpy_logging.get_logger("skip_counter_test")
+    skips = SkipCounter(logger.warning, error=logger.error, period_s=0.0)
+    for reason in ("bad_image", INTERNAL_ERROR, "bad_image", INTERNAL_ERROR):
+        skips.record(FrameSkipped("/camera/color/image_raw", reason, "detail"))
+    assert skips.count(INTERNAL_ERROR) == 2 and skips.count("bad_image") == 2

@@ -26,6 +26,7 @@ Robustness rules (nothing another node sends may stop the node or cost it good f
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from typing import Any, Callable
@@ -118,7 +119,12 @@ class PerceptionShell:
             try:
                 return fn(*args)
             except Exception:  # noqa: BLE001 - the point of the guard
-                self.skips.record(FrameSkipped(topic, INTERNAL_ERROR, traceback.format_exc(limit=4)))
+                detail = traceback.format_exc(limit=4)
+                try:
+                    self.skips.record(FrameSkipped(topic, INTERNAL_ERROR, detail))
+                except Exception:  # noqa: BLE001 - logging must not let the exception out either
+                    print(f"[{self.node.get_name()}] internal error on {topic!r} (its log failed):\n{detail}",
+                          file=sys.stderr, flush=True)
                 return fallback(*args) if fallback is not None else None
         return guarded
 

@@ -95,9 +95,14 @@ class SkipCounter:
         if not due:
             return
         text = f"skipped message on '{skip.topic}' ({skip.reason}): {skip.detail} [{n} so far]"
-        sink = self._error if skip.reason == INTERNAL_ERROR else self._warn
-        if sink is not None:
-            sink(text)
+        # one call site per severity: rclpy's logger refuses a call site whose severity changes
+        # ("Logger severity cannot be changed between calls"), which a shared call raised on the
+        # first internal error after a warning (seen in a soak)
+        if skip.reason == INTERNAL_ERROR:
+            if self._error is not None:
+                self._error(text)
+        elif self._warn is not None:
+            self._warn(text)
 
     def _prune(self, now: float) -> None:
         horizon = now - self.history_s
