@@ -40,6 +40,8 @@ class Harness:
     def __init__(self, node_name: str = "/perception_node", depth: int = 50, name: str = "concerto_harness",
                  keep_clouds: bool = True):
         self.node = rclpy.create_node(name)
+        #: seconds :meth:`wait_for_node` waits after the publishers matched (see there)
+        self.settle_s = 1.0
         self._qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
         self._latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                    durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -107,7 +109,12 @@ class Harness:
         topics = list(topics)
         if tf:
             topics, msg_types = topics + ["/tf"], msg_types + [TFMessage]
-        return self.wait(lambda: self.connected(topics, msg_types), timeout, alive)
+        ok = self.wait(lambda: self.connected(topics, msg_types), timeout, alive)
+        if ok and tf:
+            # the publisher's side of a match comes first; a best-effort reader drops samples of
+            # a writer it has not matched yet, so give the node's side time to follow
+            time.sleep(self.settle_s)
+        return ok
 
     def cloud_stamps(self) -> list[int]:
         """Header stamps (ns) of the clouds received so far."""
