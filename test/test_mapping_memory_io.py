@@ -55,6 +55,24 @@ def test_map_count_bound_is_amortised_and_keeps_rows_consistent():
     assert m.stats().bytes_used > 0 and m.stats().capacity >= 8
 
 
+def test_stats_wait_for_the_map_lock_and_read_one_consistent_state():
+    """The node's diagnostics timer reads stats() while the integration thread appends and
+    evicts: stats() takes the map's lock (a soak saw two columns of different lengths)."""
+    import threading
+
+    m = SemanticVoxelMap(1.0, "odom", max_voxels=10, evict_slack=0.2, class_names=["a", "b"])
+    m.integrate_geometry(line(range(12)), grey(12, 7), 100, [0, 0, 0])
+    got = []
+    with m.lock:  # another thread mid-update
+        reader = threading.Thread(target=lambda: got.append(m.stats()))
+        reader.start()
+        reader.join(0.3)
+        assert reader.is_alive() and not got  # waits for the update to finish
+        m.integrate_geometry(line([12]), grey(1, 9), 200, [0, 0, 0])  # evicts down to 8
+    reader.join(5.0)
+    assert got[0].num_voxels == 8 and got[0].evicted_count == 5
+
+
 def test_map_radius_bound_around_the_newest_origin():
     m = SemanticVoxelMap(1.0, "odom", radius=5.0, evict_slack=0.05)
     m.integrate_geometry(line(range(10)), grey(10), 1, [0, 0, 0])  # centres 0.5 .. 9.5 m from the origin

@@ -756,8 +756,11 @@ class SemanticVoxelMap:
         with self.lock:
             return self._cols.touch_reserved()
 
+    @_locked
     def stats(self) -> MapStats:
-        """Size, memory and eviction counters."""
+        """Size, memory and eviction counters, read under the map's lock (the node's
+        diagnostics timer calls it while the integration thread appends and evicts rows: two
+        column views read without it had different lengths, seen in a soak)."""
         c = self._counters
         semantic = int(np.count_nonzero((self._cols["cls_w"] > 0) | (self._cols["emb_w"] > 0)))
         return MapStats(num_voxels=self._cols.n, semantic_voxels=semantic, capacity=self._cols.capacity,
