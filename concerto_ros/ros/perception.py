@@ -100,8 +100,8 @@ class PerceptionShell:
         #: thread-safe and pairs out-of-order arrivals), so one slow callback does not hold the
         #: others back; the soaks measured no change in frames integrated either way
         self.intake_group = ReentrantCallbackGroup()
-        #: /tf and /tf_static in a group of their own: a pose is never queued behind image
-        #: callbacks while the integration thread waits for it (tf.timeout)
+        #: /tf and /tf_static in a group of their own when tf.listener_thread is off (by default
+        #: they have a node and thread of their own, see concerto_ros.ros.tf_source)
         self.tf_group = MutuallyExclusiveCallbackGroup()
         self.service_group = MutuallyExclusiveCallbackGroup()
         self.timer_group = MutuallyExclusiveCallbackGroup()
