@@ -43,7 +43,8 @@ def bench(preset: str, frames: int, points: int, repeats: int, device: str, colo
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from concerto_ros.cli.helptext import plain
+    ap = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--points", type=int, default=2048)

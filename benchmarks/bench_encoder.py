@@ -505,7 +505,7 @@ def _bench_cuda_inputs(args, inputs, device, onnx: str) -> None:
             model = load_encoder(args.checkpoint, preset=args.preset,
                                  overrides=inference_overrides(device, backend), device=device)
             for amp in args.amp:
-                best, peak = _time_cuda(lambda: concerto_point_feature(model(batch)), device, args.repeat,
+                best, peak = _time_cuda(lambda m=model: concerto_point_feature(m(batch)), device, args.repeat,
                                         check_amp(amp, device))
                 label = (f"{resolve_backend(backend, device)} conv, flash {model.config.enable_flash}, "
                          f"amp {amp}")
@@ -538,7 +538,8 @@ def _time_cuda(fn, device, repeat: int, dtype) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from concerto_ros.cli.helptext import plain
+    parser = argparse.ArgumentParser(description=plain(__doc__.splitlines()[0]))
     parser.add_argument("--golden", type=Path, default=DEFAULT_GOLDEN, help="golden dir")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="rgbd_slambook dir")
     parser.add_argument("--voxel", type=float, default=0.02, help="window voxel size, m")

@@ -153,7 +153,8 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from concerto_ros.cli.helptext import plain
+    parser = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="rgbd_slambook folder (default: ../shared/data/rgbd_slambook beside the repo)")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per frame and method (default 30)")

@@ -132,7 +132,8 @@ def run(frames, voxel: float, fill_to: int, shift: float, repeats: int, classes:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from concerto_ros.cli.helptext import plain
+    parser = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="rgbd_slambook folder (default: ../shared/data/rgbd_slambook beside the repo)")
     parser.add_argument("--voxel", type=float, default=0.02, help="voxel edge in metres (default 0.02)")

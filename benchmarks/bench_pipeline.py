@@ -72,7 +72,8 @@ def peak_rss_mib() -> float:
 def parse_args(argv=None) -> argparse.Namespace:
     from concerto_ros.config import default_config_path
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from concerto_ros.cli.helptext import plain
+    parser = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="rgbd_slambook folder (default: ../shared/data/rgbd_slambook beside the repo)")
     parser.add_argument("--config", type=Path, default=None,

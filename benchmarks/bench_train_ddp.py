@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from concerto_ros.cli.helptext import plain
+    p = argparse.ArgumentParser(description=plain(__doc__.split("\n\n")[0]))
     p.add_argument("--nproc", type=int, default=2, help="processes of the data-parallel run (default 2)")
     p.add_argument("--steps", type=int, default=20, help="training steps of each run (default 20)")
     p.add_argument("--batch", type=int, default=0, help="global batch in scenes (default: --nproc)")

@@ -107,7 +107,8 @@ def report(res: dict, json_path: Path | None) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from concerto_ros.cli.helptext import plain
+    parser = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="rgbd_slambook folder (default: ../shared/data/rgbd_slambook beside the repo)")
     parser.add_argument("--frames", type=int, default=5, help="window length T in frames (default 5)")

@@ -138,11 +138,12 @@ def _result(argv: list[str]) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from concerto_ros.cli.helptext import plain
+    p = argparse.ArgumentParser(description=plain(__doc__.split("\n")[0]))
     p.add_argument("--only", nargs="+", default=None, help="figures to run (default: all)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "eval_figures")
     p.add_argument("--ssl-bundle", default="outputs/ssl_mosd/bundle.pt",
-                   help="encoder from `concerto train ssl --config config/train_ssl_mosd.yaml`")
+                   help="encoder from 'concerto train ssl --config config/train_ssl_mosd.yaml'")
     args = p.parse_args(argv)
     if not DATA.is_dir():
         print(f"{DATA} not found: these figures need ../shared/data beside the repository")

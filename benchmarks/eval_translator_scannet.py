@@ -185,7 +185,8 @@ def print_run(run: dict, ks) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from concerto_ros.cli.helptext import plain
+    p = argparse.ArgumentParser(description=plain(__doc__.split("\n")[0]))
     p.add_argument("--data", default=str(DEFAULT_DATA), help="scannet_scene0000 folder")
     p.add_argument("--features", nargs="+", default=["enc", "enc+xyzrgb", "enc+zrgb"], choices=FEATURE_SETS)
     p.add_argument("--split", nargs="+", default=["blocks", "x"], choices=["x", "blocks"])

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from concerto_ros.cli.helptext import plain
+    ap = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=200, help="frames of the generated sequence (default 200)")
     ap.add_argument("--size", default="320x240", help="image size WxH (default 320x240)")
     ap.add_argument("--seed", type=int, default=5, help="room seed (default 5; the default bundle trained on 101-108)")

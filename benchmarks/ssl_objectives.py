@@ -263,7 +263,8 @@ def write_results(rows: list[dict], args: argparse.Namespace, load0: list[float]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    from concerto_ros.cli.helptext import plain
+    p = argparse.ArgumentParser(description=plain(__doc__.split("\n\n")[0]), formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--objectives", nargs="+", default=list(OBJECTIVES),
                    help="objectives; 'random' is the encoder without pre-training (default: all five)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default 0 1 2)")

@@ -61,8 +61,9 @@ def step_log(k: int, msg: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from concerto_ros.cli.helptext import plain
     p = argparse.ArgumentParser(
-        prog="make_default_bundle.py", description=__doc__.split("\n\n")[0],
+        prog="make_default_bundle.py", description=plain(__doc__.split("\n\n")[0]),
         epilog="Settings: config/default_bundle.yaml (see its comments). Relative paths are relative to the "
                "repository root.", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=DEFAULT_SETTINGS,

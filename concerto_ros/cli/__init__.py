@@ -46,7 +46,30 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in SUBCOMMANDS.items():
         mod = importlib.import_module(f"{__name__}.{module}")
         mod.register(subparsers)
+    _plain_help(parser)
     return parser
+
+
+def walk_parsers(parser: argparse.ArgumentParser):
+    """``parser`` and every sub-parser below it (depth first), e.g. ``concerto train probe``."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                yield from walk_parsers(sub)
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    """Descriptions and option help of every (sub-)parser as plain text (no reST markup:
+    they are module docstrings that also feed the API documentation)."""
+    from concerto_ros.cli.helptext import plain
+
+    for p in walk_parsers(parser):
+        p.description = plain(p.description) if p.description else p.description
+        p.epilog = plain(p.epilog) if p.epilog else p.epilog
+        for action in p._actions + [c for a in p._actions for c in getattr(a, "_choices_actions", [])]:
+            if isinstance(action.help, str):
+                action.help = plain(action.help)
 
 
 def main(argv: list[str] | None = None) -> int:
