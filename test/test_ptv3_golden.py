@@ -139,16 +139,23 @@ def test_upcast_features_layout(golden, golden_batch):
 
 
 def test_torch_backend_thread_invariance(golden_batch):
+    """The project's CPU backend is deterministic for a thread count and agrees across thread
+    counts to float rounding (unlike spconv's CPU kernels, wrong with more than one thread).
+    Bit equality across counts is not a property of the CPU: MKL's GEMM splits its sums by
+    thread count on AVX-512 machines (3.6e-6 apart there; bit-identical on AVX2 ones)."""
     model = load_encoder(GOLDEN / "ptv3_golden_a.pth", overrides={"sparse_conv_backend": "torch"})
     threads = torch.get_num_threads()
     try:
-        results = []
-        for t in (1, 2):
+        results = {}
+        for t in (1, 2, 1, 2):
             torch.set_num_threads(t)
-            results.append(_encode(model, golden_batch)[1])
+            results.setdefault(t, []).append(_encode(model, golden_batch)[1])
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(results[0], results[1])
+    for t, (first, again) in results.items():
+        assert torch.equal(first, again), f"{t} thread(s): two runs differ"
+    # features of magnitude ~1: the golden criterion is 1e-4
+    assert _max_diff(results[1][0], results[2][0]) <= 2e-5
 
 
 def test_cli_encode_writes_golden_outputs(golden, tmp_path, capsys):
