@@ -102,16 +102,27 @@ def run_case(size: str, mode: str, frames: int, rate: float) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from concerto_ros.cli.helptext import plain
+    ap = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=50, help="images per case (default 50)")
     ap.add_argument("--rate", type=float, default=10.0, help="publish rate in Hz (default 10)")
     ap.add_argument("--load", type=int, default=2, help="busy processes while measuring (default 2, the cores here)")
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--dds-profile", action=argparse.BooleanOptionalAction, default=True,
+                    help="both processes with the shipped Fast DDS profile config/fastdds_large_data.xml (32 MiB "
+                         "shared-memory segments); --no-dds-profile keeps Fast DDS's 512 KiB default (default: on)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "qos.json")
     args = ap.parse_args(argv)
     os.environ.setdefault("ROS_DOMAIN_ID", str(60 + os.getpid() % 30))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    from concerto_ros.ros.dds import OPT_ENV, PROFILE_ENV, use_large_data_profile
+
+    if not args.dds_profile:  # the spawned publisher and subscriber inherit the environment
+        os.environ.pop(PROFILE_ENV, None)
+        os.environ[OPT_ENV] = "none"
+    profile, note = use_large_data_profile()
+    print(note)
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     busy = [ctx.Process(target=_busy, args=(stop,), daemon=True) for _ in range(args.load)]
@@ -130,7 +141,7 @@ def main(argv=None) -> int:
         stop.set()
         for p in busy:
             p.join(5)
-    result = {"frames": args.frames, "rate_hz": args.rate, "load_processes": args.load,
+    result = {"frames": args.frames, "rate_hz": args.rate, "load_processes": args.load, "dds_profile": profile,
               "loadavg": os.getloadavg(), "cpus": os.cpu_count(), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -25,7 +25,12 @@ Prints, and writes to ``benchmarks/results/soak.json`` (and ``soak_rss.png``):
   texts, ``top_k = 2^32 - 1``): round-trip p50/p99/max, failures, and the clouds the node
   published while queries were in flight (intake goes on during a query).
 
-    scripts/env.sh python benchmarks/soak.py --minutes 10 --rate 10            # the reference run
+Both processes use the shipped Fast DDS profile ``config/fastdds_large_data.xml`` (32 MiB
+shared-memory segments, :mod:`concerto_ros.ros.dds`); ``--no-dds-profile`` runs them with Fast
+DDS's 512 KiB default, which delays and loses the images (README, "Reliability figures").
+
+    scripts/env.sh python benchmarks/soak.py --minutes 10 --rate 10 --fuzz 2   # the reference run
+    scripts/env.sh python benchmarks/soak.py --minutes 10 --rate 10 --fuzz 2 --no-dds-profile
     scripts/env.sh python benchmarks/soak.py --minutes 2 --rate 10 --fuzz 5 --qos sensor_data
     scripts/env.sh python benchmarks/soak.py --minutes 2 --rate 10 --query-rate 1 --set model.bundle=default
 """
@@ -150,6 +155,7 @@ def run(args) -> dict:
 
     from concerto_ros.bag.live import NodeProcess
     from concerto_ros.config import default_config_path
+    from concerto_ros.ros.dds import OPT_ENV, PROFILE_ENV, use_large_data_profile
     from concerto_ros.testing.harness import Harness
 
     frames = load_frames()
@@ -157,13 +163,18 @@ def run(args) -> dict:
     for item in args.overrides:
         k, v = item.split("=", 1)
         overrides[k] = v
+    if not args.dds_profile:  # Fast DDS's defaults in this process and the node (it inherits the variables)
+        os.environ.pop(PROFILE_ENV, None)
+        os.environ[OPT_ENV] = "none"
+    st_profile, note = use_large_data_profile()  # this process publishes the images (the node sets its own)
+    print(note)
     log_path = Path(tempfile.mkdtemp(prefix="soak_")) / "node.log"
     node = NodeProcess(args.config or [default_config_path(), default_config_path().with_name("perception_cpu.yaml")],
                        overrides, log_path=log_path)
     rclpy.init()
     h = Harness(depth=10, keep_clouds=False)
-    st = SimpleNamespace(rss=[], latencies=[], map_series=[], delivery_series=[], sent_at={}, n_sent=0, n_malformed=0, diag={},
-                         queries=None)
+    st = SimpleNamespace(dds_profile=st_profile, rss=[], latencies=[], map_series=[], delivery_series=[], sent_at={},
+                         n_sent=0, n_malformed=0, diag={}, queries=None)
     try:
         if not h.wait_for_node(["/camera/color/image_raw", "/camera/depth/image_raw", "/camera/color/camera_info"],
                                timeout=180, alive=node.alive):
@@ -243,6 +254,7 @@ def _summary(args, st, log_path: Path) -> dict:
     diag, queries, lat = st.diag, st.queries, st.latencies
     return {
         "minutes": args.minutes, "rate_hz": args.rate, "qos": args.qos, "fuzz_per_s": args.fuzz, "seed": args.seed,
+        "dds_profile": st.dds_profile,
         "frames_sent": st.n_sent, "clouds_received": st.clouds, "malformed_sent": st.n_malformed,
         "latency_p50_s": percentile(lat, 50), "latency_p99_s": percentile(lat, 99),
         "latency_max_s": max(lat) if lat else float("nan"),
@@ -286,8 +298,9 @@ def plot(result: dict, path: Path) -> None:
     ax.axvline(2.0, color="grey", ls="--", lw=0.8)
     ax.set_xlabel("minutes")
     ax.set_ylabel("node RSS (MiB)")
-    ax.set_title(f"soak: {result['rate_hz']:g} Hz 640x480, {result['qos']} QoS, "
-                 f"{result['malformed_sent']} malformed messages")
+    dds = Path(result["dds_profile"]).name if result.get("dds_profile") else "Fast DDS defaults"
+    ax.set_title(f"soak: {result['rate_hz']:g} Hz 640x480, {result['qos']} QoS, {dds}, "
+                 f"{result['malformed_sent']} malformed messages", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -295,12 +308,17 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from concerto_ros.cli.helptext import plain
+    ap = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0, help="duration in minutes (default 10)")
     ap.add_argument("--rate", type=float, default=10.0, help="frames per second (default 10)")
     ap.add_argument("--qos", choices=["reliable", "sensor_data"], default="reliable", help="the node's qos.input")
     ap.add_argument("--fuzz", type=float, default=0.0, help="malformed cases per second (default 0)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the malformed cases' order (default 0)")
+    ap.add_argument("--dds-profile", action=argparse.BooleanOptionalAction, default=True,
+                    help="the shipped Fast DDS profile config/fastdds_large_data.xml (32 MiB shared-memory segments) "
+                         "for this process and the node; --no-dds-profile keeps Fast DDS's 512 KiB default "
+                         "(default: on)")
     ap.add_argument("--query-rate", type=float, default=0.0,
                     help="text queries per second during the soak (default 0; needs a translator)")
     ap.add_argument("--sample", type=float, default=15.0, help="seconds between RSS samples (default 15)")

@@ -178,6 +178,7 @@ class WorkerConfig:
 class DiagnosticsConfig:
     window: float = _f(10.0, "Seconds of history the /diagnostics level is computed from: ERROR if an internal error happened in that window, WARN if a message was skipped, else OK.", lo=1.0, hi=3600.0)
     period: float = _f(1.0, "Seconds between /diagnostics messages.", lo=0.1, hi=60.0)
+    max_transport_ms: float = _f(100.0, "The node's second /diagnostics status, 'input delivery', turns WARN when the p99 transport delay of an input topic (publisher write to this node's middleware, over its recent messages) exceeds this many milliseconds. Late camera images usually mean the publisher's Fast DDS shared-memory segment is too small for them (give it config/fastdds_large_data.xml).", lo=1.0, hi=60000.0)
 
 
 @dataclass

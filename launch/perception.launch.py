@@ -21,6 +21,13 @@ Arguments:
     rviz          also start RViz 2 with config/perception.rviz: the map and window clouds coloured
                   by label, the query relevance cloud and markers (default: false)
     log_level     logger level of the node (default: info)
+
+Environment:
+    FASTDDS_DEFAULT_PROFILES_FILE  when unset, the node points it at the package's
+                  config/fastdds_large_data.xml (32 MiB Fast DDS shared-memory segments: camera images
+                  larger than Fast DDS's 512 KiB segment were delayed by repairs or lost). Export it
+                  for the camera driver as well: the segment that matters is the publisher's.
+    CONCERTO_DDS_PROFILE  'none' keeps Fast DDS's defaults; a file path uses that profile instead
 """
 
 import os

@@ -10,6 +10,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
+# the test process publishes camera images to the nodes it starts: the shipped Fast DDS profile
+# (32 MiB shared-memory segments), as the node and `concerto replay --live` use it; Fast DDS
+# reads it once per process, so set it before any test creates a participant
+from concerto_ros.ros.dds import use_large_data_profile  # noqa: E402
+
+use_large_data_profile()
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:

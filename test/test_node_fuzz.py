@@ -82,6 +82,17 @@ def test_every_malformed_family_is_skipped_and_the_next_good_frame_published(liv
     expected = {c.reason for c in all_cases if c.reason}
     assert expected <= counted, (expected - counted, h.diag)
     assert h.count("frames_processed") == len(all_cases) + 1  # the good frames, nothing else
+    # the second status, "input delivery": WARN exactly when an input's transport delay p99 in
+    # the same message is above diagnostics.max_transport_ms (100 ms), naming the worst topic
+    d = dict(h.diag)
+    p99 = {k.split(":", 1)[1]: float(v) for k, v in d.items() if k.startswith("transport_ms_p99:")}
+    assert {"/camera/color/image_raw", "/camera/depth/image_raw", "/tf"} <= set(p99), sorted(p99)
+    late = {t: v for t, v in p99.items() if v > 100.0}
+    assert d["_delivery_level"] == (1 if late else 0), (d["_delivery_message"], p99)
+    if late:
+        assert f"'{max(late, key=late.get)}' arrives late" in d["_delivery_message"]
+    else:
+        assert d["_delivery_message"] == "ok: transport delay p99 <= 100 ms on every input"
     log = node.tail(400)
     assert "cannot start" not in log and "Traceback" not in log
     assert "(bad_transform): ignored 'odom' -> 'base'" in log   # the warning names the frames and the reason

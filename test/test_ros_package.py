@@ -53,7 +53,7 @@ def test_launch_file_declares_its_arguments_and_uses_the_config():
 
 def test_setup_py_installs_launch_config_and_console_scripts():
     src = (ROOT / "setup.py").read_text()
-    for needle in ("resource/", "package.xml", "launch/*.launch.py", "config/*.yaml",
+    for needle in ("resource/", "package.xml", "launch/*.launch.py", "config/*.yaml", "config/*.xml",
                    "concerto = concerto_ros.cli:main", "perception_node = concerto_ros.ros.node:main"):
         assert needle in src, needle
     assert "script_dir=$base/lib/concerto_ros" in (ROOT / "setup.cfg").read_text()

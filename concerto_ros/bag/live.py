@@ -28,6 +28,8 @@ import numpy as np
 from concerto_ros.recordings.bags import bag_summary, iter_messages, iter_raw
 from concerto_ros.config import PerceptionConfig
 from concerto_ros.msgs.transforms import stamp_to_ns
+from concerto_ros.ros.dds import use_large_data_profile
+from concerto_ros.ros.delivery import DELIVERY_STATUS
 from concerto_ros.bag.replay import TF_TOPICS
 
 
@@ -157,6 +159,8 @@ def replay_live(bag: str | Path, cfg: PerceptionConfig, node_name: str = "/perce
 
     own_context = not rclpy.ok()
     if own_context:
+        # this process publishes the images: its shared-memory segment must hold them
+        log(use_large_data_profile()[1])
         rclpy.init()
     node = rclpy.create_node("concerto_bag_player")
     report = LiveReport()
@@ -212,8 +216,8 @@ class _Player:
             self.received.notify_all()
 
     def _on_diag(self, msg) -> None:
-        for st in msg.status:
-            if st.name.startswith(self.node_name.split("/")[-1]):
+        for st in msg.status:  # the pipeline status (the node's "input delivery" status repeats its delay keys)
+            if st.name.startswith(self.node_name.split("/")[-1]) and not st.name.endswith(": " + DELIVERY_STATUS):
                 self.report.diagnostics = {kv.key: kv.value for kv in st.values}
 
     def wait_for_node(self, image_topics: list[str], startup_timeout: float, node_process: NodeProcess | None,

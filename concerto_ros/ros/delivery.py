@@ -23,7 +23,11 @@ from typing import Any, Callable
 
 from concerto_ros.timing import StageTimer
 
-__all__ = ["DeliveryTimes"]
+__all__ = ["DeliveryTimes", "DELIVERY_STATUS"]
+
+#: name suffix of the node's second /diagnostics status (after "<node name>: "), which warns
+#: when an input topic's transport delay p99 is above ``diagnostics.max_transport_ms``
+DELIVERY_STATUS = "input delivery"
 
 
 class DeliveryTimes:

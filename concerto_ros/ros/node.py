@@ -17,7 +17,8 @@ Publishes (reliable by default):
 * ``/diagnostics`` ``diagnostic_msgs/DiagnosticArray``: the level of the last
   ``diagnostics.window`` seconds (OK, WARN on skips, ERROR on internal errors, naming the
   dominant reason), frames processed, frames dropped by the worker queue, skipped messages
-  per topic and reason, stage timings.
+  per topic and reason, stage timings; a second status, ``input delivery``, warns when an
+  input topic arrives late (transport delay p99 above ``diagnostics.max_transport_ms``).
 
 Serves ``~/query`` (``concerto_ros_interfaces/srv/QueryText``).
 
@@ -40,6 +41,7 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from concerto_ros.models.allocator import cap_heap_arenas
+from concerto_ros.ros.dds import use_large_data_profile
 from concerto_ros.ros.perception import DropOldestQueue, PerceptionShell  # noqa: F401  (re-exported)
 from concerto_ros.runtime import GIL_SWITCH_INTERVAL_S
 
@@ -110,6 +112,11 @@ def run(node_factory, argv: list[str] | None = None, name: str = "perception_nod
     Returns:
         0 after a clean shutdown, 1 when the node cannot start (``cannot start: <reason>``).
     """
+    try:  # before the first participant: camera images need a larger shared-memory segment
+        _, dds_note = use_large_data_profile()
+    except FileNotFoundError as exc:
+        print(f"[{name}] cannot start: {exc}", file=sys.stderr, flush=True)
+        return 1
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     # the executor's Python spin loop competes for the GIL with the integration and encoder
     # threads; a thread asking for the GIL waits up to one switch interval (5 ms by default)
@@ -125,6 +132,7 @@ def run(node_factory, argv: list[str] | None = None, name: str = "perception_nod
         except Exception as exc:  # start-up errors: say what is wrong and exit non-zero
             rclpy.logging.get_logger(name).fatal(f"cannot start: {exc}")
             return 1
+        node.get_logger().info(dds_note)
         spin_until_signal(node, stop)
         node.get_logger().info("shutting down: stopping the worker")
     finally:

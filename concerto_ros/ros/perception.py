@@ -21,7 +21,9 @@ Robustness rules (nothing another node sends may stop the node or cost it good f
   checks every header at the door) and hand complete sets to the runtime;
 * callbacks are in three callback groups (sensor intake, services, timers) on a
   multi-threaded executor, so a text query never blocks message intake;
-* ``/diagnostics`` reports the level of the last ``diagnostics.window`` seconds.
+* ``/diagnostics`` reports the level of the last ``diagnostics.window`` seconds, and a second
+  status, ``input delivery``, warns when an input topic's transport delay p99 exceeds
+  ``diagnostics.max_transport_ms`` (:func:`delivery_level`).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from concerto_ros.config import SPECS, coerce
 from concerto_ros.msgs.language_features import FLOAT16, fill_language_features
 from concerto_ros.msgs.pointcloud2 import fill_pointcloud2
 from concerto_ros.pipeline import PerceptionPipeline, QueryError
-from concerto_ros.ros.delivery import DeliveryTimes
+from concerto_ros.ros.dds import PROFILE_ENV
+from concerto_ros.ros.delivery import DELIVERY_STATUS, DeliveryTimes
 from concerto_ros.ros.params import RUNTIME_PARAMETERS, declare_config
 from concerto_ros.ros.qos import input_events, input_qos, output_qos, qos_hint
 from concerto_ros.ros.services import PerceptionServices, bounded_query_args  # noqa: F401  (re-exported)
@@ -52,7 +55,7 @@ from concerto_ros.runtime import StreamingRuntime
 from concerto_ros.sensors.skips import INTERNAL_ERROR, FrameSkipped, SkipCounter
 from concerto_ros.sensors.stream import FrameStream
 
-__all__ = ["PerceptionShell", "diagnostic_level"]
+__all__ = ["PerceptionShell", "diagnostic_level", "delivery_level", "DELIVERY_STATUS"]
 
 
 def diagnostic_level(recent: dict[tuple[str, str], int], window_s: float) -> tuple[int, str]:
@@ -70,6 +73,29 @@ def diagnostic_level(recent: dict[tuple[str, str], int], window_s: float) -> tup
     what = "internal errors" if errors else "messages skipped"
     level = DiagnosticStatus.ERROR if errors else DiagnosticStatus.WARN
     return level, f"{total} {what} in the last {window_s:g} s, mostly '{topic}': {reason} ({n})"
+
+
+def delivery_level(summary: dict[str, float], limit_ms: float) -> tuple[int, str]:
+    """``(level, message)`` of the ``input delivery`` status of ``/diagnostics``.
+
+    Args:
+        summary: :meth:`~concerto_ros.ros.delivery.DeliveryTimes.summary` (keys
+            ``transport_ms_p99:<topic>`` ..., milliseconds).
+        limit_ms: ``diagnostics.max_transport_ms``.
+
+    Returns:
+        WARN naming the input topic with the largest transport delay p99 above ``limit_ms``
+        and the likely fix, else OK (also before any message arrived).
+    """
+    late = {k.split(":", 1)[1]: v for k, v in summary.items() if k.startswith("transport_ms_p99:") and v > limit_ms}
+    if not late:
+        return DiagnosticStatus.OK, f"ok: transport delay p99 <= {limit_ms:g} ms on every input"
+    topic, ms = max(late.items(), key=lambda kv: kv[1])
+    others = f" (and {len(late) - 1} more topic(s))" if len(late) > 1 else ""
+    return DiagnosticStatus.WARN, (
+        f"'{topic}' arrives late: transport delay p99 {ms:.0f} ms > {limit_ms:g} ms{others}; for camera images on "
+        f"one machine give the publisher the Fast DDS profile (export {PROFILE_ENV}=<concerto_ros share>/config/"
+        "fastdds_large_data.xml), across machines check the network")
 
 
 class PerceptionShell:
@@ -359,8 +385,13 @@ class PerceptionShell:
         values.update({f"sync:{k}": v for k, v in self.stream.assembler.sync.stats.items()})
         for stage, s in p.timer.summary().items():
             values[f"ms:{stage}"] = round(s["mean_ms"], 3)
-        values.update(self.delivery.summary())
+        delays = self.delivery.summary()
+        values.update(delays)
         st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        arr = DiagnosticArray(status=[st])
+        level, message = delivery_level(delays, cfg.diagnostics.max_transport_ms)
+        late = DiagnosticStatus(level=level, name=f"{self.node.get_name()}: {DELIVERY_STATUS}",
+                                hardware_id=str(p.device), message=message,
+                                values=[KeyValue(key=k, value=str(v)) for k, v in delays.items()])
+        arr = DiagnosticArray(status=[st, late])
         arr.header.stamp = self.node.get_clock().now().to_msg()
         self.pubs["diag"].publish(arr)

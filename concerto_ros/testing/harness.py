@@ -18,6 +18,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from tf2_msgs.msg import TFMessage
 
+from concerto_ros.ros.delivery import DELIVERY_STATUS
+
 __all__ = ["Harness"]
 
 _TYPES = {"/tf": TFMessage, "/tf_static": TFMessage}
@@ -77,12 +79,20 @@ class Harness:
             self.clouds.append((time.monotonic(), msg))
 
     def _on_diag(self, msg) -> None:
-        for st in msg.status:
-            if st.name.startswith(self._short):
-                d = {kv.key: kv.value for kv in st.values}
-                d["_level"], d["_message"] = int.from_bytes(bytes(st.level), "little") if isinstance(
-                    st.level, (bytes, bytearray)) else int(st.level), st.message
-                self.diag = d
+        def level(st) -> int:
+            return int.from_bytes(bytes(st.level), "little") if isinstance(st.level, (bytes, bytearray)) else int(
+                st.level)
+
+        mine = [st for st in msg.status if st.name.startswith(self._short)]
+        delivery = [st for st in mine if st.name.endswith(": " + DELIVERY_STATUS)]
+        for st in mine:
+            if st in delivery:
+                continue
+            d = {kv.key: kv.value for kv in st.values}
+            d["_level"], d["_message"] = level(st), st.message
+            if delivery:
+                d["_delivery_level"], d["_delivery_message"] = level(delivery[0]), delivery[0].message
+            self.diag = d
 
     def publisher(self, topic: str, msg_type) -> Any:
         if topic not in self.pubs:
