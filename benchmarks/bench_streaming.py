@@ -221,7 +221,8 @@ class Session:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from concerto_ros.cli.helptext import plain
+    ap = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=30.0, help="frames offered per second (default 30)")
     ap.add_argument("--seconds", type=float, default=60.0, help="seconds of streaming per recording (default 60)")
     ap.add_argument("--source", choices=["slambook", "generated", "both"], default="both")
