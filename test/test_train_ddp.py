@@ -48,6 +48,7 @@ from concerto_ros.cli import main
 dist.init_process_group("gloo")
 for argv in json.loads(open(sys.argv[1]).read()):
     assert main(argv) == 0, argv
+dist.barrier()  # every rank done (rank 0 writes the outputs) before the connections close
 dist.destroy_process_group()
 """
 

@@ -447,7 +447,8 @@ def run_live(bag: str | Path, cfg: PerceptionConfig, cfg_path: str | Path, overr
     output.mkdir(parents=True, exist_ok=True)
     proc = None
     if start_node:
-        # reliable input: a best-effort subscriber loses large images on a busy machine
+        # reliable input: with a publisher on Fast DDS's default 512 KiB segments a best-effort
+        # subscriber loses large images on a busy machine (see concerto_ros.ros.dds)
         overrides = {**overrides, "qos.input": "reliable"}
         proc = NodeProcess(cfg_path, overrides, log_path=output / "perception_node.log")
     try:

@@ -103,8 +103,10 @@ class DistContext:
         return tdist.get_backend() if self.distributed else "none"
 
     def close(self) -> None:
-        """Destroy the process group if :meth:`from_env` made it."""
+        """Destroy the process group if :meth:`from_env` made it, once every rank got here,
+        so that no rank closes its connections while rank 0 still writes the outputs."""
         if self.initialized_here and tdist.is_initialized():
+            tdist.barrier()
             tdist.destroy_process_group()
             self.initialized_here = False
 
