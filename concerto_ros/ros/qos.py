@@ -39,8 +39,10 @@ def qos_hint(qos_cfg) -> str:
     if qos_cfg.input == "reliable":
         return ("reliable: every image arrives; a best-effort (sensor-data) publisher cannot connect and is "
                 "reported at ERROR, then set qos.input: sensor_data")
-    return ("best effort: matches every publisher, but large images lose DDS fragments when the CPU is busy; "
-            "if frames go missing (see lost messages in /diagnostics), set qos.input: reliable")
+    return ("best effort: matches every publisher, but a publisher on Fast DDS's default 512 KiB shared-memory "
+            "segment loses large images when this machine is busy; give it config/fastdds_large_data.xml "
+            "(FASTDDS_DEFAULT_PROFILES_FILE), and if frames still go missing (lost messages in /diagnostics), set "
+            "qos.input: reliable")
 
 
 def input_events(topic: str, qos_cfg, skips: SkipCounter, error: Callable[[str], object],
