@@ -3,9 +3,9 @@
 Fast DDS, ROS 2's default middleware (``rmw_fastrtps_cpp``), moves data between processes
 of one machine through a shared-memory segment per participant, 512 KiB unless configured.
 A 640x480 RGB image (900 KiB) or depth image (600 KiB) then goes out as 64 KiB fragments
-that the publisher writes into its segment faster than a busy subscriber's middleware
-releases them; overwritten fragments are lost, a reliable reader repairs them after the
-writer's next heartbeat and delivers the later images only after the repaired one. Measured
+through the publisher's segment, and fragments are lost when it runs out of room before a
+busy subscriber has read them; a best-effort reader loses the image, a reliable one waits for
+the repair (after the writer's next heartbeat), holding the later images back. Measured
 with ``benchmarks/soak.py`` (10 Hz RGB-D into ``perception_node`` on 2 cores): image
 transport delay p99 220-430 ms, then queueing behind repairs of 400-700 ms after about six
 minutes, and 79-85 % of the frames integrated; with the profile's 32 MiB segment, 3-5 ms,
