@@ -116,11 +116,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("ROS_DOMAIN_ID", str(60 + os.getpid() % 30))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    from concerto_ros.ros.dds import OPT_ENV, PROFILE_ENV, use_large_data_profile
+    from concerto_ros.ros.dds import keep_fastdds_defaults, use_large_data_profile
 
     if not args.dds_profile:  # the spawned publisher and subscriber inherit the environment
-        os.environ.pop(PROFILE_ENV, None)
-        os.environ[OPT_ENV] = "none"
+        keep_fastdds_defaults()
     profile, note = use_large_data_profile()
     print(note)
     ctx = mp.get_context("spawn")

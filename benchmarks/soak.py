@@ -155,7 +155,7 @@ def run(args) -> dict:
 
     from concerto_ros.bag.live import NodeProcess
     from concerto_ros.config import default_config_path
-    from concerto_ros.ros.dds import OPT_ENV, PROFILE_ENV, use_large_data_profile
+    from concerto_ros.ros.dds import keep_fastdds_defaults, use_large_data_profile
     from concerto_ros.testing.harness import Harness
 
     frames = load_frames()
@@ -164,8 +164,7 @@ def run(args) -> dict:
         k, v = item.split("=", 1)
         overrides[k] = v
     if not args.dds_profile:  # Fast DDS's defaults in this process and the node (it inherits the variables)
-        os.environ.pop(PROFILE_ENV, None)
-        os.environ[OPT_ENV] = "none"
+        keep_fastdds_defaults()
     st_profile, note = use_large_data_profile()  # this process publishes the images (the node sets its own)
     print(note)
     log_path = Path(tempfile.mkdtemp(prefix="soak_")) / "node.log"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from concerto_ros.ros.dds import OPT_ENV, PROFILE_ENV, large_data_profile_path, use_large_data_profile
+from concerto_ros.ros.dds import (OPT_ENV, PROFILE_ENV, keep_fastdds_defaults, large_data_profile_path,
+                                  use_large_data_profile)
 
 NS = {"d": "http://www.eprosima.com"}
 SHIPPED = Path(__file__).resolve().parents[1] / "config" / "fastdds_large_data.xml"
@@ -39,6 +40,10 @@ def test_a_users_profile_an_opt_out_and_another_middleware_are_respected(tmp_pat
     assert use_large_data_profile(env)[0] == str(own.resolve()) == env[PROFILE_ENV]
     with pytest.raises(FileNotFoundError, match="no such file"):
         use_large_data_profile({OPT_ENV: str(tmp_path / "missing.xml")})
+
+    env = {PROFILE_ENV: str(SHIPPED)}  # --no-dds-profile of the benchmarks, also over an inherited profile
+    keep_fastdds_defaults(env)
+    assert env == {OPT_ENV: "none"} and use_large_data_profile(env)[0] is None
 
     env = {"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}
     assert use_large_data_profile(env)[0] is None and PROFILE_ENV not in env

@@ -7,9 +7,9 @@ through the publisher's segment, and fragments are lost when it runs out of room
 busy subscriber has read them; a best-effort reader loses the image, a reliable one waits for
 the repair (after the writer's next heartbeat), holding the later images back. Measured
 with ``benchmarks/soak.py`` (10 Hz RGB-D into ``perception_node`` on 2 cores): image
-transport delay p99 220-430 ms, then queueing behind repairs of 400-700 ms after about six
-minutes, and 79-85 % of the frames integrated; with the profile's 32 MiB segment, 3-5 ms,
-20-70 ms and 100 % (README, "Reliability figures").
+transport delay p99 220-435 ms, then queueing delay p99 400-900 ms after about six minutes,
+and 79-80 % of the frames integrated; with the profile's 32 MiB segment 2-4 ms, 17-143 ms and
+100 % (README, "Reliability figures").
 
 :func:`use_large_data_profile` points ``FASTDDS_DEFAULT_PROFILES_FILE`` at that profile for the
 current process, before ``rclpy.init()``. ``perception_node``, the lifecycle node, ``concerto
@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import MutableMapping
 
-__all__ = ["PROFILE_ENV", "OPT_ENV", "large_data_profile_path", "use_large_data_profile"]
+__all__ = ["PROFILE_ENV", "OPT_ENV", "large_data_profile_path", "use_large_data_profile", "keep_fastdds_defaults"]
 
 #: Fast DDS reads its default XML profiles from the file this variable names
 PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
@@ -79,10 +79,19 @@ def use_large_data_profile(environ: MutableMapping[str, str] | None = None) -> t
             raise FileNotFoundError(f"{OPT_ENV}={choice}: no such file")
         env[PROFILE_ENV] = str(path.resolve())
         return env[PROFILE_ENV], f"Fast DDS profile {env[PROFILE_ENV]} (from {OPT_ENV})"
-    else:
-        path = large_data_profile_path()
-        if path is None:
-            return None, "config/fastdds_large_data.xml not found: Fast DDS defaults"
+    path = large_data_profile_path()
+    if path is None:
+        return None, "config/fastdds_large_data.xml not found: Fast DDS defaults"
     env[PROFILE_ENV] = str(path.resolve())
     return env[PROFILE_ENV], (f"Fast DDS profile {env[PROFILE_ENV]} (32 MiB shared-memory segments for camera "
                               f"images; give the camera driver the same: export {PROFILE_ENV}={env[PROFILE_ENV]})")
+
+
+def keep_fastdds_defaults(environ: MutableMapping[str, str] | None = None) -> None:
+    """Opt this process, and the processes it starts afterwards, out of any Fast DDS profile
+    (``CONCERTO_DDS_PROFILE=none``, ``FASTDDS_DEFAULT_PROFILES_FILE`` removed): the
+    benchmarks' ``--no-dds-profile``, to measure Fast DDS's defaults. Call before
+    :func:`use_large_data_profile` and ``rclpy.init()``."""
+    env = os.environ if environ is None else environ
+    env.pop(PROFILE_ENV, None)
+    env[OPT_ENV] = "none"

@@ -83,16 +83,15 @@ class Harness:
             return int.from_bytes(bytes(st.level), "little") if isinstance(st.level, (bytes, bytearray)) else int(
                 st.level)
 
-        mine = [st for st in msg.status if st.name.startswith(self._short)]
-        delivery = [st for st in mine if st.name.endswith(": " + DELIVERY_STATUS)]
-        for st in mine:
-            if st in delivery:
-                continue
-            d = {kv.key: kv.value for kv in st.values}
-            d["_level"], d["_message"] = level(st), st.message
-            if delivery:
-                d["_delivery_level"], d["_delivery_message"] = level(delivery[0]), delivery[0].message
-            self.diag = d
+        mine = {st.name.endswith(": " + DELIVERY_STATUS): st for st in msg.status if st.name.startswith(self._short)}
+        pipeline, delivery = mine.get(False), mine.get(True)
+        if pipeline is None:
+            return
+        d = {kv.key: kv.value for kv in pipeline.values}
+        d["_level"], d["_message"] = level(pipeline), pipeline.message
+        if delivery is not None:
+            d["_delivery_level"], d["_delivery_message"] = level(delivery), delivery.message
+        self.diag = d
 
     def publisher(self, topic: str, msg_type) -> Any:
         if topic not in self.pubs:
